@@ -1,0 +1,110 @@
+"""The `pretextlab` console script.
+
+    pretextlab serve                 API + embedded local worker + reconciler (SQLite by default)
+    pretextlab worker                a Celery worker (needs PRETEXTLAB_BROKER_URL)
+    pretextlab db upgrade            apply Alembic migrations to PRETEXTLAB_DATABASE_URL
+    pretextlab data prepare NAME     put a dataset where the loaders read it (offline where possible)
+    pretextlab train SPEC.json ...   a pretraining run, locally, no server
+    pretextlab evaluate ...          evaluate a backbone (kNN, linear probe, fine-tune)
+
+Each subcommand imports what it needs when it runs, so `pretextlab db upgrade` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Subcommands whose own parser lives in ssl_core.cli: their arguments are passed through.
+PASSTHROUGH = {
+    "train": "ssl_core.cli:train_main",
+    "evaluate": "ssl_core.cli:evaluate_main",
+    "data": "ssl_core.cli:data_main",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretextlab", description="Self-supervised pretraining as a service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the API with an embedded local worker (or a Celery dispatcher)")
+    serve.add_argument("--host", help="bind address (default PRETEXTLAB_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default PRETEXTLAB_PORT, 8000)")
+    serve.add_argument("--local-workers", type=int, help="embedded workers when no broker is set (default 1)")
+
+    worker = sub.add_parser("worker", help="run a Celery worker (PRETEXTLAB_BROKER_URL must be set)")
+    worker.add_argument("--queues", default=None, help="comma-separated queues (default PRETEXTLAB_WORKER_QUEUES)")
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs at a time (one per GPU)")
+    worker.add_argument("--hostname", default=None, help="Celery node name")
+    worker.add_argument("--beat", action="store_true", help="also run the reconciler beat (exactly one per deployment)")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply migrations up to head")
+    up.add_argument("--url", help="database URL (default PRETEXTLAB_DATABASE_URL)")
+
+    for name, help_text in (
+        ("train", "pretrain locally: pretextlab train SPEC.json --out DIR [--set key=value ...] [--resume]"),
+        ("evaluate", "evaluate a backbone: pretextlab evaluate --weights PATH --protocol knn|linear|finetune"),
+        ("data", "datasets: pretextlab data prepare NAME | pretextlab data list"),
+    ):
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _call(target: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func = target.split(":")
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return _call(PASSTHROUGH[argv[0]], argv[1:])
+    args = build_parser().parse_args(argv)
+
+    from api.settings import get_settings
+
+    settings = get_settings()
+    if args.command == "db":
+        from api.db.session import upgrade
+
+        url = args.url or settings.database_url
+        upgrade(url)
+        print(f"database at head: {_redact(url)}")
+        return 0
+    if args.command == "serve":
+        from worker.serve import serve
+
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                       ("local_workers", args.local_workers)) if v is not None}
+        serve(settings.model_copy(update=overrides) if overrides else settings)
+        return 0
+    if args.command == "worker":
+        if not settings.broker_url:
+            print("pretextlab worker needs PRETEXTLAB_BROKER_URL (e.g. redis://localhost:6379/0); "
+                  "without a broker, `pretextlab serve` runs an embedded worker", file=sys.stderr)
+            return 2
+        from worker.celery_app import run_worker
+
+        queues = [q.strip() for q in (args.queues or settings.worker_queues).split(",") if q.strip()]
+        run_worker(queues, concurrency=args.concurrency, hostname=args.hostname, beat=args.beat)
+        return 0
+    return 2
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
