@@ -1,0 +1,68 @@
+"""Evaluation protocols: kNN by hand, the linear probe, and end-to-end evaluation of exported backbones."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ssl_core.evaluate import knn_accuracy, knn_predict, knn_top5, linear_probe, topk_accuracy
+
+BANK = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+BANK_Y = torch.tensor([0, 1, 1])
+
+
+def test_knn_weighted_vote_by_hand():
+    q = torch.tensor([[2.0, 0.0]])  # unnormalised on purpose: cosine similarity ignores the scale
+    scores = knn_predict(BANK, BANK_Y, q, k=2, temperature=0.1, num_classes=3)
+    # neighbours: bank 0 (s=1, class 0) and bank 2 (s=1/sqrt 2, class 1); bank 1 (s=0) is outside k=2
+    expected = torch.tensor([[math.exp(1 / 0.1), math.exp((1 / math.sqrt(2)) / 0.1), 0.0]])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_knn_k_larger_than_bank_uses_whole_bank():
+    q = torch.tensor([[2.0, 0.0]])
+    scores = knn_predict(BANK, BANK_Y, q, k=200, temperature=0.1)
+    assert scores.shape == (1, 2)  # classes inferred from the labels
+    expected_1 = math.exp(0.0) + math.exp((1 / math.sqrt(2)) / 0.1)
+    torch.testing.assert_close(scores[0, 1], torch.tensor(expected_1), rtol=1e-5, atol=1e-5)
+
+
+def test_knn_temperature_changes_the_winner():
+    # one very close class-0 neighbour against two moderately close class-1 neighbours
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6]])
+    y = torch.tensor([0, 1, 1])
+    q = torch.tensor([[1.0, 0.0]])
+    # t small: exp(1/t) dominates 2 exp(0.8/t)  -> class 0; t large: votes ~ counts -> class 1
+    assert knn_predict(bank, y, q, k=3, temperature=0.05).argmax().item() == 0
+    assert knn_predict(bank, y, q, k=3, temperature=10.0).argmax().item() == 1
+
+
+def test_knn_accuracy_chunks_and_top5(monkeypatch):
+    import ssl_core.evaluate as ev
+
+    monkeypatch.setattr(ev, "_KNN_CHUNK_ELEMENTS", 7)  # force many chunks
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, 16, generator=g) * 5
+    y = torch.arange(6).repeat(20)
+    x = centers[y] + torch.randn(120, 16, generator=g) * 0.5
+    yt = torch.arange(6).repeat(5)
+    xt = centers[yt] + torch.randn(30, 16, generator=g) * 0.5
+    assert knn_accuracy(x, y, xt, yt, k=10) == 1.0
+    assert knn_top5(x, y, xt, yt, k=10) == 1.0
+    wrong = (yt + 1) % 6
+    assert knn_accuracy(x, y, xt, wrong, k=10) == 0.0
+    assert topk_accuracy(torch.tensor([[0.1, 0.5, 0.4]]), torch.tensor([2]), 2) == 1.0
+
+
+def test_linear_probe_separable_features():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 20, generator=g)
+    x = torch.randn(600, 20, generator=g)
+    y = (x @ w.T).argmax(1)
+    xt = torch.randn(300, 20, generator=g)
+    yt = (xt @ w.T).argmax(1)
+    out = linear_probe(x, y, xt, yt, epochs=30, lr=0.1, batch_size=64, weight_decay=0.0, num_classes=3)
+    assert out["completed"] and out["top1"] >= 0.95
+    stopped = linear_probe(x, y, xt, yt, epochs=3, should_stop=lambda: True)
+    assert stopped == {"completed": False}
