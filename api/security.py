@@ -1,0 +1,187 @@
+"""Who gets in and what a request may touch: bearer tokens, the body-size limit, safe paths.
+
+- Tokens (``PRETEXTLAB_API_TOKENS``) are compared with :func:`hmac.compare_digest` against every
+  configured token (no early exit on the first match, so timing says nothing) and never logged.
+- The body limit is a pure ASGI middleware that counts bytes as they arrive, so a chunked body
+  without ``Content-Length`` is cut off at the limit too.
+- Artifact names and weights paths are resolved and must stay inside their folders (symlinks
+  that point outside are refused after resolution).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Awaitable, Callable
+
+from fastapi import HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+MAX_ARTIFACT_NAME = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnsafePath(ValueError):
+    """A name or path that would leave its allowed folder."""
+
+
+# -- authentication ---------------------------------------------------------------------------
+bearer_scheme = HTTPBearer(auto_error=False, description="PRETEXTLAB_API_TOKENS: `Authorization: Bearer <token>`")
+
+
+def token_matches(given: str, tokens: list[str]) -> bool:
+    """Constant-time comparison against every configured token."""
+    given_b = given.encode("utf-8", "surrogateescape")
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(given_b, token.encode("utf-8"))
+    return ok
+
+
+def unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, detail={"code": "unauthorized", "message": message},
+                         headers={"WWW-Authenticate": 'Bearer realm="pretextlab"'})
+
+
+async def require_token(request: Request) -> None:
+    """Dependency on every /v1 router: a no-op unless tokens are configured."""
+    tokens = request.app.state.settings.token_list()
+    if not tokens:
+        return
+    header = request.headers.get("authorization")
+    if not header:
+        raise unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value or " " in value:
+        raise unauthorized("malformed Authorization header: expected `Bearer <token>`")
+    if not token_matches(value, tokens):
+        raise HTTPException(403, detail={"code": "forbidden", "message": "unknown API token"})
+
+
+async def bearer_doc(credentials: HTTPAuthorizationCredentials | None = None) -> None:
+    """Only here so the OpenAPI document shows the bearer scheme (see main.py)."""
+
+
+# -- body size limit --------------------------------------------------------------------------
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, detail={"code": "payload_too_large",
+                                      "message": f"request body exceeds the limit of {limit} bytes",
+                                      "details": {"max_body_bytes": limit}})
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413, by Content-Length or by counting chunks."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._reject(send, 400, "bad_request", "Content-Length is not a number")
+                    return
+                if declared > self.max_bytes:
+                    await self._reject(send, 413, **BodyTooLarge(self.max_bytes).detail)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await self._reject(send, 413, **exc.detail)
+
+    @staticmethod
+    async def _reject(send: Callable, status: int, code: str, message: str, details: Any = None) -> None:
+        body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# -- paths ------------------------------------------------------------------------------------
+def check_artifact_name(name: str) -> str:
+    """A relative POSIX path of plain components, or :class:`UnsafePath` saying what is wrong."""
+    if not isinstance(name, str) or not name:
+        raise UnsafePath("artifact name is empty")
+    if len(name) > MAX_ARTIFACT_NAME:
+        raise UnsafePath(f"artifact name is longer than {MAX_ARTIFACT_NAME} characters")
+    if "\x00" in name:
+        raise UnsafePath("artifact name contains a NUL byte")
+    if _CONTROL.search(name):
+        raise UnsafePath("artifact name contains control characters")
+    if "\\" in name:
+        raise UnsafePath("artifact name contains a backslash")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafePath("artifact name is an absolute path")
+    parts = name.split("/")
+    if any(p == ".." for p in parts):
+        raise UnsafePath("artifact name contains '..': it may not leave the job's folder")
+    if any(p in ("", ".") for p in parts):
+        raise UnsafePath("artifact name has empty or '.' components")
+    return str(PurePosixPath(name))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_artifact(job_dir: Path, name: str) -> Path:
+    """The file ``name`` inside ``job_dir``, after resolving symlinks; UnsafePath if it escapes."""
+    name = check_artifact_name(name)
+    root = job_dir.resolve()
+    path = (root / name).resolve()
+    if not _inside(path, root):
+        raise UnsafePath("artifact resolves outside the job's folder (symlink?)")
+    return path
+
+
+def resolve_weights(path: str, roots: list[Path]) -> Path:
+    """A weights file path inside one of ``roots`` (relative paths are tried against each root)."""
+    if not path or "\x00" in path or _CONTROL.search(path):
+        raise UnsafePath("weights: empty path or control characters")
+    if "\\" in path or any(p == ".." for p in path.split("/")):
+        raise UnsafePath("weights: '..' and backslashes are not allowed")
+    candidate = Path(path).expanduser()
+    candidates = [candidate] if candidate.is_absolute() else [r / candidate for r in roots]
+    for c in candidates:
+        resolved = c.resolve()
+        if any(_inside(resolved, r.resolve()) for r in roots):
+            return resolved
+    raise UnsafePath(
+        f"weights: {path!r} is not inside the artifact root or an allowed data root "
+        f"({', '.join(str(r) for r in roots)})"
+    )

@@ -1,0 +1,90 @@
+"""Service settings: one pydantic-settings class, every value from ``PRETEXTLAB_*`` variables.
+
+ssl_core reads ``PRETEXTLAB_DATA_ROOT`` and ``PRETEXTLAB_ALLOWED_DATA_ROOTS`` straight from the
+environment (it must not import ``api``); the same names are declared here so the service and the
+engine agree on them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRETEXTLAB_", extra="ignore", validate_default=True)
+
+    database_url: str = Field("sqlite:///./pretextlab.sqlite", description="SQLAlchemy URL (sqlite or postgresql+psycopg)")
+    broker_url: str | None = Field(None, description="redis://... = Celery; unset = embedded local worker")
+    artifact_root: Path = Field(Path("./artifacts"), description="each job writes under ARTIFACT_ROOT/jobs/<id>/")
+    data_root: Path = Field(Path("./data"), description="where datasets live")
+    allowed_data_roots: str = Field("", description="extra data roots, os.pathsep- or comma-separated")
+    # SecretStr: its repr and str are '**********', so a logged Settings object leaks nothing.
+    api_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; unset = no auth")
+    host: str = Field("127.0.0.1", description="bind address of `pretextlab serve` (loopback by default)")
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request bodies larger than this get 413")
+    max_active_jobs: int = Field(10_000, ge=1, description="queued + running + cancelling jobs allowed at once")
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    reconcile_seconds: float = Field(15.0, gt=0)
+    redispatch_after_seconds: float = Field(60.0, gt=0)
+    visibility_timeout: int = Field(3600, ge=1, description="Celery Redis transport visibility timeout (s)")
+    worker_queues: str = Field("gpu,cpu")
+    local_workers: int = Field(1, ge=0, le=64)
+    metric_flush_seconds: float = Field(2.0, gt=0)
+    log_level: str = Field("INFO")
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _empty_tokens_is_none(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, SecretStr) and not v.get_secret_value().strip():
+            return None
+        return v
+
+    # -- derived values ----------------------------------------------------------------------
+    def token_list(self) -> list[str]:
+        """The configured bearer tokens (empty list = authentication off)."""
+        if self.api_tokens is None:
+            return []
+        return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.token_list())
+
+    @property
+    def embedded(self) -> bool:
+        """No broker: the local worker polls SQL."""
+        return self.broker_url is None
+
+    def allowed_roots(self) -> list[Path]:
+        """The data root plus the extra allowed roots, resolved."""
+        extra = [p for p in re.split(rf"[,{re.escape(os.pathsep)}]", self.allowed_data_roots) if p.strip()]
+        return [Path(p).expanduser().resolve() for p in [str(self.data_root), *extra]]
+
+    def queues(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    def job_dir(self, job_id: int) -> Path:
+        """ARTIFACT_ROOT/jobs/<id>: the one folder a job writes to and the API serves from."""
+        return Path(self.artifact_root).resolve() / "jobs" / str(int(job_id))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once from the environment (tests pass their own to ``create_app``)."""
+    return Settings()
