@@ -1,0 +1,353 @@
+"""ssl_core.augment: shapes, ranges, per-sample randomness, and agreement with per-image references.
+
+References: torchvision.transforms.v2.functional applied image by image where a counterpart
+exists; otherwise a loop-based reference written here (colorsys, numpy eigh, explicit windows).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from ssl_core import augment as A
+from ssl_core import specs
+
+ALL_OPS = sorted(A.OP_CLASSES)
+# ops whose only randomness is the apply mask
+MASK_ONLY = {"grayscale", "solarize", "edge_map", "detexturize", "horizontal_flip"}
+TOL = 1e-4
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def images(b: int = 6, c: int = 3, side: int = 12, seed: int = 0) -> torch.Tensor:
+    """Smooth-ish random images (a blurred noise field) so colour and geometry ops do something."""
+    g = gen(seed)
+    x = torch.rand(b, c, side // 2, side // 2, generator=g)
+    return torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def op_with(name: str, out_size: int = 12, **kw) -> A.AugmentOpImpl:
+    return A.build_op({"op": name, **kw}, out_size)
+
+
+def run(op: A.AugmentOpImpl, x: torch.Tensor, seed: int = 1):
+    b, c, h, w = x.shape
+    p = op.sample(b, h, w, c, x.device, gen(seed))
+    return op.apply(x, p), p
+
+
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_every_op_keeps_shape_dtype_and_range(name: str, channels: int) -> None:
+    x = images(c=channels)
+    y, params = run(op_with(name, p=1.0), x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert params["apply"].shape == (x.shape[0],) and params["apply"].dtype == torch.bool
+    for v in params.values():
+        assert v.shape[0] == x.shape[0], "every parameter is per sample"
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_identical_inputs_come_out_different(name: str) -> None:
+    """Per-sample parameters: 16 copies of one image are not all augmented the same way."""
+    one = images(b=1, c=3)
+    x = one.expand(16, -1, -1, -1).contiguous()
+    p = 0.5 if name in MASK_ONLY else 1.0
+    y, params = run(op_with(name, p=p), x, seed=3)
+    distinct = {tuple(np.round(y[i].flatten().numpy(), 4)) for i in range(16)}
+    assert len(distinct) > 1
+    if name not in MASK_ONLY:
+        # a continuous parameter differs across the batch
+        varying = [k for k, v in params.items() if k != "apply" and v.float().std() > 0]
+        assert varying, f"{name}: no parameter varies across the batch"
+        # discrete offsets (random_crop: 49 of them) may collide now and then
+        assert len(distinct) >= 12
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_p0_is_identity_and_p1_always_applies(name: str) -> None:
+    x = images(b=8, c=3)
+    y0, p0 = run(op_with(name, p=0.0), x)
+    assert not p0["apply"].any()
+    torch.testing.assert_close(y0, x, rtol=0, atol=1e-6)
+    y1, p1 = run(op_with(name, p=1.0), x)
+    assert p1["apply"].all()
+    changed = (y1 - x).flatten(1).abs().amax(1) > 1e-4
+    assert changed.all(), f"{name}: p=1 left some images unchanged"
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_seeded_generator_is_reproducible(name: str) -> None:
+    x = images(b=5)
+    a, _ = run(op_with(name, p=0.7), x, seed=11)
+    b, _ = run(op_with(name, p=0.7), x, seed=11)
+    c, _ = run(op_with(name, p=0.7), x, seed=12)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_probability_is_per_sample() -> None:
+    x = images(b=400, side=4)
+    _, p = run(op_with("grayscale", p=0.3), x)
+    frac = p["apply"].float().mean()
+    assert 0.2 < frac < 0.4
+
+
+# ---------------------------------------------------------------------------
+# agreement with per-image references, for the same drawn parameters
+def per_image(x, fn):
+    return torch.stack([fn(i, x[i]) for i in range(x.shape[0])])
+
+
+def test_random_resized_crop_matches_torchvision() -> None:
+    x = images(b=8, side=16)
+    op = op_with("random_resized_crop", out_size=16, p=1.0)
+    y, p = run(op, x)
+    ref = per_image(x, lambda i, im: TF.resized_crop(
+        im, int(p["top"][i]), int(p["left"][i]), int(p["height"][i]), int(p["width"][i]), [16, 16], antialias=True))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+    # boxes are valid and follow the scale / ratio bounds
+    area = (p["height"] * p["width"]).float() / 256
+    assert (area >= 0.08 - 0.07).all() and (area <= 1).all()
+    assert (p["top"] + p["height"] <= 16).all() and (p["left"] + p["width"] <= 16).all()
+
+
+def test_random_resized_crop_resizes_to_out_size() -> None:
+    x = images(b=3, side=20)
+    y, _ = run(op_with("random_resized_crop", out_size=8, p=1.0), x)
+    assert y.shape == (3, 3, 8, 8)
+
+
+def test_random_crop_matches_pad_and_slice() -> None:
+    x = images(b=6)
+    y, p = run(op_with("random_crop", p=1.0, padding=3), x)
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    ref = per_image(padded, lambda i, im: im[:, int(p["top"][i]): int(p["top"][i]) + 12,
+                                            int(p["left"][i]): int(p["left"][i]) + 12])
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+def test_horizontal_flip_matches_torchvision() -> None:
+    x = images(b=10)
+    y, p = run(op_with("horizontal_flip", p=0.5), x)
+    ref = per_image(x, lambda i, im: TF.horizontal_flip(im) if p["apply"][i] else im)
+    assert torch.equal(y, ref)
+
+
+def test_rotate_matches_torchvision() -> None:
+    x = images(b=6, side=16)
+    y, p = run(op_with("rotate", p=1.0, degrees=90.0), x)
+    ref = per_image(x, lambda i, im: TF.rotate(im, float(p["angle"][i]), interpolation=InterpolationMode.BILINEAR))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+
+
+def test_random_affine_matches_torchvision() -> None:
+    x = images(b=6, side=16)
+    y, p = run(op_with("random_affine", p=1.0), x)
+    # torchvision's affine angle is clockwise, ours (like its rotate) counter-clockwise
+    ref = per_image(x, lambda i, im: TF.affine(
+        im, -float(p["angle"][i]), [float(p["tx"][i]), float(p["ty"][i])], float(p["scale"][i]), [0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_matches_torchvision_in_per_sample_order(channels: int) -> None:
+    x = images(b=12, c=channels)
+    y, p = run(op_with("color_jitter", p=0.8), x, seed=5)
+    fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    keys = ["brightness", "contrast", "saturation", "hue"]
+
+    def ref(i, im):
+        if not p["apply"][i]:
+            return im
+        for o in p["order"][i].tolist():
+            im = fns[o](im, float(p[keys[o]][i]))
+        return im
+
+    torch.testing.assert_close(y, per_image(x, ref), rtol=0, atol=TOL)
+    orders = {tuple(o) for o in p["order"].tolist()}
+    assert len(orders) > 1, "the order is drawn per sample"
+
+
+def test_grayscale_matches_torchvision_and_is_identity_on_one_channel() -> None:
+    x = images(b=8)
+    y, p = run(op_with("grayscale", p=0.5), x)
+    ref = per_image(x, lambda i, im: TF.rgb_to_grayscale(im, num_output_channels=3) if p["apply"][i] else im)
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+    g = images(b=4, c=1)
+    assert torch.equal(run(op_with("grayscale", p=1.0), g)[0], g)
+
+
+def test_gaussian_blur_matches_torchvision() -> None:
+    x = images(b=6, side=20)
+    op = op_with("gaussian_blur", p=1.0, kernel_fraction=0.3)
+    y, p = run(op, x)
+    k = op.kernel_size(20, 20)
+    assert k == 7  # int(20 * 0.3) = 6 -> radius 3 -> 7, as SimCLR's code
+    ref = per_image(x, lambda i, im: TF.gaussian_blur(im, [k, k], [float(p["sigma"][i])] * 2))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+
+
+def test_solarize_matches_torchvision() -> None:
+    x = images(b=8)
+    y, p = run(op_with("solarize", p=0.5, threshold=0.4), x)
+    ref = per_image(x, lambda i, im: TF.solarize(im, 0.4) if p["apply"][i] else im)
+    assert torch.equal(y, ref)
+
+
+def test_sharpen_matches_torchvision_adjust_sharpness() -> None:
+    x = images(b=6)
+    y, p = run(op_with("sharpen", p=1.0), x)
+    ref = per_image(x, lambda i, im: TF.adjust_sharpness(im, 1.0 + float(p["strength"][i])))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+
+
+def test_hsv_power_matches_colorsys_reference() -> None:
+    x = images(b=3, side=6)
+    y, p = run(op_with("hsv_power", p=1.0), x)
+    ref = torch.empty_like(x)
+    for i in range(3):
+        pw, fa, sh = p["power"][i].tolist(), p["factor"][i].tolist(), p["shift"][i].tolist()
+        for r in range(6):
+            for c in range(6):
+                h, s, v = colorsys.rgb_to_hsv(*x[i, :, r, c].tolist())
+                s = min(1.0, max(0.0, s ** pw[0] * fa[0] + sh[0]))
+                v = min(1.0, max(0.0, v ** pw[1] * fa[1] + sh[1]))
+                h = (h + float(p["hue"][i])) % 1.0
+                ref[i, :, r, c] = torch.tensor(colorsys.hsv_to_rgb(h, s, v))
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-4)
+
+
+def test_hsv_power_on_gray_transforms_intensity() -> None:
+    x = images(b=4, c=1)
+    y, p = run(op_with("hsv_power", p=1.0), x)
+    pw, fa, sh = (p[k][:, 1].view(-1, 1, 1, 1) for k in ("power", "factor", "shift"))
+    torch.testing.assert_close(y, (x ** pw * fa + sh).clamp(0, 1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pca_contrast_matches_numpy_reference(channels: int) -> None:
+    x = images(b=4, c=channels) * 0.5 + 0.25  # away from the clamp
+    y, p = run(op_with("pca_contrast", p=1.0, factor=(0.5, 1.5)), x)
+    for i in range(4):
+        pix = x[i].reshape(channels, -1).double().numpy()
+        mu = pix.mean(1, keepdims=True)
+        cov = (pix - mu) @ (pix - mu).T / pix.shape[1]
+        _, vecs = np.linalg.eigh(cov)
+        proj = vecs.T @ (pix - mu) * p["factor"][i].double().numpy()[:, None]
+        ref = np.clip(mu + vecs @ proj, 0, 1).reshape(x[i].shape)
+        np.testing.assert_allclose(y[i].numpy(), ref, atol=1e-4)
+
+
+def test_pca_contrast_factor_one_is_identity() -> None:
+    x = images(b=3)
+    op = op_with("pca_contrast", p=1.0, factor=(1.0, 1.0))
+    torch.testing.assert_close(run(op, x)[0], x, rtol=0, atol=1e-5)
+
+
+def test_edge_map_matches_loop_reference() -> None:
+    x = images(b=3, side=8)
+    y, _ = run(op_with("edge_map", p=1.0), x)
+    kx = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    for i in range(3):
+        gray = (0.2989 * x[i, 0] + 0.587 * x[i, 1] + 0.114 * x[i, 2]).numpy()
+        g = np.pad(gray, 1, mode="edge")
+        mag = np.zeros((8, 8))
+        for r in range(8):
+            for c in range(8):
+                win = g[r:r + 3, c:c + 3]
+                gx = (win * np.array(kx)).sum()
+                gy = (win * np.array(kx).T).sum()
+                mag[r, c] = math.hypot(gx, gy)
+        mag /= mag.max()
+        for ch in range(3):
+            np.testing.assert_allclose(y[i, ch].numpy(), mag, atol=1e-5)
+
+
+def test_detexturize_matches_naive_bilateral_and_preserves_edges() -> None:
+    x = images(b=2, side=6)
+    op = op_with("detexturize", p=1.0, sigma_space=1.0, sigma_color=0.2, iterations=1)
+    y, _ = run(op, x)
+    r = 2
+    ref = torch.empty_like(x)
+    for i in range(2):
+        for yy in range(6):
+            for xx in range(6):
+                num, den = torch.zeros(3), 0.0
+                for dy in range(-r, r + 1):
+                    for dx in range(-r, r + 1):
+                        qy, qx = min(max(yy + dy, 0), 5), min(max(xx + dx, 0), 5)
+                        q = x[i, :, qy, qx]
+                        wgt = math.exp(-(dy * dy + dx * dx) / 2.0) * math.exp(
+                            -float(((q - x[i, :, yy, xx]) ** 2).sum()) / (2 * 0.2 ** 2))
+                        num += wgt * q
+                        den += wgt
+                ref[i, :, yy, xx] = num / den
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
+    # a step edge survives (edge-preserving), while flat regions stay flat
+    step = torch.zeros(1, 3, 8, 8)
+    step[..., 4:] = 1.0
+    out, _ = run(op_with("detexturize", p=1.0), step)
+    assert float(out[..., :3].max()) < 0.01 and float(out[..., 5:].min()) > 0.99
+
+
+# ---------------------------------------------------------------------------
+# the pipeline
+@pytest.mark.parametrize("method", ["simclr", "moco", "rotation", "exemplar"])
+def test_default_pipelines_run_on_uint8(method: str) -> None:
+    m = specs.PretrainSpec(method={"name": method}, data={"dataset": "synthetic"}).method
+    pipe = A.build_pipeline(specs.default_augment(m, 16), 16)
+    x = (images(b=4, side=20) * 255).to(torch.uint8)
+    y = pipe(x, gen(0))
+    assert y.shape == (4, 3, 16, 16) and y.dtype == torch.float32
+    assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+    assert torch.equal(y, pipe(x, gen(0)))
+
+
+def test_pipeline_accepts_dicts_gray_images_and_resizes_without_crop() -> None:
+    pipe = A.build_pipeline([{"op": "color_jitter", "p": 1.0}, {"op": "horizontal_flip"}], 8)
+    x = (images(b=3, c=1, side=12) * 255).to(torch.uint8)
+    y = pipe(x, gen(0))
+    assert y.shape == (3, 1, 8, 8)
+    assert A.build_pipeline([], 12)(x).shape == (3, 1, 12, 12)
+    torch.testing.assert_close(A.build_pipeline([], 12)(x), A.to_float(x))
+
+
+def test_to_float_and_normalize() -> None:
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
+    f = A.to_float(x)
+    assert f.dtype == torch.float32
+    torch.testing.assert_close(f.flatten(), torch.tensor([0.0, 0.2, 1.0]))
+    y = A.normalize(f.expand(1, 3, 1, 3), (0.5,), (0.25,))  # gray statistics repeated to 3 channels
+    torch.testing.assert_close(y[0, :, 0, 2], torch.full((3,), 2.0))
+    z = A.normalize(torch.ones(2, 3, 2, 2), (0.0, 0.5, 1.0), (1.0, 0.5, 2.0))
+    torch.testing.assert_close(z[0, :, 0, 0], torch.tensor([1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError):
+        A.normalize(torch.ones(1, 3, 2, 2), (0.1, 0.2), (1.0, 1.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_same_code_runs_on_cuda() -> None:
+    ops = [specs.RandomResizedCropOp(), specs.HorizontalFlipOp(), specs.ColorJitterOp(), specs.GrayscaleOp(),
+           specs.GaussianBlurOp(), specs.SolarizeOp(), specs.PCAContrastOp(), specs.HSVPowerOp(),
+           specs.RandomAffineOp(), specs.SharpenOp(), specs.EdgeMapOp(), specs.DetexturizeOp(), specs.RandomCropOp()]
+    pipe = A.build_pipeline(ops, 16)
+    x = (images(b=8, side=16) * 255).to(torch.uint8)
+    g_cuda = torch.Generator(device="cuda").manual_seed(0)
+    y = pipe(x.cuda(), g_cuda)
+    assert y.is_cuda and y.shape == (8, 3, 16, 16)
+    # a CPU generator with CUDA data works too (parameters drawn on the CPU, then moved)
+    y2 = pipe(x.cuda(), gen(0))
+    torch.testing.assert_close(y2.cpu(), pipe(x, gen(0)), rtol=0, atol=1e-3)
