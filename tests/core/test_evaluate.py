@@ -66,3 +66,87 @@ def test_linear_probe_separable_features():
     assert out["completed"] and out["top1"] >= 0.95
     stopped = linear_probe(x, y, xt, yt, epochs=3, should_stop=lambda: True)
     assert stopped == {"completed": False}
+
+
+# ---------------------------------------------------------------------------
+# End to end: a backbone from a one-epoch tiny pretraining, each protocol, and the baselines.
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    from pathlib import Path
+
+    from ssl_core.specs import PretrainSpec
+    from ssl_core.train import pretrain
+
+    raw = json.loads((Path(__file__).resolve().parents[2] / "examples" / "tiny" / "simclr.json").read_text())
+    raw["epochs"] = 1
+    out = tmp_path_factory.mktemp("pretrain")
+    return pretrain(PretrainSpec.model_validate(raw), out).backbone_path
+
+
+EVAL_DATA = {"dataset": "synthetic", "train_subset": 40, "test_subset": 20}
+
+
+def _check_result(result, out_dir, protocol, feature_dim=None):
+    assert result["protocol"] == protocol and result["dataset"] == "synthetic"
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert (result["num_train"], result["num_test"]) == (40, 20)
+    if feature_dim is not None:
+        assert result["feature_dim"] == feature_dim
+    assert json.loads((out_dir / "result.json").read_text())["top1"] == result["top1"]
+
+
+@pytest.mark.parametrize("protocol", [
+    {"protocol": "knn", "k": 5},
+    {"protocol": "linear", "epochs": 2, "batch_size": 16},
+    {"protocol": "linear", "epochs": 1, "batch_size": 16, "augment": True},
+    {"protocol": "finetune", "epochs": 1, "batch_size": 16},
+], ids=["knn", "linear", "linear-augment", "finetune"])
+def test_evaluate_pretrained_backbone(tiny_backbone, tmp_path, protocol):
+    from ssl_core.evaluate import evaluate, load_backbone
+    from ssl_core.specs import EvaluateSpec
+
+    _, meta = load_backbone(tiny_backbone)
+    spec = EvaluateSpec.model_validate({"weights": "unused.safetensors", "protocol": protocol, "data": EVAL_DATA,
+                                        "device": "cpu", "batch_size": 16})
+    artifacts = []
+
+    class Sink:
+        metrics = progress = flush = lambda *a, **k: None
+        should_stop = staticmethod(lambda: False)
+
+        def artifact(self, name, path, kind):
+            artifacts.append(kind)
+
+    result = evaluate(spec, tmp_path, sink=Sink(), weights_path=tiny_backbone)  # weights_path wins
+    _check_result(result, tmp_path, protocol["protocol"], meta["feature_dim"])
+    assert result["method"] == "simclr" and result["epochs"] == 1 and result["baseline"] is None
+    assert result["backbone"]["name"] == "convnet" and artifacts == ["result"]
+
+
+@pytest.mark.parametrize("baseline,protocol", [("raw_pixels", "knn"), ("raw_pixels", "linear"),
+                                               ("random_init", "knn"), ("random_init", "linear")])
+def test_baselines(tmp_path, baseline, protocol):
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec
+
+    raw = {"baseline": baseline, "protocol": {"protocol": protocol, "epochs": 2},
+           "data": {**EVAL_DATA, "image_size": 16}, "device": "cpu"}
+    if protocol == "knn":
+        raw["protocol"] = {"protocol": "knn", "k": 5}
+    if baseline == "random_init":
+        raw["backbone"] = {"name": "convnet", "width": 4}
+    result = evaluate(EvaluateSpec.model_validate(raw), tmp_path)
+    _check_result(result, tmp_path, protocol, 3 * 16 * 16 if baseline == "raw_pixels" else 32)
+    assert result["baseline"] == baseline and result["epochs"] == 0
+
+
+def test_load_backbone_refuses_a_non_safetensors_file(tmp_path):
+    from ssl_core.errors import PermanentError
+    from ssl_core.evaluate import load_backbone
+
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(PermanentError, match="safetensors"):
+        load_backbone(bad)
+    with pytest.raises(PermanentError, match="no backbone file"):
+        load_backbone(tmp_path / "missing.safetensors")

@@ -1,0 +1,174 @@
+"""The resumable training loop: exact resume, stop requests, NaN detection, checkpoints, export.
+
+All runs: CPU, fp32, a 4-wide convnet on 48 synthetic 16 px images (3 steps of 16 per epoch).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_core.errors import NonFiniteLossError, PermanentError
+from ssl_core.specs import PretrainSpec
+from ssl_core.train import load_checkpoint, pretrain
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tiny"
+
+
+def tiny_spec(name: str = "simclr", **overrides) -> PretrainSpec:
+    raw = json.loads((EXAMPLES / f"{name}.json").read_text())
+    raw.update(overrides)
+    return PretrainSpec.model_validate(raw)
+
+
+class ListSink:
+    def __init__(self, stop_after: int | None = None):
+        self.rows, self.artifacts, self.progress_calls = [], [], []
+        self.calls, self.stop_after = 0, stop_after
+
+    def metrics(self, step, values, epoch=None):
+        self.rows.append((step, dict(values), epoch))
+
+    def progress(self, **kw):
+        self.progress_calls.append(kw)
+
+    def artifact(self, name, path, kind):
+        self.artifacts.append((name, Path(path), kind))
+
+    def should_stop(self):
+        self.calls += 1
+        return self.stop_after is not None and self.calls > self.stop_after
+
+    def flush(self):
+        pass
+
+
+def stop_after(n: int):
+    """A should_stop that lets ``n`` steps run, then asks to stop."""
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return stop
+
+
+def model_state(out: Path) -> dict:
+    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    "name,steps_before_stop",
+    [("simclr", 3), ("simclr", 1), ("moco_v2", 3), ("moco_v2", 4)],
+    ids=["simclr-epoch-boundary", "simclr-mid-epoch", "moco-epoch-boundary", "moco-mid-epoch"],
+)
+def test_stop_and_resume_equals_straight_run(tmp_path, name, steps_before_stop):
+    spec = tiny_spec(name)
+    straight = pretrain(spec, tmp_path / "straight", resume=False)
+    assert straight.completed and straight.step == 6 and straight.epoch == 2
+
+    first = pretrain(spec, tmp_path / "resumed", should_stop=stop_after(steps_before_stop), resume=False)
+    assert not first.completed and first.step == steps_before_stop
+    assert first.backbone_path is None and first.checkpoint_path.exists()
+    ck = load_checkpoint(first.checkpoint_path)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["step"]) == (steps_before_stop // 3, steps_before_stop % 3,
+                                                            steps_before_stop)
+    second = pretrain(spec, tmp_path / "resumed")
+    assert second.completed and second.step == 6  # global steps continue
+
+    assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "resumed"))
+    if name.startswith("moco"):  # the queue and its pointer travel in the checkpoint
+        assert "queue" in "".join(model_state(tmp_path / "resumed"))
+    from safetensors.torch import load_file
+
+    assert_same_state(load_file(straight.backbone_path), load_file(second.backbone_path))
+
+
+def test_resume_with_more_epochs_continues_global_steps(tmp_path):
+    spec1 = tiny_spec("rotation", epochs=1, optim={"name": "sgd", "lr": 0.05, "schedule": "constant"})
+    r1 = pretrain(spec1, tmp_path)
+    spec2 = tiny_spec("rotation", epochs=2, optim={"name": "sgd", "lr": 0.05, "schedule": "constant"})
+    sink = ListSink()
+    r2 = pretrain(spec2, tmp_path, sink=sink)
+    assert (r1.step, r2.step, r2.epoch) == (3, 6, 2)
+    assert min(step for step, _, _ in sink.rows) == 4  # no step re-run
+    straight = pretrain(spec2, tmp_path / "straight")
+    assert_same_state(model_state(tmp_path), model_state(tmp_path / "straight"))
+
+
+def test_checkpoint_round_trip_and_contents(tmp_path):
+    r = pretrain(tiny_spec("moco_v2", epochs=1), tmp_path)
+    ck = torch.load(r.checkpoint_path, weights_only=True)  # loads without unpickling code
+    assert {"model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "rng", "spec"} <= ck.keys()
+    assert {"torch", "cuda", "aug", "python", "numpy"} <= ck["rng"].keys()
+    assert PretrainSpec.model_validate_json(ck["spec"]).method.name == "moco"
+    assert any("key" in k or "momentum" in k for k in ck["model"])  # key encoder saved
+    assert ck["optimizer"]["state"]  # momentum buffers saved
+    assert not list(r.checkpoint_path.parent.glob(".*tmp*"))  # atomic write left no temp file
+
+
+def test_nan_loss_raises_naming_the_step(tmp_path, monkeypatch):
+    import ssl_core.registry as registry
+
+    real = registry.build_method
+
+    def build(spec):
+        method = real(spec)
+        inner = method.training_step
+        count = {"n": 0}
+
+        def step(images, targets, generator=None):
+            loss, metrics = inner(images, targets, generator)
+            count["n"] += 1
+            return (loss * float("nan") if count["n"] == 3 else loss), metrics
+
+        method.training_step = step
+        return method
+
+    monkeypatch.setattr(registry, "build_method", build)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2\b"):
+        pretrain(tiny_spec("simclr", log_every=100), tmp_path)  # found at the end-of-epoch read
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # a diverged model is never saved
+
+
+def test_should_stop_from_sink_and_metrics(tmp_path):
+    sink = ListSink(stop_after=2)
+    r = pretrain(tiny_spec("simclr"), tmp_path, sink=sink)
+    assert not r.completed and r.step == 2 and r.checkpoint_path.exists()
+    assert ("last.pt", r.checkpoint_path, "checkpoint") in sink.artifacts
+    names = set().union(*(v.keys() for _, v, _ in sink.rows))
+    assert {"train/loss", "train/lr", "train/images_per_sec", "train/pretext_acc"} <= names
+    assert [s for s, _, _ in sink.rows] == [1, 2]
+    assert sink.progress_calls[-1]["total_steps"] == 6
+
+
+def test_backbone_export_loads_with_metadata(tmp_path):
+    from ssl_core.evaluate import extract_features, load_backbone
+
+    spec = tiny_spec("rotation", epochs=1, eval={"monitor": {"every_epochs": 1, "train_subset": 20,
+                                                            "test_subset": 10, "k": 5}})
+    sink = ListSink()
+    r = pretrain(spec, tmp_path, sink=sink)
+    assert ("backbone.safetensors", r.backbone_path, "backbone") in sink.artifacts
+    epoch_rows = [v for _, v, _ in sink.rows if "epoch/loss" in v]
+    assert len(epoch_rows) == 1 and 0.0 <= epoch_rows[0]["monitor/knn_top1"] <= 1.0
+    backbone, meta = load_backbone(r.backbone_path)
+    assert meta["in_channels"] == 3 and meta["image_size"] == 16 and meta["method"] == "rotation"
+    assert meta["backbone"]["name"] == "convnet" and meta["feature_dim"] == backbone.feature_dim
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["epochs"] == 1
+    assert PretrainSpec.model_validate(meta["spec"]).method.name == "rotation"
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    assert extract_features(backbone, x, meta["mean"], meta["std"], 4, "cpu").shape == (5, meta["feature_dim"])
+
+
+def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
+    with pytest.raises(PermanentError, match=r"data\.subset.*|batch_size"):
+        pretrain(tiny_spec("simclr", data={"dataset": "synthetic", "image_size": 16, "subset": 8}), tmp_path)
