@@ -1,0 +1,197 @@
+"""Claim, lease fencing and the reconciler, with real SQL (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from worker_testlib import add_job, events, job, runs
+
+from api.db.models import Job
+from worker.reconciler import reconcile_once
+from worker.runner import SKIPPED, claim, run_job
+from worker.sink import JobLease, LeaseLost, SqlSink, utcnow
+
+
+def _expire(sessions, job_id):
+    with sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+
+
+class Recorder:
+    def __init__(self):
+        self.sent: list[tuple[int, str]] = []
+
+    def __call__(self, job_id: int, queue: str) -> bool:
+        self.sent.append((job_id, queue))
+        return True
+
+
+def test_claim_race_exactly_one_wins(store):
+    jid = add_job(store.sessions)
+    n = 6
+    barrier = threading.Barrier(n)
+    won: list[JobLease | None] = [None] * n
+
+    def racer(i):
+        barrier.wait()
+        won[i] = claim(store.sessions, jid, f"w{i}", 30)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [w for w in won if w is not None]
+    assert len(winners) == 1
+    j = job(store.sessions, jid)
+    assert (j.status, j.attempt, j.owner) == ("running", 1, winners[0].owner)
+    assert [(r.attempt, r.worker) for r in runs(store.sessions, jid)] == [(1, winners[0].owner)]
+    assert events(store.sessions, jid)[-1] == ("queued", "running", winners[0].owner)
+
+
+def test_redelivered_message_for_running_or_finished_job_does_nothing(store):
+    jid = add_job(store.sessions)
+    lease = claim(store.sessions, jid, "first", 30)
+    assert lease is not None
+    # a second message (redelivery past the visibility timeout, a reconciler duplicate) is dropped
+    assert run_job(jid, worker_id="second", settings=store.settings, session_factory=store.sessions) == SKIPPED
+    assert len(runs(store.sessions, jid)) == 1
+    assert job(store.sessions, jid).owner == "first"
+    from api import crud
+
+    with lease.guarded() as s:
+        assert crud.transition(s, jid, ["running"], "succeeded", owner=None)
+    assert run_job(jid, worker_id="third", settings=store.settings, session_factory=store.sessions) == SKIPPED
+    assert len(runs(store.sessions, jid)) == 1
+    assert job(store.sessions, jid).status == "succeeded"
+
+
+def test_live_lease_is_left_alone(store):
+    jid = add_job(store.sessions)
+    assert claim(store.sessions, jid, "w", 30) is not None
+    rec = Recorder()
+    out = reconcile_once(store.sessions, store.settings, dispatch=rec)
+    assert out["n_requeued"] == 0 and rec.sent == []
+    assert job(store.sessions, jid).status == "running"
+
+
+def test_expired_lease_requeued_then_next_claim_is_attempt_two(store):
+    jid = add_job(store.sessions)
+    lease = claim(store.sessions, jid, "dead-worker", 30)
+    _expire(store.sessions, jid)
+    rec = Recorder()
+    out = reconcile_once(store.sessions, store.settings, dispatch=rec)
+    assert out["requeued"] == [jid]
+    assert rec.sent == [(jid, "gpu")]
+    j = job(store.sessions, jid)
+    assert (j.status, j.owner, j.attempt) == ("queued", None, 1)
+    assert j.dispatched_at is not None  # marked when the dispatch went out
+    assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "lost")]
+    assert events(store.sessions, jid)[-1] == ("running", "queued", "reconciler")
+    # the lost worker wakes up: every write is fenced, nothing lands
+    with pytest.raises(LeaseLost):
+        lease.heartbeat()
+    sink = SqlSink(lease, store.settings.job_dir(jid), flush_seconds=1, heartbeat_seconds=1)
+    sink.metrics(1, {"train/loss": 1.0})
+    assert sink.should_stop()
+    sink.close()  # no exception, and no metric written
+    from worker_testlib import metric_steps
+
+    assert metric_steps(store.sessions, jid) == []
+    # a new claim increments the attempt
+    again = claim(store.sessions, jid, "new-worker", 30)
+    assert again is not None and again.attempt == 2
+    assert [r.attempt for r in runs(store.sessions, jid)] == [1, 2]
+    # a second reconcile pass does not touch the new, live attempt
+    reconcile_once(store.sessions, store.settings, dispatch=rec)
+    assert job(store.sessions, jid).status == "running"
+
+
+def test_max_attempts_fails_with_reason(store):
+    jid = add_job(store.sessions, max_attempts=2)
+    rec = Recorder()
+    for attempt in (1, 2):
+        assert claim(store.sessions, jid, f"w{attempt}", 30) is not None
+        _expire(store.sessions, jid)
+        reconcile_once(store.sessions, store.settings, dispatch=rec)
+    j = job(store.sessions, jid)
+    assert j.status == "failed"
+    assert j.error == "lease expired 2 times (worker lost); giving up"
+    assert [r.outcome for r in runs(store.sessions, jid)] == ["lost", "lost"]
+    ev = events(store.sessions, jid)
+    assert ev == [(None, "queued", "api"), ("queued", "running", "w1"), ("running", "queued", "reconciler"),
+                  ("queued", "running", "w2"), ("running", "failed", "reconciler")]
+    assert rec.sent == [(jid, "gpu")]  # the failed job is not dispatched again
+
+
+def test_graceful_handbacks_do_not_use_up_attempts(store):
+    from api import crud
+    from worker.runner import _end_run
+
+    jid = add_job(store.sessions, max_attempts=2)
+    for i in range(3):  # three rolling restarts hand the job back
+        lease = claim(store.sessions, jid, f"w{i}", 30)
+        with lease.guarded() as s:
+            assert crud.transition(s, jid, ["running"], "queued", owner=None, lease_expires_at=None)
+            _end_run(s, lease, "released")
+    lease = claim(store.sessions, jid, "w-last", 30)
+    assert lease.attempt == 4
+    _expire(store.sessions, jid)
+    reconcile_once(store.sessions, store.settings, dispatch=Recorder())
+    assert job(store.sessions, jid).status == "queued"  # first real loss of 2 allowed
+
+
+def test_expired_cancelling_becomes_cancelled(store):
+    from api import crud
+
+    jid = add_job(store.sessions)
+    assert claim(store.sessions, jid, "w", 30) is not None
+    with store.sessions() as s, s.begin():
+        assert crud.transition(s, jid, ["running"], "cancelling", cancel_requested=True)
+    _expire(store.sessions, jid)
+    out = reconcile_once(store.sessions, store.settings, dispatch=Recorder())
+    assert out["cancelled"] == [jid]
+    j = job(store.sessions, jid)
+    assert j.status == "cancelled" and j.finished_at is not None
+    assert events(store.sessions, jid)[-1] == ("cancelling", "cancelled", "reconciler")
+
+
+def test_lost_queued_messages_are_redispatched(store):
+    fresh = add_job(store.sessions)
+    stale = add_job(store.sessions, spec=None)
+    never = add_job(store.sessions)
+    now = utcnow()
+    with store.sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == fresh).values(dispatched_at=now))
+        s.execute(update(Job).where(Job.id == stale).values(dispatched_at=now - timedelta(seconds=3600)))
+    rec = Recorder()
+    out = reconcile_once(store.sessions, store.settings, dispatch=rec)
+    assert sorted(out["redispatched"]) == sorted([stale, never])
+    assert sorted(j for j, _ in rec.sent) == sorted([stale, never])
+    # just dispatched: not sent again on the next pass
+    rec2 = Recorder()
+    reconcile_once(store.sessions, store.settings, dispatch=rec2)
+    assert rec2.sent == []
+    # a failing broker leaves dispatched_at alone, so the next pass retries
+    with store.sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == fresh).values(dispatched_at=None))
+    out = reconcile_once(store.sessions, store.settings, dispatch=lambda j, q: False)
+    assert out["redispatched"] == [] and job(store.sessions, fresh).dispatched_at is None
+
+
+def test_heartbeat_renews_and_sees_cancel(store):
+    from api import crud
+
+    jid = add_job(store.sessions)
+    lease = claim(store.sessions, jid, "w", 30)
+    before = job(store.sessions, jid).lease_expires_at
+    lease.heartbeat()
+    assert job(store.sessions, jid).lease_expires_at >= before
+    assert not lease.cancel_requested
+    with store.sessions() as s, s.begin():
+        crud.transition(s, jid, ["running"], "cancelling", cancel_requested=True)
+    lease.heartbeat()  # still ours while cancelling
+    assert lease.cancel_requested

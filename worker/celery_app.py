@@ -1,0 +1,134 @@
+"""The Celery app ``pretextlab``: Redis broker, settings for long GPU jobs, the reconciler beat.
+
+    celery -A worker.celery_app worker -Q gpu,cpu -c 1 -P threads      # what `pretextlab worker` runs
+    celery -A worker.celery_app beat                                    # or `pretextlab worker --beat`
+
+The broker only carries "job N is ready"; SQL decides whether it runs (see ``worker.runner``).
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged when the task
+  returns, so a worker killed mid-job leaves it unacknowledged and Redis redelivers it after the
+  visibility timeout. Long before that the reconciler notices the expired lease and requeues the
+  job; the late redelivery then finds it running or finished and is dropped.
+* ``worker_prefetch_multiplier=1`` and concurrency 1 (one job per GPU): a worker reserves at most
+  the message it runs, so queued jobs go to idle workers.
+* Pool ``threads``: the task runs in the worker process itself, so the SIGTERM that starts
+  Celery's warm shutdown reaches it (``worker_shutting_down`` sets :data:`SHUTDOWN`); the job then
+  checkpoints at its next step boundary, is handed back to the queue (re-dispatched at once), and
+  the task returns -- which is what the warm shutdown waits for. Celery's own signal handlers are
+  untouched.
+* The visibility timeout (VISIBILITY_TIMEOUT) may be shorter than a job: a redelivery of a message
+  whose job is running under a live lease is dropped by the claim.
+* Beat runs ``pretextlab.reconcile`` every RECONCILE_SECONDS; the message expires after one period
+  so beats never pile up behind long jobs on busy workers. ``pretextlab serve`` runs the same
+  reconciler in a thread, so a deployment with the API process needs no beat at all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+QUEUES = ("gpu", "cpu")
+CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as well
+
+# Set when this worker process starts its warm shutdown (SIGTERM / SIGINT): running jobs hand back.
+SHUTDOWN = threading.Event()
+
+
+def make_app(settings: Any = None) -> Celery:
+    """The Celery app, configured from :class:`api.settings.Settings` (read from the environment if None)."""
+    if settings is None:
+        from api.settings import get_settings
+
+        settings = get_settings()
+    broker = settings.broker_url or "redis://127.0.0.1:6379/0"
+    app = Celery("pretextlab", broker=broker, include=["worker.tasks"])
+    app.conf.update(
+        task_ignore_result=True,  # results live in SQL; no result backend
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,  # a task that raised is done: the reconciler covers the job
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="threads",
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": int(settings.visibility_timeout)},
+        task_queues=[Queue(q) for q in (*QUEUES, CONTROL_QUEUE)],
+        task_default_queue="gpu",
+        task_routes={"pretextlab.reconcile": {"queue": CONTROL_QUEUE}},
+        task_serializer="json",
+        accept_content=["json"],
+        beat_schedule={
+            "reconcile": {
+                "task": "pretextlab.reconcile",
+                "schedule": float(settings.reconcile_seconds),
+                "options": {"queue": CONTROL_QUEUE, "expires": float(settings.reconcile_seconds)},
+            }
+        },
+        timezone="UTC",
+    )
+    app.conf.pretextlab_settings = settings
+    return app
+
+
+app = make_app()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    # Called by Celery's own SIGTERM/SIGINT handler in the main process: flag the running job and
+    # return; Celery then carries on with its warm shutdown (waits for the task, acks, exits).
+    SHUTDOWN.set()
+
+
+def worker_id(hostname: str | None = None) -> str:
+    """Owner string for leases: node name + pid, unique even when a restarted node reuses its name."""
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(queues: list[str] | tuple[str, ...] | str = QUEUES, concurrency: int = 1,
+               hostname: str | None = None, beat: bool = False, loglevel: str | None = None) -> None:
+    """Start a Celery worker in this process (blocks until it shuts down).
+
+    ``queues``: the job queues to consume (the control queue is always added); ``concurrency``:
+    jobs at once (one per GPU); ``beat=True`` embeds the reconciler beat (``-B``) with its schedule
+    file in a private temp folder -- run it on one worker per deployment (or use ``run_beat``);
+    extra beats are harmless, only wasteful.
+    """
+    if isinstance(queues, str):
+        queues = [q.strip() for q in queues.split(",") if q.strip()]
+    qs = list(dict.fromkeys([*queues, CONTROL_QUEUE]))
+    settings = app.conf.pretextlab_settings
+    argv = ["worker", "-Q", ",".join(qs), "-c", str(int(concurrency)), "-P", "threads",
+            "--loglevel", loglevel or settings.log_level, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["-n", hostname]
+    if beat:
+        argv += ["-B", "-s", os.path.join(tempfile.mkdtemp(prefix="pretextlab-beat-"), "schedule")]
+    app.worker_main(argv)
+
+
+def run_beat(loglevel: str | None = None) -> None:
+    """Run the reconciler beat alone (``celery -A worker.celery_app beat``)."""
+    settings = app.conf.pretextlab_settings
+    app.start(["beat", "--loglevel", loglevel or settings.log_level,
+               "-s", os.path.join(tempfile.mkdtemp(prefix="pretextlab-beat-"), "schedule")])
+
+
+if __name__ == "__main__":  # python -m worker.celery_app [queues] [hostname]
+    import sys
+
+    # Use the importable module's app (the one worker.tasks registers on), not this __main__ copy.
+    from worker.celery_app import run_worker as _run_worker
+
+    _run_worker(sys.argv[1] if len(sys.argv) > 1 else ",".join(QUEUES),
+               hostname=sys.argv[2] if len(sys.argv) > 2 else None)

@@ -1,0 +1,104 @@
+"""``pretextlab serve``: the API, the reconciler and (with no broker) local workers, in one process.
+
+    embedded (no PRETEXTLAB_BROKER_URL): uvicorn + LOCAL_WORKERS local workers polling SQL + reconciler
+    with a broker:                        uvicorn + reconciler (Celery workers run jobs elsewhere)
+
+SIGINT/SIGTERM: the API stops accepting requests, each local worker checkpoints its running job at
+the next step boundary and hands it back to the queue (``running -> queued``), then the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Iterator
+
+log = logging.getLogger("pretextlab.serve")
+JOIN_TIMEOUT_S = 120.0  # a job checkpoints at its next step boundary; this is only a safety net
+
+
+class SchemaNotReady(SystemExit):
+    pass
+
+
+def _app(settings: Any) -> Any:
+    import api.main as main
+
+    if hasattr(main, "create_app"):
+        return main.create_app(settings)
+    return main.app
+
+
+def check_schema(settings: Any) -> None:
+    """Refuse to start on an out-of-date schema, saying what to run."""
+    from api.db.session import SchemaOutOfDate, check_schema_current, make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        check_schema_current(engine)
+    except SchemaOutOfDate as exc:
+        raise SchemaNotReady(f"pretextlab: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+def start_background(settings: Any, stop_event: threading.Event) -> list[threading.Thread]:
+    """Local workers (embedded mode only) and the reconciler loop, as daemon threads."""
+    from worker.local import LocalWorker
+    from worker.reconciler import reconcile_loop
+    from worker.runner import sessions_for
+
+    sessions = sessions_for(settings.database_url)
+    threads: list[threading.Thread] = []
+    if settings.broker_url is None:
+        host = f"{socket.gethostname()}:{os.getpid()}"
+        for i in range(settings.local_workers):
+            threads.append(LocalWorker(settings, f"local@{host}:{i}", stop_event, session_factory=sessions))
+    threads.append(threading.Thread(target=reconcile_loop, args=(sessions, settings, stop_event),
+                                    name="reconciler", daemon=True))
+    for t in threads:
+        t.start()
+    log.info("started %d local worker(s) and the reconciler", len(threads) - 1)
+    return threads
+
+
+@contextlib.contextmanager
+def _no_capture() -> Iterator[None]:
+    yield
+
+
+def serve(settings: Any) -> None:
+    """Run until SIGINT/SIGTERM, then hand running jobs back and exit."""
+    import uvicorn
+
+    logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_schema(settings)
+    stop_event = threading.Event()
+    config = uvicorn.Config(_app(settings), host=settings.host, port=int(settings.port),
+                            log_level=str(settings.log_level).lower(), lifespan="on")
+    server = uvicorn.Server(config)
+    # uvicorn would re-raise the captured signal after its shutdown, killing the process before the
+    # workers have handed their jobs back: take the signals ourselves and stop both.
+    server.capture_signals = _no_capture  # type: ignore[method-assign]
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %s: shutting down (running jobs are handed back to the queue)", signum)
+        stop_event.set()
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads = start_background(settings, stop_event)
+    try:
+        server.run()
+    finally:
+        stop_event.set()
+        for t in threads:
+            t.join(JOIN_TIMEOUT_S)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("stopped")

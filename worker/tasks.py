@@ -1,0 +1,41 @@
+"""Celery tasks: ``pretextlab.run_job`` (claim + run one job) and ``pretextlab.reconcile``.
+
+Both are thin: the logic lives in :mod:`worker.runner` and :mod:`worker.reconciler`, shared with
+the embedded local worker. torch is imported by the runner inside the task, never here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from worker.celery_app import SHUTDOWN, app, worker_id
+
+log = logging.getLogger("pretextlab.worker")
+
+
+def _settings():
+    return app.conf.pretextlab_settings
+
+
+@app.task(name="pretextlab.run_job", bind=True, acks_late=True, ignore_result=True)
+def run_job_task(self, job_id: int) -> str:
+    """Run job ``job_id`` if it can be claimed; a duplicate or late message is dropped by the claim."""
+    from worker.runner import run_job
+
+    if SHUTDOWN.is_set():
+        # A message reaching a worker that is already shutting down: back to the broker for another.
+        from celery.exceptions import Reject
+
+        raise Reject(f"job {job_id}: worker shutting down", requeue=True)
+    node = f"{self.request.hostname or 'celery'}:{threading.get_ident()}"
+    return run_job(int(job_id), worker_id=worker_id(node), settings=_settings(), stop_event=SHUTDOWN)
+
+
+@app.task(name="pretextlab.reconcile", ignore_result=True)
+def reconcile_task() -> dict:
+    from worker.reconciler import reconcile_once
+    from worker.runner import sessions_for
+
+    settings = _settings()
+    return reconcile_once(sessions_for(settings.database_url), settings)
