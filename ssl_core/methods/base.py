@@ -1,0 +1,88 @@
+"""What every method shares: the spec, the augmentation pipeline, dataset normalisation.
+
+A method is an ``nn.Module`` with ``backbone`` (kept and exported), ``prepare_data`` and
+``training_step`` (see docs/internals.md). Nothing else lives here on purpose: each method
+file reads top to bottom like its paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ssl_core.augment import build_pipeline, normalize
+from ssl_core.backbones import build_backbone
+from ssl_core.specs import PretrainSpec
+
+
+def dataset_stats(spec: PretrainSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's per-channel mean/std, repeated to 3 channels when a gray set is fed as RGB."""
+    info = spec.data.info
+    channels = spec.data.resolved_channels
+    mean, std = tuple(info.mean), tuple(info.std)
+    if len(mean) != channels:
+        mean, std = mean[:1] * channels, std[:1] * channels
+    return mean, std
+
+
+def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    return generator.device if generator is not None else device
+
+
+def randint(high: int | Tensor, size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Integers in [0, high) drawn with ``generator`` (on its device) and returned on ``device``.
+
+    ``high`` may be a tensor (broadcast against ``size``) for per-sample ranges.
+    """
+    u = torch.rand(size, generator=generator, device=_rand_device(generator, device)).to(device)
+    if isinstance(high, Tensor):
+        return torch.minimum((u * high).long(), high.long() - 1)
+    return (u * high).long().clamp_(max=high - 1)
+
+
+def rand(size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Uniform [0, 1) drawn with ``generator`` and returned on ``device``."""
+    return torch.rand(size, generator=generator, device=_rand_device(generator, device)).to(device)
+
+
+def randn(size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.randn(size, generator=generator, device=_rand_device(generator, device)).to(device)
+
+
+def randperm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.randperm(n, generator=generator, device=_rand_device(generator, device)).to(device)
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy as a detached 0-d tensor (no host sync)."""
+    return (logits.detach().argmax(dim=1) == targets).float().mean()
+
+
+class SSLMethod(nn.Module):
+    """Base of the seven methods: builds the backbone, the pipeline and the normalisation."""
+
+    def __init__(self, spec: PretrainSpec, *, backbone_input_size: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.in_channels = spec.data.resolved_channels
+        self.image_size = spec.data.resolved_image_size
+        self.backbone = build_backbone(spec.backbone, self.in_channels, backbone_input_size or self.image_size)
+        self.pipeline = build_pipeline(list(spec.augment or []), self.image_size)
+        self.mean, self.std = dataset_stats(spec)
+
+    def prepare_data(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """The training set the loop iterates over: by default the images, without targets."""
+        return images, None
+
+    def augment(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 (B, C, H, W) -> float (B, C, S, S) in [0, 1]: the spec's pipeline, on the batch's device."""
+        return self.pipeline(images, generator=generator)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Dataset mean/std normalisation of a float batch in [0, 1]."""
+        return normalize(x, self.mean, self.std)
+
+    def training_step(
+        self, images: Tensor, targets: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError

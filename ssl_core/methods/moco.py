@@ -1,0 +1,224 @@
+"""MoCo v1 (He, Fan, Wu, Xie & Girshick, CVPR 2020) and v2 (Chen, Fan, Girshick & He, 2020).
+
+A query encoder (backbone + head) and a momentum key encoder (its copy, updated as
+theta_k <- m * theta_k + (1 - m) * theta_q, never by gradients); keys of earlier batches
+wait in a FIFO queue of K negatives, and InfoNCE contrasts each query with its positive
+key (logit 0) against the queue. v2 changes the head to a 2-layer MLP, the temperature
+to 0.2 and the augmentation (blur); ``spec.method`` is already resolved for the version.
+
+Shuffling BN (paper §3.3): BatchNorm statistics shared by a query and its positive key
+let the model "cheat". Under torch.distributed the key batch is shuffled across
+processes (the official all-gather shuffle). On one device the official CIFAR demo's
+split-batch BN is used instead: every BN layer normalises ``bn_splits`` sub-batches
+separately, and the key batch is shuffled so that no key lands in the sub-batch its
+query had (a cyclic derangement of the sub-batches). State (queue, pointer, key
+encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_core.heads import MoCoProjectionHead
+from ssl_core.losses import info_nce
+from ssl_core.methods.base import SSLMethod, randperm
+from ssl_core.specs import PretrainSpec
+
+
+# ----------------------------------------------------------------------------- split BN
+def effective_splits(batch: int, splits: int) -> int:
+    """The largest divisor of ``batch`` not above ``splits`` (a short last batch still splits evenly)."""
+    s = max(1, min(splits, batch))
+    while batch % s:
+        s -= 1
+    return s
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d over ``num_splits`` interleaved sub-batches (sample n in sub-batch n % splits).
+
+    From the official MoCo CIFAR demo: in training, the (N, C, H, W) batch is viewed as
+    (N/s, s*C, H, W) so each sub-batch gets its own statistics; the running statistics are
+    the average over the sub-batches. In eval mode it is an ordinary BatchNorm2d, and its
+    state_dict keys are those of BatchNorm2d, so the exported backbone loads anywhere.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        s = effective_splits(n, self.num_splits)
+        if (self.training or not self.track_running_stats) and s > 1:
+            mean_split = self.running_mean.repeat(s)
+            var_split = self.running_var.repeat(s)
+            out = F.batch_norm(
+                x.reshape(-1, c * s, h, w), mean_split, var_split,
+                self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
+            ).view(n, c, h, w)
+            with torch.no_grad():
+                self.running_mean.copy_(mean_split.view(s, c).mean(dim=0))
+                self.running_var.copy_(var_split.view(s, c).mean(dim=0))
+                self.num_batches_tracked.add_(1)
+            return out
+        return super().forward(x)
+
+
+def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d in ``module`` (in place) by a SplitBatchNorm with the same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+            new = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                 affine=child.affine, track_running_stats=child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new.to(child.weight.device if child.affine else None))
+        else:
+            convert_split_bn(child, num_splits)
+    return module
+
+
+def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(idx_shuffle, idx_unshuffle) for the key batch such that no key shares its query's BN sub-batch.
+
+    Sample n = i*s + j sits in sub-batch j. It moves to row rho[i] of sub-batch d(j), where
+    rho is a random permutation of the rows and d a random cyclic derangement of the
+    sub-batches (d(j) != j for all j). shuffled = k[idx_shuffle]; k = shuffled[idx_unshuffle].
+    With a single sub-batch this is a plain random permutation.
+    """
+    s = effective_splits(batch, splits)
+    if s == 1:
+        idx_shuffle = randperm(batch, generator, device)
+        return idx_shuffle, torch.argsort(idx_shuffle)
+    rows = batch // s
+    tau = randperm(s, generator, device)
+    derange = torch.empty_like(tau)
+    derange[tau] = tau.roll(-1)  # d(tau[a]) = tau[a + 1]: a single cycle, no fixed point
+    rho = randperm(rows, generator, device)
+    n = torch.arange(batch, device=device)
+    dest = rho[n // s] * s + derange[n % s]  # where sample n goes
+    return torch.argsort(dest), dest
+
+
+# ----------------------------------------------------------------------------- DDP shuffle
+@torch.no_grad()
+def concat_all_gather(x: Tensor) -> Tensor:
+    """all_gather without gradient: (N, ...) per process -> (world * N, ...)."""
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def batch_shuffle_ddp(x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Official MoCo: gather the batch from all processes, shuffle it with rank 0's permutation, take this rank's share."""
+    local = x.shape[0]
+    x_all = concat_all_gather(x)
+    idx_shuffle = randperm(x_all.shape[0], generator, x.device)
+    dist.broadcast(idx_shuffle, src=0)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    rank = dist.get_rank()
+    return x_all[idx_shuffle.view(-1, local)[rank]], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle_ddp(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
+    local = x.shape[0]
+    x_all = concat_all_gather(x)
+    return x_all[idx_unshuffle.view(-1, local)[dist.get_rank()]]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+# ----------------------------------------------------------------------------- the method
+class MoCo(SSLMethod):
+    def __init__(self, spec: PretrainSpec) -> None:
+        super().__init__(spec)
+        m = spec.method
+        self.momentum = float(m.momentum)
+        self.temperature = float(m.temperature)
+        self.symmetric = bool(m.symmetric)
+        self.bn_splits = int(m.bn_splits)
+        # 'auto': all-gather shuffle when distributed, split BN on one device
+        self.shuffle_mode = m.shuffle_bn if m.shuffle_bn != "auto" else ("shuffle" if _distributed() else "split")
+        if self.shuffle_mode == "split":
+            convert_split_bn(self.backbone, self.bn_splits)
+        self.projection_head = MoCoProjectionHead(self.backbone.feature_dim, m.projection_dim, mlp=bool(m.mlp_head))
+        # key encoder: a copy of the query encoder, never touched by the optimizer
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        for p in self.momentum_parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(m.queue_size, m.projection_dim), dim=1))  # (K, D)
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def query_parameters(self) -> list[nn.Parameter]:
+        return [*self.backbone.parameters(), *self.projection_head.parameters()]
+
+    def momentum_parameters(self) -> list[nn.Parameter]:
+        return [*self.backbone_momentum.parameters(), *self.projection_head_momentum.parameters()]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q (MoCo Eq. 2), one fused op over all parameters."""
+        keys = self.momentum_parameters()
+        torch._foreach_mul_(keys, self.momentum)
+        torch._foreach_add_(keys, self.query_parameters(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def dequeue_and_enqueue(self, keys: Tensor) -> None:
+        """FIFO: the batch's keys (N, D) overwrite the oldest N entries, wrapping around (no host sync)."""
+        if _distributed():
+            keys = concat_all_gather(keys)
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        n = keys.shape[0]
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    def encode_query(self, x: Tensor) -> Tensor:
+        return F.normalize(self.projection_head(self.backbone(x)), dim=1)  # (N, D)
+
+    @torch.no_grad()
+    def encode_key(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Keys (N, D) from the momentum encoder, computed on a shuffled batch and unshuffled (Shuffling BN)."""
+        def encoder(v: Tensor) -> Tensor:
+            return F.normalize(self.projection_head_momentum(self.backbone_momentum(v)), dim=1)
+
+        if self.shuffle_mode == "off":
+            return encoder(x)
+        if _distributed() and self.shuffle_mode == "shuffle":
+            x, idx_unshuffle = batch_shuffle_ddp(x, generator)
+            return batch_unshuffle_ddp(encoder(x), idx_unshuffle)
+        splits = self.bn_splits if self.shuffle_mode == "split" else 1
+        idx_shuffle, idx_unshuffle = split_shuffle(x.shape[0], splits, generator, x.device)
+        return encoder(x[idx_shuffle])[idx_unshuffle]
+
+    def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
+        x_q = self.normalize(self.augment(images, generator))  # two independent views
+        x_k = self.normalize(self.augment(images, generator))
+        q = self.encode_query(x_q)
+        self.momentum_update()  # before the keys, as in the official code
+        k = self.encode_key(x_k, generator)
+        queue = self.queue.clone().detach()  # the enqueue below must not change what backward sees
+        loss = info_nce(q, k, queue, self.temperature)  # logits N x (1+K), positive at 0
+        new_keys = k
+        if self.symmetric:  # MoCo CIFAR demo: loss_12 + loss_21, both key sets enqueued
+            q2 = self.encode_query(x_k)
+            k2 = self.encode_key(x_q, generator)
+            loss = loss + info_nce(q2, k2, queue, self.temperature)
+            new_keys = torch.cat([k, k2], dim=0)
+        with torch.no_grad():
+            l_pos = (q * k).sum(dim=1)
+            l_neg_max = (q @ queue.to(q.dtype).t()).amax(dim=1)
+            acc = (l_pos > l_neg_max).float().mean()
+        self.dequeue_and_enqueue(new_keys)
+        return loss, {"pretext_acc": acc}

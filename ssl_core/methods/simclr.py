@@ -1,0 +1,46 @@
+"""SimCLR (Chen, Kornblith, Norouzi & Hinton, ICML 2020).
+
+Two views of each image from the augmentation pipeline, the encoder f (the backbone,
+kept after training) gives h, the projection g (Linear-BN-ReLU-Linear, discarded) gives
+z, and NT-Xent pulls the two views of an image together against the other 2N-2 views.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_core.heads import SimCLRProjectionHead
+from ssl_core.losses import nt_xent
+from ssl_core.methods.base import SSLMethod
+from ssl_core.specs import PretrainSpec
+
+
+class SimCLR(SSLMethod):
+    def __init__(self, spec: PretrainSpec) -> None:
+        super().__init__(spec)
+        m = spec.method
+        dim = self.backbone.feature_dim
+        self.projection_head = SimCLRProjectionHead(dim, m.projection_hidden_dim or dim, m.projection_dim)
+        self.temperature = float(m.temperature)
+
+    def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
+        b = images.shape[0]
+        x1 = self.augment(images, generator)  # two independent draws of t ~ T
+        x2 = self.augment(images, generator)
+        # one forward over 2N views: BN sees both views, as the paper's global BN does
+        h = self.backbone(self.normalize(torch.cat([x1, x2], dim=0)))  # (2N, feature_dim)
+        z = self.projection_head(h)  # (2N, projection_dim)
+        z1, z2 = z[:b], z[b:]
+        loss = nt_xent(z1, z2, self.temperature)
+        return loss, {"pretext_acc": _positive_top1(z1.detach(), z2.detach())}
+
+
+def _positive_top1(z1: Tensor, z2: Tensor) -> Tensor:
+    """Fraction of the 2N anchors whose most similar other view is their positive."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sim = (z @ z.t()).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return (sim.argmax(dim=1) == target).float().mean()
