@@ -65,9 +65,9 @@ def set_path(data: dict, keys: list[str], value: Any) -> None:
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "spec"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")  # model validators already name their field
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "invalid spec:\n" + "\n".join(lines)
 
 
