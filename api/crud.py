@@ -153,6 +153,15 @@ def transition(
     return True
 
 
+def mark_dispatched(session: Session, job_id: int) -> None:
+    """Record when a broker message was last sent (the reconciler re-dispatches stale ones).
+    Only a still-queued job is touched; not a status change, so no event."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued").values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def get_job(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
 
@@ -253,6 +262,9 @@ def write_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any
          "epoch": None if r.get("epoch") is None else int(r["epoch"]), "created_at": now}
         for r in rows
     ]
+    # NaN cannot be stored portably (SQLite turns it into NULL); a diverged run is reported by
+    # the job's error ("non-finite loss at step N"), so NaN points are dropped here.
+    batch = [r for r in batch if not math.isnan(r["value"])]
     if not batch:
         return 0
     # Within one batch the last value for a (name, step) wins, like the upsert across batches;

@@ -14,9 +14,9 @@ import hmac
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 MAX_ARTIFACT_NAME = 255
@@ -45,8 +45,14 @@ def unauthorized(message: str) -> HTTPException:
                          headers={"WWW-Authenticate": 'Bearer realm="pretextlab"'})
 
 
-async def require_token(request: Request) -> None:
-    """Dependency on every /v1 router: a no-op unless tokens are configured."""
+async def require_token(
+    request: Request,
+    _doc: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> None:
+    """Dependency on every /v1 router: a no-op unless tokens are configured.
+
+    ``_doc`` only makes the OpenAPI document show the bearer scheme; the header is parsed here so
+    that a missing header (401), a malformed one (401) and an unknown token (403) differ."""
     tokens = request.app.state.settings.token_list()
     if not tokens:
         return
@@ -59,10 +65,6 @@ async def require_token(request: Request) -> None:
         raise unauthorized("malformed Authorization header: expected `Bearer <token>`")
     if not token_matches(value, tokens):
         raise HTTPException(403, detail={"code": "forbidden", "message": "unknown API token"})
-
-
-async def bearer_doc(credentials: HTTPAuthorizationCredentials | None = None) -> None:
-    """Only here so the OpenAPI document shows the bearer scheme (see main.py)."""
 
 
 # -- body size limit --------------------------------------------------------------------------

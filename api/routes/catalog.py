@@ -1,0 +1,46 @@
+"""/v1/methods and /v1/datasets: what can be submitted, straight from ssl_core.specs (no torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+
+from api.deps import SettingsDep
+from api.schemas import ERROR_RESPONSES, DatasetOut, MethodOut
+from api.security import require_token
+from ssl_core.specs import DATASETS, method_schemas
+
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+
+
+@router.get("/methods", response_model=list[MethodOut], response_model_by_alias=True,
+            summary="Each method's JSON Schema and defaults")
+def methods() -> list[MethodOut]:
+    return [MethodOut(**m) for m in method_schemas().values()]
+
+
+def dataset_available(name: str, data_root: Path) -> bool | None:
+    """Whether a dataset's files are present, by looking at files only (no loading, no torch)."""
+    if name == "synthetic":
+        return True  # generated on the fly
+    if name == "digits":
+        return importlib.util.find_spec("sklearn") is not None  # bundled with scikit-learn
+    if name == "image_folder":
+        return None  # depends on data.path
+    folder = data_root / name
+    try:
+        return folder.is_dir() and any(folder.iterdir())
+    except OSError:
+        return False
+
+
+@router.get("/datasets", response_model=list[DatasetOut], summary="Datasets and whether they are present")
+def datasets(settings: SettingsDep) -> list[DatasetOut]:
+    root = Path(settings.data_root).expanduser()
+    return [
+        DatasetOut(name=d.name, description=d.description, image_size=d.image_size, channels=d.channels,
+                   num_classes=d.num_classes, splits=list(d.splits), available=dataset_available(d.name, root))
+        for d in DATASETS.values()
+    ]

@@ -1,0 +1,216 @@
+"""/v1/jobs: submit, list, read, history, cancel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from api import crud
+from api.db.models import FINAL_STATUSES, Artifact, Job
+from api.deps import SessionDep, SettingsDep
+from api.dispatch import dispatch
+from api.errors import ApiError, validation_details
+from api.schemas import (
+    ERROR_RESPONSES,
+    MAX_ID,
+    EventList,
+    EventOut,
+    JobCreate,
+    JobList,
+    JobOut,
+    Kind,
+    Label,
+    SafeText,
+    Status,
+    Tag,
+    _utc,
+)
+from api.security import UnsafePath, require_token, resolve_weights
+from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec
+
+log = logging.getLogger("pretextlab.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=SafeText,
+           description="the same key returns the same job (200); a different body with it is 409"),
+]
+
+
+def job_or_404(session: Any, job_id: int) -> Job:
+    job = crud.get_job(session, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
+    return job
+
+
+def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
+    spec_kind = body.spec.get("kind")
+    if body.kind is not None and spec_kind is not None and spec_kind != body.kind:
+        raise ApiError(422, "validation_error", f"kind is {body.kind!r} but spec.kind is {spec_kind!r}",
+                       {"kind": body.kind, "spec.kind": spec_kind})
+    kind = body.kind or spec_kind or "pretrain"
+    try:
+        return parse_job_spec({**body.spec, "kind": kind})
+    except ValidationError as exc:
+        details = validation_details(exc.errors())
+        for d in details:  # 'pretrain.method.temperature' -> 'spec.method.temperature'
+            loc = d["loc"].split(".")
+            if loc and loc[0] in ("pretrain", "evaluate"):
+                loc = loc[1:]
+            d["loc"] = ".".join(["spec", *loc])
+        shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
+        raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
+
+
+def _check_evaluate(session: Any, spec: EvaluateSpec, settings: Any) -> None:
+    """An evaluation must point at something that can exist: a pretraining job or a safe file."""
+    if spec.source_job_id is not None:
+        sid = spec.source_job_id
+        if sid > MAX_ID:
+            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
+        src = crud.get_job(session, sid)
+        if src is None:
+            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
+        if src.kind != "pretrain":
+            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} is an {src.kind} job, not a pretraining",
+                           {"source_job_id": sid})
+        if src.status in ("failed", "cancelled"):
+            raise ApiError(422, "invalid_spec",
+                           f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
+                           {"source_job_id": sid, "status": src.status})
+    if spec.weights is not None:
+        roots = [settings.artifact_root, *settings.allowed_roots()]
+        try:
+            resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
+        except UnsafePath as exc:
+            raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
+
+
+def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) -> bool:
+    return (job.spec == spec.model_dump(mode="json") and job.name == body.name
+            and list(job.tags or []) == list(body.tags) and job.priority == body.priority)
+
+
+def _replay(job: Job, spec: Any, body: JobCreate, key: str, response: Response) -> JobOut:
+    if not _same_request(job, spec, body):
+        raise ApiError(409, "idempotency_conflict",
+                       f"Idempotency-Key {key!r} was already used for job {job.id} with a different request body",
+                       {"idempotency_key": key, "job_id": job.id})
+    response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_row(job)
+
+
+@router.post("", status_code=201, response_model=JobOut, summary="Submit a pretraining or evaluation job")
+def submit_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    spec = _parse_spec(body)
+    if idempotency_key is not None:
+        existing = crud.get_job_by_idempotency_key(session, idempotency_key)
+        if existing is not None:
+            return _replay(existing, spec, body, idempotency_key, response)
+    if isinstance(spec, EvaluateSpec):
+        _check_evaluate(session, spec, settings)
+    active = crud.count_active(session)
+    if active >= settings.max_active_jobs:
+        raise ApiError(429, "queue_full",
+                       f"{active} jobs are queued or running (limit PRETEXTLAB_MAX_ACTIVE_JOBS={settings.max_active_jobs})",
+                       {"active": active, "limit": settings.max_active_jobs}, headers={"Retry-After": "30"})
+    job = crud.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
+                          idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced: the other one committed first.
+        session.rollback()
+        existing = crud.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, spec, body, idempotency_key, response)
+    if dispatch(job, settings):
+        try:
+            crud.mark_dispatched(session, job.id)
+            session.commit()
+        except SQLAlchemyError:  # the job is stored; a lost timestamp only means an earlier re-dispatch
+            session.rollback()
+            log.warning("could not record dispatch of job %s", job.id)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_row(job, artifacts=0)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    status: Status | None = None,
+    kind: Kind | None = None,
+    method: Label | None = None,
+    dataset: Label | None = None,
+    tag: Tag | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobList:
+    try:
+        page, next_cursor = crud.list_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
+                                           tag=tag, cursor=cursor, limit=limit)
+    except crud.BadCursor as exc:
+        raise ApiError(400, "bad_cursor", str(exc), {"cursor": cursor}) from None
+    counts: dict[int, int] = {}
+    if page:
+        ids = [j.id for j in page]
+        counts = dict(session.execute(
+            select(Artifact.job_id, func.count()).where(Artifact.job_id.in_(ids)).group_by(Artifact.job_id)
+        ).all())
+    return JobList(items=[JobOut.from_row(j, counts.get(j.id, 0)) for j in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job: status, spec, progress, result")
+def read_job(job_id: JobId, session: SessionDep) -> JobOut:
+    job = job_or_404(session, job_id)
+    return JobOut.from_row(job, crud.artifact_count(session, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventList, summary="The job's status history")
+def job_events(job_id: JobId, session: SessionDep) -> EventList:
+    job_or_404(session, job_id)
+    items = [EventOut(id=e.id, from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
+                      actor=e.actor, reason=e.reason, at=_utc(e.at)) for e in crud.job_events(session, job_id)]
+    return EventList(job_id=job_id, items=items)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
+             responses={202: {"model": JobOut, "description": "running: cancelling, the worker stops it"}})
+def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobOut:
+    """queued -> cancelled at once; running -> cancelling (the worker checkpoints and stops at the
+    next step boundary, then cancelled); cancelling -> unchanged; finished -> 409."""
+    for _ in range(3):  # a worker may move the job between our read and our conditional update
+        job = job_or_404(session, job_id)
+        if job.status in FINAL_STATUSES:
+            raise ApiError(409, "invalid_state", f"job {job_id} is already {job.status}: it cannot be cancelled",
+                           {"job_id": job_id, "status": job.status})
+        if job.status == "cancelling":
+            response.status_code = 202
+            return JobOut.from_row(job)
+        if job.status == "queued":
+            ok = crud.transition(session, job_id, "queued", "cancelled", actor="api", reason="cancelled by user",
+                                 cancel_requested=True)
+        else:
+            ok = crud.transition(session, job_id, "running", "cancelling", actor="api", reason="cancelled by user",
+                                 cancel_requested=True)
+        if ok:
+            session.commit()
+            job = job_or_404(session, job_id)
+            session.refresh(job)
+            response.status_code = 200 if job.status == "cancelled" else 202
+            return JobOut.from_row(job)
+        session.rollback()
+    raise ApiError(409, "conflict", f"job {job_id} changed state while cancelling; retry", {"job_id": job_id})

@@ -1,0 +1,46 @@
+"""/v1/jobs/{id}/metrics: metric names, or one downsampled series (never unbounded)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from api import crud
+from api.deps import SessionDep
+from api.errors import ApiError
+from api.routes.jobs import JobId, job_or_404
+from api.schemas import ERROR_RESPONSES, MAX_ID, Label, MetricNames, MetricPoint, MetricSeriesOut
+from api.security import require_token
+
+router = APIRouter(prefix="/v1/jobs", tags=["metrics"], dependencies=[Depends(require_token)],
+                   responses=ERROR_RESPONSES)
+MAX_POINTS_CAP = 10_000
+
+Step = Annotated[int | None, Query(ge=0, le=MAX_ID)]
+
+
+@router.get("/{job_id}/metrics", response_model=MetricSeriesOut | MetricNames,
+            summary="Metric names (no name) or one series, downsampled keeping the first and last points")
+def job_metrics(
+    job_id: JobId,
+    session: SessionDep,
+    name: Label | None = None,
+    start_step: Step = None,
+    end_step: Step = None,
+    max_points: Annotated[int, Query(ge=2, description="capped at 10000")] = 1000,
+) -> MetricSeriesOut | MetricNames:
+    job_or_404(session, job_id)
+    if name is None:
+        return MetricNames(job_id=job_id, names=crud.metric_names(session, job_id))
+    if start_step is not None and end_step is not None and start_step > end_step:
+        raise ApiError(422, "validation_error", f"start_step {start_step} is after end_step {end_step}",
+                       {"start_step": start_step, "end_step": end_step})
+    max_points = min(max_points, MAX_POINTS_CAP)
+    series = crud.query_metrics(session, job_id, name, start_step=start_step, end_step=end_step,
+                                max_points=max_points)
+    points = [MetricPoint(step=s, value=v if v is not None and math.isfinite(v) else None, epoch=e)
+              for s, v, e in series.points]
+    return MetricSeriesOut(job_id=job_id, name=name, points=points, downsampled=series.downsampled,
+                           max_points=max_points)

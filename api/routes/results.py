@@ -1,0 +1,25 @@
+"""/v1/results: the leaderboard of finished evaluations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from api import crud
+from api.deps import SessionDep
+from api.schemas import ERROR_RESPONSES, Label, ResultList, ResultRow, _utc
+from api.security import require_token
+
+router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+
+
+@router.get("/results", response_model=ResultList, summary="Leaderboard: succeeded evaluations, best top-1 first")
+def results(
+    session: SessionDep,
+    dataset: Label | None = None,
+    protocol: Literal["knn", "linear", "finetune"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ResultList:
+    rows = crud.leaderboard(session, dataset=dataset, protocol=protocol, limit=limit)
+    return ResultList(items=[ResultRow(**{**r, "finished_at": _utc(r["finished_at"])}) for r in rows])

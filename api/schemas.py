@@ -1,0 +1,220 @@
+"""Request and response bodies of the HTTP API (the job spec itself lives in ssl_core.specs)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from api.db.models import STATUSES, Job
+
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+assert set(Status.__args__) == set(STATUSES)  # type: ignore[attr-defined]
+Kind = Literal["pretrain", "evaluate"]
+# Printable text only: PostgreSQL refuses NUL in text, and control characters are never meant.
+SafeText = r"^[^\x00-\x1f\x7f]*$"
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SafeText)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=SafeText)]
+MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, refuse them before the database does
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+class Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobCreate(Forbid):
+    """POST /v1/jobs. ``spec`` is a PretrainSpec or EvaluateSpec (see GET /v1/methods)."""
+
+    kind: Kind | None = Field(None, description="pretrain (default) or evaluate; may also be given as spec.kind")
+    spec: dict[str, Any] = Field(default_factory=dict, description="the job spec; omitted fields take their defaults")
+    name: Annotated[str, StringConstraints(max_length=200, pattern=SafeText)] | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first (embedded worker)")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{
+                "kind": "pretrain", "name": "simclr-fmnist", "tags": ["demo"],
+                "spec": {"method": {"name": "simclr"}, "backbone": {"name": "resnet18"},
+                         "data": {"dataset": "fashion_mnist", "subset": 10000}, "epochs": 5, "batch_size": 256},
+            }]
+        },
+    )
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    epoch: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    images_per_sec: float | None = None
+    eta_s: float | None = None
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: Kind
+    status: Status
+    name: str | None
+    tags: list[str]
+    priority: int
+    spec: dict[str, Any]
+    method: str | None
+    dataset: str | None
+    protocol: str | None
+    queue: str
+    source_job_id: int | None
+    parent_job_id: int | None
+    attempt: int
+    max_attempts: int
+    owner: str | None
+    cancel_requested: bool
+    progress: Progress | None
+    result: dict[str, Any] | None
+    error: str | None
+    top1: float | None
+    top5: float | None
+    artifacts: int | None = Field(None, description="number of registered artifacts")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    heartbeat_at: datetime | None
+    lease_expires_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: Job, artifacts: int | None = None) -> "JobOut":
+        return cls(
+            id=job.id, kind=job.kind, status=job.status, name=job.name, tags=list(job.tags or []),
+            priority=job.priority, spec=job.spec, method=job.method, dataset=job.dataset, protocol=job.protocol,
+            queue=job.queue, source_job_id=job.source_job_id, parent_job_id=job.parent_job_id,
+            attempt=job.attempt, max_attempts=job.max_attempts, owner=job.owner,
+            cancel_requested=bool(job.cancel_requested),
+            progress=Progress(**job.progress) if isinstance(job.progress, dict) else None,
+            result=job.result, error=job.error, top1=job.top1, top5=job.top5, artifacts=artifacts,
+            created_at=_utc(job.created_at), started_at=_utc(job.started_at), finished_at=_utc(job.finished_at),
+            updated_at=_utc(job.updated_at), heartbeat_at=_utc(job.heartbeat_at),
+            lease_expires_at=_utc(job.lease_expires_at),
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next (older) page; null at the end")
+
+
+class EventOut(BaseModel):
+    id: int
+    from_status: str | None
+    to_status: str
+    attempt: int
+    actor: str | None
+    reason: str | None
+    at: datetime
+
+
+class EventList(BaseModel):
+    job_id: int
+    items: list[EventOut]
+
+
+class MetricPoint(BaseModel):
+    step: int
+    value: float | None  # NaN / inf are sent as null (JSON has no NaN)
+    epoch: int | None = None
+
+
+class MetricSeriesOut(BaseModel):
+    job_id: int
+    name: str
+    points: list[MetricPoint]
+    downsampled: bool
+    max_points: int
+
+
+class MetricNames(BaseModel):
+    job_id: int
+    names: list[str]
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    kind: str
+    size: int
+    created_at: datetime
+    updated_at: datetime
+    url: str
+
+
+class ArtifactList(BaseModel):
+    job_id: int
+    items: list[ArtifactOut]
+
+
+class MethodOut(BaseModel):
+    name: str
+    description: str
+    schema_: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
+    defaults: dict[str, Any]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class DatasetOut(BaseModel):
+    name: str
+    description: str
+    image_size: int | None
+    channels: int
+    num_classes: int | None
+    splits: list[str]
+    available: bool | None = Field(description="files found under the data root (null: needs data.path)")
+
+
+class ResultRow(BaseModel):
+    evaluation_job_id: int
+    pretrain_job_id: int | None
+    method: str | None
+    backbone: str | None
+    epochs: int | None
+    dataset: str | None
+    protocol: str | None
+    top1: float | None
+    top5: float | None
+    finished_at: datetime | None
+
+
+class ResultList(BaseModel):
+    items: list[ResultRow]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": desc}
+    for code, desc in {
+        400: "malformed request (bad JSON, bad cursor, unsafe name)",
+        401: "missing or malformed bearer token",
+        403: "unknown bearer token",
+        404: "no such job or artifact",
+        409: "invalid state change or idempotency-key reuse",
+        413: "body larger than PRETEXTLAB_MAX_BODY_BYTES",
+        422: "invalid spec or parameters",
+        503: "database unreachable (Retry-After) or queue full",
+    }.items()
+}
