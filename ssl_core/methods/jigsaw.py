@@ -29,6 +29,16 @@ TILES = 9
 _LUMA = (0.299, 0.587, 0.114)
 
 
+def normalize_tiles(tiles: Tensor, eps: float = 1e-2) -> Tensor:
+    """Each tile and channel to zero mean, unit std on its own: (B, 9, C, T, T) -> same.
+
+    ``eps`` keeps a flat tile (std 0) finite instead of amplifying rounding noise.
+    """
+    mean = tiles.mean(dim=(-2, -1), keepdim=True)
+    std = tiles.std(dim=(-2, -1), keepdim=True)
+    return (tiles - mean) / (std + eps)
+
+
 class Jigsaw(SSLMethod):
     def __init__(self, spec: PretrainSpec) -> None:
         m = spec.method
@@ -70,10 +80,7 @@ class Jigsaw(SSLMethod):
             gray = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
             x = torch.where(rand((b, 1, 1, 1), generator, x.device) < m.grayscale_p, gray, x)
         tiles = self.make_tiles(x, generator)  # (B, 9, C, T, T)
-        # each tile normalised on its own: replaces the dataset mean/std normalisation
-        mean = tiles.mean(dim=(3, 4), keepdim=True)
-        std = tiles.std(dim=(3, 4), keepdim=True)
-        tiles = (tiles - mean) / (std + 1e-2)
+        tiles = normalize_tiles(tiles)  # replaces the dataset mean/std normalisation
         tiles, labels = self.shuffle(tiles, generator)
         feats = self.fc6(self.backbone(tiles.flatten(0, 1)))  # shared tower + fc6: (9B, tile_dim)
         logits = self.head(feats.view(b, -1))  # concatenated in shuffled order: (B, 9*tile_dim) -> (B, P)
