@@ -178,11 +178,17 @@ def resolve_weights(path: str, roots: list[Path]) -> Path:
     if "\\" in path or any(p == ".." for p in path.split("/")):
         raise UnsafePath("weights: '..' and backslashes are not allowed")
     candidate = Path(path).expanduser()
-    candidates = [candidate] if candidate.is_absolute() else [r / candidate for r in roots]
-    for c in candidates:
-        resolved = c.resolve()
+    if candidate.is_absolute():
+        resolved = candidate.resolve()
         if any(_inside(resolved, r.resolve()) for r in roots):
             return resolved
+    else:
+        # A relative path means the first root holding it (the first root when none does yet);
+        # wherever it lands after following symlinks must still be inside that root.
+        pairs = [((r / candidate).resolve(), r.resolve()) for r in roots]
+        chosen = next(((p, r) for p, r in pairs if p.exists()), pairs[0] if pairs else None)
+        if chosen is not None and _inside(*chosen):
+            return chosen[0]
     raise UnsafePath(
         f"weights: {path!r} is not inside the artifact root or an allowed data root "
         f"({', '.join(str(r) for r in roots)})"

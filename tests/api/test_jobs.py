@@ -1,0 +1,248 @@
+"""POST/GET /v1/jobs, events, cancel, idempotency, evaluation sources: on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from api import crud
+from api.db.models import Job, JobEvent
+from api_helpers import PRETRAIN, submit
+
+EVAL = {"kind": "evaluate", "data": {"dataset": "synthetic", "train_subset": 32, "test_subset": 16}}
+
+
+def test_submit_pretrain_denormalises_and_records_event(client, db):
+    job = submit(client, name="demo", tags=["a", "b"], priority=5)
+    assert job["status"] == "queued" and job["kind"] == "pretrain"
+    assert (job["method"], job["dataset"], job["queue"], job["protocol"]) == ("simclr", "synthetic", "gpu", None)
+    assert job["name"] == "demo" and job["tags"] == ["a", "b"] and job["priority"] == 5
+    # the stored spec is explicit: the method's paper defaults were filled in
+    assert job["spec"]["optim"]["name"] == "lars" and job["spec"]["augment"]
+    assert job["attempt"] == 0 and job["artifacts"] == 0
+    got = client.get(f"/v1/jobs/{job['id']}").json()
+    assert got["spec"] == job["spec"] and got["progress"] is None
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["items"]
+    assert [(e["from_status"], e["to_status"]) for e in events] == [(None, "queued")]
+
+
+def test_moco_label_and_evaluate_queue(client):
+    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "version": 2, "queue_size": 64}})
+    assert moco["method"] == "moco_v2"
+    ev = submit(client, {**EVAL, "source_job_id": moco["id"]})
+    assert (ev["kind"], ev["queue"], ev["protocol"], ev["method"], ev["source_job_id"]) == (
+        "evaluate", "cpu", "knn", "moco_v2", moco["id"])
+
+
+def test_progress_is_reported(client, db):
+    job = submit(client)
+    with db() as s:
+        assert crud.transition(s, job["id"], "queued", "running", owner="w1",
+                               progress={"epoch": 1, "step": 10, "total_steps": 40, "images_per_sec": 123.5,
+                                         "eta_s": 3.0})
+        s.commit()
+    got = client.get(f"/v1/jobs/{job['id']}").json()
+    assert got["status"] == "running" and got["owner"] == "w1"
+    assert got["progress"] == {"epoch": 1, "step": 10, "total_steps": 40, "images_per_sec": 123.5, "eta_s": 3.0}
+
+
+def test_kind_mismatch_and_invalid_spec_name_the_field(client):
+    r = client.post("/v1/jobs", json={"kind": "evaluate", "spec": {"kind": "pretrain"}})
+    assert r.status_code == 422 and "spec.kind" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "epochs": 10**9}})
+    assert r.status_code == 422
+    assert any(d["loc"] == "spec.epochs" for d in r.json()["error"]["details"]), r.json()
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "batch_size": 10**6}})
+    assert r.status_code == 422 and "spec.batch_size" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "data": {"dataset": "synthetic", "image_size": 100000}}})
+    assert r.status_code == 422 and "image_size" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "method": {"name": "moco", "queue_size": 1 << 30}}})
+    assert r.status_code == 422 and "queue_size" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "data": {"dataset": "image_folder", "path": "../../etc",
+                                                                     "image_size": 32}}})
+    assert r.status_code == 422 and "'..'" in r.json()["error"]["message"]
+
+
+def test_idempotency_key(client, db):
+    h = {"Idempotency-Key": "run-42"}
+    first = client.post("/v1/jobs", json={"spec": PRETRAIN, "name": "x"}, headers=h)
+    assert first.status_code == 201
+    again = client.post("/v1/jobs", json={"spec": PRETRAIN, "name": "x"}, headers=h)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+    other = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "epochs": 2}, "name": "x"}, headers=h)
+    assert other.status_code == 409
+    err = other.json()["error"]
+    assert err["code"] == "idempotency_conflict" and "run-42" in err["message"]
+    with db() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
+        assert s.scalar(select(func.count()).select_from(JobEvent)) == 1
+
+
+def test_evaluate_source_must_be_a_pretraining(client, db):
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": 12345}})
+    assert r.status_code == 422 and "job 12345 does not exist" in r.json()["error"]["message"]
+    pre = submit(client)
+    ev = submit(client, {**EVAL, "source_job_id": pre["id"]})
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": ev["id"]}})
+    assert r.status_code == 422 and "not a pretraining" in r.json()["error"]["message"]
+    with db() as s:
+        crud.transition(s, pre["id"], "queued", "cancelled")
+        s.commit()
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": pre["id"]}})
+    assert r.status_code == 422 and "cancelled" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": 2**70}})
+    assert r.status_code == 422
+
+
+def test_evaluate_weights_must_stay_inside_allowed_roots(client, settings, tmp_path):
+    weights = settings.artifact_root / "jobs" / "1" / "backbone.safetensors"
+    ok = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": str(weights)}})
+    assert ok.status_code == 201, ok.text
+    for bad in ["/etc/passwd", str(tmp_path / "elsewhere" / "w.safetensors"), "../../../etc/passwd"]:
+        r = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": bad}})
+        assert r.status_code == 422, bad
+        assert "weights" in r.json()["error"]["message"]
+    # a symlink inside the data root pointing outside is refused after resolution
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    (settings.data_root / "escape").symlink_to("/etc")
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": "escape/passwd"}})
+    assert r.status_code == 422
+
+
+def test_unknown_job_is_404_everywhere(client):
+    for method, path in [("get", "/v1/jobs/999"), ("get", "/v1/jobs/999/events"), ("post", "/v1/jobs/999/cancel"),
+                         ("get", "/v1/jobs/999/metrics"), ("get", "/v1/jobs/999/artifacts")]:
+        r = getattr(client, method)(path)
+        assert r.status_code == 404, path
+        assert r.json()["error"] == {"code": "not_found", "message": "job 999 not found", "details": {"job_id": 999}}
+    assert client.get("/v1/jobs/99999999999999999999999").status_code == 422
+    assert client.get("/v1/jobs/abc").status_code == 422
+
+
+def test_list_filters_and_cursor_pagination(client, db):
+    ids = [submit(client, tags=["even" if i % 2 == 0 else "odd", "all"])["id"] for i in range(7)]
+    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "queue_size": 64}}, tags=["all"])["id"]
+    ev = submit(client, {**EVAL, "source_job_id": ids[0]})["id"]
+    with db() as s:
+        crud.transition(s, ids[1], "queued", "running")
+        s.commit()
+    # pagination: newest first, pages of 3, nothing lost or repeated
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/jobs", params=params).json()
+        assert len(page["items"]) <= 3
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids + [moco, ev], reverse=True)
+
+    def ids_for(**params):
+        return [j["id"] for j in client.get("/v1/jobs", params=params).json()["items"]]
+
+    assert ids_for(status="running") == [ids[1]]
+    assert ids_for(kind="evaluate") == [ev]
+    assert ids_for(method="moco_v2") == [moco]
+    assert ids_for(dataset="synthetic", kind="pretrain") == sorted(ids + [moco], reverse=True)
+    assert ids_for(tag="even") == sorted(ids[0::2], reverse=True)
+    assert ids_for(tag="all", limit=2) == sorted(ids + [moco], reverse=True)[:2]
+    assert ids_for(tag="nope") == []
+    assert client.get("/v1/jobs", params={"limit": 501}).status_code == 422
+    assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
+    assert client.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
+    bad = client.get("/v1/jobs", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_cursor"
+    assert len(client.get("/v1/jobs").json()["items"]) == 9  # default limit 50
+
+
+def test_cancel_queued_running_finished(client, db):
+    queued, running, done = (submit(client)["id"] for _ in range(3))
+    with db() as s:
+        assert crud.transition(s, running, "queued", "running", owner="w")
+        assert crud.transition(s, done, "queued", "running")
+        assert crud.transition(s, done, "running", "succeeded", result={"final_loss": 0.1})
+        s.commit()
+
+    r = client.post(f"/v1/jobs/{queued}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
+    r = client.post(f"/v1/jobs/{running}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelling" and r.json()["cancel_requested"] is True
+    again = client.post(f"/v1/jobs/{running}/cancel")
+    assert again.status_code == 202 and again.json()["status"] == "cancelling"
+    for job_id, status in [(done, "succeeded"), (queued, "cancelled")]:
+        r = client.post(f"/v1/jobs/{job_id}/cancel")
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "invalid_state" and status in r.json()["error"]["message"]
+    events = client.get(f"/v1/jobs/{running}/events").json()["items"]
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "queued"), ("queued", "running"), ("running", "cancelling")]
+    assert events[-1]["actor"] == "api"
+
+
+def test_transition_is_conditional(db, settings):
+    with db() as s:
+        job = crud.create_job(s, PRETRAIN)
+        s.commit()
+        assert not crud.transition(s, job.id, "running", "succeeded")  # wrong origin: nothing happens
+        assert crud.transition(s, job.id, "queued", "running", owner="a", attempt=Job.attempt + 1)
+        assert not crud.transition(s, job.id, "queued", "running", owner="b")  # a second claim loses
+        assert not crud.transition(s, job.id, "running", "succeeded", where=Job.owner == "b")  # not the owner
+        assert crud.transition(s, job.id, ("queued", "running"), "failed", where=Job.owner == "a", error="boom")
+        s.commit()
+        s.refresh(job)
+        assert (job.status, job.owner, job.attempt, job.error) == ("failed", "a", 1, "boom")
+        assert job.finished_at is not None
+        events = crud.job_events(s, job.id)
+        assert [(e.from_status, e.to_status, e.attempt) for e in events] == [
+            (None, "queued", 0), ("queued", "running", 1), ("running", "failed", 1)]
+
+
+def test_queue_size_limit(database_url, make_settings):
+    from fastapi.testclient import TestClient
+
+    from api.db.session import upgrade
+    from api.main import create_app
+
+    upgrade(database_url)
+    with TestClient(create_app(make_settings(database_url, max_active_jobs=2))) as c:
+        submit(c)
+        second = submit(c)
+        r = c.post("/v1/jobs", json={"spec": PRETRAIN})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full" and "Retry-After" in r.headers
+        assert c.post(f"/v1/jobs/{second['id']}/cancel").status_code == 200
+        submit(c)  # room again
+
+
+@pytest.mark.redis
+def test_dispatch_publishes_to_the_jobs_queue(database_url, make_settings, redis_server):
+    import redis
+    from fastapi.testclient import TestClient
+
+    from api.db.session import upgrade
+    from api.dispatch import reset_clients
+    from api.main import create_app
+
+    upgrade(database_url)
+    reset_clients()
+    with TestClient(create_app(make_settings(database_url, broker_url=redis_server.url))) as c:
+        pre = submit(c)
+        ev = submit(c, {**EVAL, "source_job_id": pre["id"]})
+        r = redis.Redis.from_url(redis_server.url)
+        assert r.llen("gpu") == 1 and r.llen("cpu") == 1
+        assert c.get(f"/v1/jobs/{pre['id']}").json()["status"] == "queued"
+        redis_server.stop()
+        lost = submit(c)  # broker down: the job is still accepted and stays queued for the reconciler
+        assert c.get(f"/v1/jobs/{lost['id']}").json()["status"] == "queued"
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["details"]["broker"] == "unreachable"
+    reset_clients()
+    from api.db.session import make_engine, session_factory
+
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s:
+        assert s.get(Job, pre["id"]).dispatched_at is not None
+        assert s.get(Job, ev["id"]).dispatched_at is not None
+        assert s.get(Job, lost["id"]).dispatched_at is None
+    engine.dispose()
