@@ -11,7 +11,9 @@ import torch
 from ssl_core.methods.jigsaw import Jigsaw, make_permutations, normalize_tiles, permutation_stats
 from ssl_core.registry import build_method
 
-from methods_testkit import tiny_spec
+from methods_testkit import one_thread, tiny_spec  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _algorithm1_literal(count: int, tiles: int, seed: int) -> list[tuple[int, ...]]:

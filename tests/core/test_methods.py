@@ -14,6 +14,8 @@ from ssl_core.specs import METHOD_NAMES
 
 from methods_testkit import one_thread, random_images, tiny_spec, train_fixed_batch  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIGS = {
     "rotation": {"name": "rotation"},
     "exemplar": {"name": "exemplar", "num_classes": 16, "hidden_dim": 32},

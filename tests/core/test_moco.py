@@ -1,0 +1,198 @@
+"""MoCo: FIFO queue, momentum update, Shuffling BN (split-batch BN on one device), checkpoint state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_core.backbones import build_backbone
+from ssl_core.methods.moco import MoCo, SplitBatchNorm, convert_split_bn, effective_splits, split_shuffle
+from ssl_core.registry import build_method
+
+from methods_testkit import one_thread, random_images, tiny_spec, train_fixed_batch  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _moco(**method) -> MoCo:
+    torch.manual_seed(0)
+    return build_method(tiny_spec({"name": "moco", "queue_size": 16, **method}, batch_size=8))
+
+
+def test_versions_resolve_head_and_temperature() -> None:
+    v1, v2 = _moco(version=1), _moco(version=2)
+    assert v1.temperature == 0.07 and isinstance(v1.projection_head.net, nn.Linear)
+    assert v2.temperature == 0.2 and isinstance(v2.projection_head.net, nn.Sequential)
+    assert v1.queue.shape == (16, 128)
+    assert torch.allclose(v1.queue.norm(dim=1), torch.ones(16))
+
+
+def test_queue_is_fifo_with_wrap_around() -> None:
+    m = _moco()
+    m.queue.zero_()
+    size = m.queue.shape[0]  # 16
+    pushed = []
+    for i in range(7):  # 7 batches of 3 = 21 keys: wraps once
+        keys = torch.full((3, 128), float(i + 1))
+        keys[:, 0] = torch.arange(3) + 10 * (i + 1)
+        m.dequeue_and_enqueue(keys)
+        pushed.extend(keys.unbind(0))
+        assert int(m.queue_ptr) == (3 * (i + 1)) % size
+    # the queue holds the 16 most recent keys; slot s holds key number 16*q + s for the last lap
+    for slot in range(size):
+        newest = max(k for k in range(len(pushed)) if k % size == slot)
+        assert torch.equal(m.queue[slot], pushed[newest])
+    # the oldest entry sits at the pointer: it is the next to be overwritten
+    assert torch.equal(m.queue[int(m.queue_ptr)], pushed[len(pushed) - size])
+
+
+def test_momentum_update_formula() -> None:
+    m = _moco(momentum=0.9)
+    with torch.no_grad():
+        for p in m.query_parameters():
+            p.normal_()
+        for p in m.momentum_parameters():
+            p.normal_()
+    q_before = [p.clone() for p in m.query_parameters()]
+    k_before = [p.clone() for p in m.momentum_parameters()]
+    m.momentum_update()
+    for q, k0, k1 in zip(q_before, k_before, m.momentum_parameters()):
+        assert torch.allclose(k1, 0.9 * k0 + 0.1 * q, atol=1e-6)
+    for q0, q1 in zip(q_before, m.query_parameters()):
+        assert torch.equal(q0, q1)  # the query encoder is untouched
+    assert all(not p.requires_grad for p in m.momentum_parameters())
+    assert all(p.requires_grad for p in m.query_parameters())
+
+
+def test_training_step_updates_keys_queue_and_no_key_gradients() -> None:
+    m = _moco(momentum=0.5)
+    m.train()
+    images = random_images(8)
+    with torch.no_grad():  # make the encoders differ so the update is visible
+        for p in m.query_parameters():
+            p.add_(0.1)
+    k_before = [p.clone() for p in m.momentum_parameters()]
+    q_now = [p.clone() for p in m.query_parameters()]
+    queue_before = m.queue.clone()
+    loss, metrics = m.training_step(images, None, torch.Generator().manual_seed(0))
+    loss.backward()
+    for k0, q, k1 in zip(k_before, q_now, m.momentum_parameters()):
+        assert torch.allclose(k1, 0.5 * k0 + 0.5 * q, atol=1e-6)
+        assert k1.grad is None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.query_parameters())
+    assert int(m.queue_ptr) == 8
+    assert not torch.equal(m.queue[:8], queue_before[:8]) and torch.equal(m.queue[8:], queue_before[8:])
+    assert torch.allclose(m.queue[:8].norm(dim=1), torch.ones(8), atol=1e-5)
+    assert 0 <= float(metrics["pretext_acc"]) <= 1
+
+
+def test_state_dict_checkpoints_queue_pointer_and_key_encoder() -> None:
+    a = _moco()
+    a.training_step(random_images(8), None, torch.Generator().manual_seed(0))
+    state = a.state_dict()
+    assert {"queue", "queue_ptr"} <= set(state)
+    assert any(k.startswith("backbone_momentum.") for k in state)
+    assert any(k.startswith("projection_head_momentum.") for k in state)
+    b = _moco()
+    b.load_state_dict(state)
+    assert torch.equal(b.queue, a.queue) and int(b.queue_ptr) == 8
+
+
+# ----------------------------------------------------------------------------- Shuffling BN on one device
+@pytest.mark.parametrize("batch,splits", [(16, 8), (16, 4), (12, 8), (8, 2), (9, 3)])
+def test_split_shuffle_separates_positive_pairs(batch: int, splits: int) -> None:
+    s = effective_splits(batch, splits)
+    assert batch % s == 0 and s <= splits
+    for seed in range(5):
+        idx_shuffle, idx_unshuffle = split_shuffle(batch, splits, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        assert sorted(idx_shuffle.tolist()) == list(range(batch))
+        assert torch.equal(idx_shuffle[idx_unshuffle], torch.arange(batch))
+        # the query of sample n is in sub-batch n % s; its key sits at position idx_unshuffle[n]
+        n = torch.arange(batch)
+        assert (idx_unshuffle % s != n % s).all()
+        # and every key sub-batch holds the keys of one other query sub-batch
+        for j in range(s):
+            origins = {int(v) % s for v in idx_shuffle[j::s]}
+            assert len(origins) == 1 and j not in origins
+
+
+def test_split_shuffle_mixes_rows() -> None:
+    dests = {tuple(split_shuffle(16, 4, torch.Generator().manual_seed(i), torch.device("cpu"))[1].tolist()) for i in range(10)}
+    assert len(dests) > 5
+
+
+def test_split_batchnorm_normalises_each_sub_batch() -> None:
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(3, num_splits=4)
+    x = torch.randn(8, 3, 5, 5) + torch.arange(8).view(8, 1, 1, 1).float()
+    out = bn(x)
+    for j in range(4):
+        ref = F.batch_norm(x[j::4], None, None, training=True, eps=bn.eps)
+        assert torch.allclose(out[j::4], ref, atol=1e-5)
+    # running stats: the average of the sub-batches' updates
+    expected_mean = 0.1 * torch.stack([x[j::4].mean(dim=(0, 2, 3)) for j in range(4)]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-5)
+    bn.eval()
+    plain = nn.BatchNorm2d(3)
+    plain.load_state_dict(bn.state_dict())
+    plain.eval()
+    assert torch.allclose(bn(x), plain(x))
+
+
+def test_convert_split_bn_keeps_state_dict_keys() -> None:
+    from ssl_core.specs import BackboneSpec
+
+    net = build_backbone(BackboneSpec(name="convnet", width=4), 3, 16)
+    keys = set(net.state_dict())
+    convert_split_bn(net, 4)
+    assert set(net.state_dict()) == keys
+    assert all(isinstance(m, SplitBatchNorm) for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    fresh = build_backbone(BackboneSpec(name="convnet", width=4), 3, 16)
+    fresh.load_state_dict(net.state_dict())  # an exported MoCo backbone loads into a plain one
+
+
+def test_shuffle_bn_modes() -> None:
+    split = _moco(bn_splits=4)
+    assert split.shuffle_mode == "split"  # auto on one device
+    assert any(isinstance(m, SplitBatchNorm) for m in split.backbone.modules())
+    assert any(isinstance(m, SplitBatchNorm) for m in split.backbone_momentum.modules())
+    off = _moco(shuffle_bn="off")
+    assert not any(isinstance(m, SplitBatchNorm) for m in off.backbone.modules())
+
+
+@pytest.mark.parametrize("mode", ["split", "shuffle", "off"])
+def test_keys_are_unshuffled(mode: str) -> None:
+    m = _moco(shuffle_bn=mode, bn_splits=4)
+    m.eval()  # BN from running stats: the shuffle must then be invisible in the keys
+    x = torch.randn(8, 3, 32, 32)
+    keys = m.encode_key(x, torch.Generator().manual_seed(0))
+    direct = F.normalize(m.projection_head_momentum(m.backbone_momentum(x)), dim=1)
+    assert torch.allclose(keys, direct, atol=1e-5)
+
+
+def test_symmetric_loss_enqueues_both_views(one_thread) -> None:  # noqa: F811
+    spec = tiny_spec({"name": "moco", "queue_size": 32, "symmetric": True}, batch_size=8)
+    m, losses = train_fixed_batch(spec, random_images(8), steps=3)
+    assert int(m.queue_ptr) == (3 * 16) % 32
+
+
+def test_all_gather_shuffle_under_torch_distributed(tmp_path) -> None:
+    """One-process gloo group: the official all-gather shuffle path runs and unshuffles correctly."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        m = _moco()
+        assert m.shuffle_mode == "shuffle"  # auto under torch.distributed
+        assert not any(isinstance(mod, SplitBatchNorm) for mod in m.modules())
+        m.eval()
+        x = torch.randn(8, 3, 32, 32)
+        keys = m.encode_key(x, torch.Generator().manual_seed(0))
+        direct = F.normalize(m.projection_head_momentum(m.backbone_momentum(x)), dim=1)
+        assert torch.allclose(keys, direct, atol=1e-5)
+        m.train()
+        loss, _ = m.training_step(random_images(8), None, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss) and int(m.queue_ptr) == 8
+    finally:
+        dist.destroy_process_group()
