@@ -60,9 +60,11 @@ def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], se
         except Exception:
             log.exception("job %s: dispatch failed (will retry next pass)", jid)
     if sent:
+        from api import crud
+
         with session_factory() as s, s.begin():
-            s.execute(update(Job).where(Job.id.in_(sent), Job.status == "queued")
-                      .values(dispatched_at=utcnow()).execution_options(synchronize_session=False))
+            for jid in sent:
+                crud.mark_dispatched(s, jid)
     return sent
 
 

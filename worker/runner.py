@@ -156,7 +156,12 @@ def error_message(exc: BaseException) -> str:
     from ssl_core.errors import PermanentError
 
     if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
+        def where(loc: tuple) -> str:
+            if loc and loc[0] in ("pretrain", "evaluate"):  # the union's tag, not a field
+                loc = loc[1:]
+            return ".".join(str(p) for p in loc) or "spec"
+
+        parts = [f"{where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
         msg = "invalid spec: " + "; ".join(parts)
     elif isinstance(exc, PermanentError):
         msg = str(exc) or type(exc).__name__

@@ -1,0 +1,190 @@
+"""run_job in-process with the real trainer and evaluator: success, resume after hand-back, cancel,
+permanent failures (failed once, never requeued), follow-up evaluations."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select, update
+from worker_testlib import add_job, events, job, metric_steps, runs, tiny_pretrain
+
+from api.db.models import Artifact, Job
+from worker.reconciler import reconcile_once
+from worker.runner import CANCELLED, FAILED, RELEASED, SUCCEEDED, run_job
+
+STEPS_PER_EPOCH = 4  # 32 images / batch 8
+
+
+class StopAfter(threading.Event):
+    """A shutdown event that 'fires' after ``n`` step-boundary checks (deterministic hand-back)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0 or super().is_set()
+
+
+def artifacts(sessions, job_id):
+    with sessions() as s:
+        return {a.name: a.kind for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+
+
+def test_tiny_job_succeeds_with_metrics_progress_artifacts(store):
+    jid = add_job(store.sessions, tiny_pretrain(epochs=2))
+    assert run_job(jid, worker_id="w", settings=store.settings, session_factory=store.sessions) == SUCCEEDED
+    j = job(store.sessions, jid)
+    assert j.status == "succeeded" and j.owner is None and j.lease_expires_at is None and j.finished_at
+    assert j.result["step"] == 2 * STEPS_PER_EPOCH and j.result["backbone"] == "backbone.safetensors"
+    assert j.progress["total_steps"] == 2 * STEPS_PER_EPOCH
+    assert metric_steps(store.sessions, jid) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    arts = artifacts(store.sessions, jid)
+    assert arts["backbone.safetensors"] == "backbone" and arts["checkpoints/last.pt"] == "checkpoint"
+    assert (store.settings.job_dir(jid) / "backbone.safetensors").is_file()
+    assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "succeeded")]
+    assert events(store.sessions, jid)[-1] == ("running", "succeeded", "w")
+
+
+def test_handback_then_resume_continues_steps_without_duplicates(sqlite_store):
+    st = sqlite_store
+    jid = add_job(st.sessions, tiny_pretrain(epochs=3))
+    out = run_job(jid, worker_id="w1", settings=st.settings, session_factory=st.sessions, stop_event=StopAfter(6))
+    assert out == RELEASED
+    j = job(st.sessions, jid)
+    assert (j.status, j.owner, j.attempt) == ("queued", None, 1)
+    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    first = metric_steps(st.sessions, jid)
+    assert first and max(first) < 3 * STEPS_PER_EPOCH
+    assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
+    assert metric_steps(st.sessions, jid) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+    assert [(r.attempt, r.worker, r.outcome) for r in runs(st.sessions, jid)] == [
+        (1, "w1", "released"), (2, "w2", "succeeded")]
+    assert ("running", "queued", "w1") in events(st.sessions, jid)
+
+
+def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store, monkeypatch):
+    from api import crud
+
+    st = sqlite_store
+    monkeypatch.setenv("PRETEXTLAB_TEST_STEP_DELAY", "0.05")
+    jid = add_job(st.sessions, tiny_pretrain(epochs=50))
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "out", run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(metric_steps(st.sessions, jid)) < 2:
+        assert time.monotonic() < deadline, "job did not start"
+        time.sleep(0.05)
+    with st.sessions() as s, s.begin():  # what POST /v1/jobs/{id}/cancel does to a running job
+        assert crud.transition(s, jid, ["running"], "cancelling", actor="api", cancel_requested=True)
+    t.join(60)
+    assert result["out"] == CANCELLED
+    j = job(st.sessions, jid)
+    assert j.status == "cancelled" and j.result is None
+    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    assert max(metric_steps(st.sessions, jid)) < 50 * STEPS_PER_EPOCH
+    assert [e[:2] for e in events(st.sessions, jid)][-2:] == [("running", "cancelling"), ("cancelling", "cancelled")]
+    assert runs(st.sessions, jid)[-1].outcome == "cancelled"
+
+
+def _assert_failed_once(st, jid, needle):
+    j = job(st.sessions, jid)
+    assert j.status == "failed", j.error
+    assert needle in j.error and "Traceback" not in j.error
+    assert [(r.attempt, r.outcome) for r in runs(st.sessions, jid)] == [(1, "failed")]
+    # no retry loop: the reconciler leaves a failed job alone, and a late message does nothing
+    reconcile_once(st.sessions, st.settings, dispatch=lambda j, q: True)
+    assert run_job(jid, worker_id="again", settings=st.settings, session_factory=st.sessions) == "skipped"
+    assert job(st.sessions, jid).status == "failed" and len(runs(st.sessions, jid)) == 1
+
+
+def test_nan_loss_fails_once_naming_the_step(sqlite_store, monkeypatch):
+    import ssl_core.registry as registry
+
+    real = registry.build_method
+
+    def build(spec):
+        method = real(spec)
+        inner = method.training_step
+
+        def step(images, targets, generator=None):
+            loss, metrics = inner(images, targets, generator)
+            return loss * float("nan"), metrics
+
+        method.training_step = step
+        return method
+
+    monkeypatch.setattr(registry, "build_method", build)
+    jid = add_job(sqlite_store.sessions, tiny_pretrain(epochs=1))
+    assert run_job(jid, worker_id="w", settings=sqlite_store.settings,
+                   session_factory=sqlite_store.sessions) == FAILED
+    _assert_failed_once(sqlite_store, jid, "non-finite loss at step")
+
+
+def test_invalid_dataset_fails_once(sqlite_store):
+    spec = tiny_pretrain(data={"dataset": "image_folder", "path": "no/such/folder", "image_size": 16})
+    jid = add_job(sqlite_store.sessions, spec)
+    assert run_job(jid, worker_id="w", settings=sqlite_store.settings,
+                   session_factory=sqlite_store.sessions) == FAILED
+    _assert_failed_once(sqlite_store, jid, "no/such/folder")
+
+
+def test_invalid_stored_spec_fails_once_with_the_field(sqlite_store):
+    st = sqlite_store
+    jid = add_job(st.sessions)
+    with st.sessions() as s, s.begin():  # e.g. a spec written by an older version
+        s.execute(update(Job).where(Job.id == jid).values(spec={**tiny_pretrain(), "epochs": -1}))
+    assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == FAILED
+    _assert_failed_once(st, jid, "invalid spec: epochs")
+
+
+def test_eval_after_creates_followups_once_and_they_run(sqlite_store):
+    st = sqlite_store
+    spec = tiny_pretrain(epochs=1, eval={"after": [{"protocol": "knn", "k": 5}],
+                                         "data": {"dataset": "synthetic", "train_subset": 32, "test_subset": 16}})
+    jid = add_job(st.sessions, spec)
+    assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
+    with st.sessions() as s:
+        children = list(s.scalars(select(Job).where(Job.parent_job_id == jid)))
+    assert len(children) == 1
+    child = children[0]
+    assert (child.kind, child.status, child.source_job_id, child.queue) == ("evaluate", "queued", jid, "cpu")
+    # a duplicate finish (the success transition is conditional) cannot create them again
+    assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == "skipped"
+    assert run_job(child.id, worker_id="w", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
+    c = job(st.sessions, child.id)
+    assert c.top1 is not None and 0.0 <= c.top1 <= 1.0 and c.top5 is not None
+    assert c.result["protocol"] == "knn"
+    assert "result.json" in artifacts(st.sessions, child.id)
+
+
+def test_evaluate_with_unfinished_source_fails_clearly(sqlite_store):
+    st = sqlite_store
+    src = add_job(st.sessions)
+    jid = add_job(st.sessions, {"kind": "evaluate", "source_job_id": src, "data": {"dataset": "synthetic"}})
+    assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == FAILED
+    assert job(st.sessions, jid).error == f"source_job_id: job {src} (queued) has no backbone weights yet"
+
+
+def test_local_worker_runs_queue_in_priority_order(sqlite_store):
+    from worker.local import LocalWorker
+
+    st = sqlite_store
+    low = add_job(st.sessions, tiny_pretrain(epochs=1), priority=0)
+    high = add_job(st.sessions, tiny_pretrain(epochs=1), priority=5)
+    stop = threading.Event()
+    w = LocalWorker(st.settings, "local-0", stop, session_factory=st.sessions)
+    assert w.run_once() == SUCCEEDED
+    assert job(st.sessions, high).status == "succeeded" and job(st.sessions, low).status == "queued"
+    w.start()
+    deadline = time.monotonic() + 60
+    while job(st.sessions, low).status != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop.set()
+    w.join(10)
+    assert not w.is_alive()
