@@ -34,7 +34,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(self_mask, float("-inf"))
     # the positive of anchor i is i + N (first half) or i - N (second half)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(sim, targets)
 
 

@@ -47,6 +47,7 @@ class Jigsaw(SSLMethod):
         self.tile_size = m.resolved_tile_size(size)
         super().__init__(spec, backbone_input_size=self.tile_size)
         self.register_buffer("permutations", make_permutations(m.num_permutations, TILES, m.permutation_seed), persistent=False)
+        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
         self.fc6 = nn.Sequential(nn.Linear(self.backbone.feature_dim, m.tile_dim), nn.ReLU(inplace=True))
         self.head = ClassifierHead(TILES * m.tile_dim, m.num_permutations, hidden_dim=m.hidden_dim)  # fc7 -> fc8
 
@@ -56,9 +57,10 @@ class Jigsaw(SSLMethod):
         b, c, s, _ = x.shape
         cell, t, cj = self.cell, self.tile_size, m.channel_jitter
         origin = randint(s - 3 * cell + 1, (b, 1, 2), generator, x.device)  # the 3x3-cell crop
-        grid = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"), -1).view(1, TILES, 2)
+        cells = torch.arange(TILES, device=x.device)
+        grid = torch.stack([cells // 3, cells % 3], dim=-1).view(1, TILES, 2)  # (row, col) per cell
         offset = randint(cell - t + 1, (b, TILES, 2), generator, x.device)  # tile inside its cell
-        corner = origin + grid.to(x.device) * cell + offset  # (B, 9, 2)
+        corner = origin + grid * cell + offset  # (B, 9, 2)
         # chromatic aberration guard: every channel of every tile shifted on its own
         shift = randint(2 * cj + 1, (b, TILES, c, 2), generator, x.device) - cj if c > 1 and cj > 0 else 0
         corner = (corner[:, :, None, :] + shift).clamp(0, s - t)  # (B, 9, C, 2)
@@ -77,7 +79,7 @@ class Jigsaw(SSLMethod):
         x = self.augment(images, generator)  # float in [0, 1]; spec.augment is empty by default
         b, c = x.shape[:2]
         if c == 3 and m.grayscale_p > 0:
-            gray = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+            gray = (x * self.luma.to(x.dtype)).sum(1, keepdim=True).expand_as(x)
             x = torch.where(rand((b, 1, 1, 1), generator, x.device) < m.grayscale_p, gray, x)
         tiles = self.make_tiles(x, generator)  # (B, 9, C, T, T)
         tiles = normalize_tiles(tiles)  # replaces the dataset mean/std normalisation

@@ -61,7 +61,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
             out = F.batch_norm(
                 x.reshape(-1, c * s, h, w), mean_split, var_split,
                 self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
-            ).view(n, c, h, w)
+            ).reshape(n, c, h, w)
             with torch.no_grad():
                 self.running_mean.copy_(mean_split.view(s, c).mean(dim=0))
                 self.running_var.copy_(var_split.view(s, c).mean(dim=0))

@@ -37,10 +37,11 @@ NEIGHBOURS = torch.tensor([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1
 
 def sample_pairs(
     batch: int, image_size: int, patch: int, gap: int, jitter: int,
-    generator: torch.Generator | None, device: torch.device,
+    generator: torch.Generator | None, device: torch.device, neighbours: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Top-left corners (B, 2) of the centre and the neighbour patch, and the labels (B,).
 
+    ``neighbours``: NEIGHBOURS already on ``device`` (a module buffer: no copy per step).
     The grid (3P + 2*gap) is placed uniformly with room for the jitter on every side; each
     patch then moves by its own jitter in [-jitter, jitter] on both axes.
     """
@@ -48,7 +49,8 @@ def sample_pairs(
     room = image_size - extent - 2 * jitter + 1  # number of grid origins per axis
     origin = randint(room, (batch, 2), generator, device) + jitter  # (B, 2): y, x
     labels = randint(NUM_POSITIONS, (batch,), generator, device)
-    cells = torch.stack([torch.ones_like(NEIGHBOURS[0]).to(device).expand(batch, 2), NEIGHBOURS.to(device)[labels]], 1)
+    neighbours = neighbours if neighbours is not None else NEIGHBOURS.to(device)
+    cells = torch.stack([torch.ones_like(neighbours[labels]), neighbours[labels]], 1)  # centre (1, 1) first
     shift = randint(2 * jitter + 1, (batch, 2, 2), generator, device) - jitter  # per patch, per axis
     corners = origin[:, None, :] + cells * (patch + gap) + shift  # (B, 2 patches, 2 axes)
     return corners[..., 0], corners[..., 1], labels
@@ -60,11 +62,12 @@ class RelativePosition(SSLMethod):
         self.patch_size = m.resolved_patch_size(spec.data.resolved_image_size)
         super().__init__(spec, backbone_input_size=self.patch_size)
         self.head = ClassifierHead(2 * self.backbone.feature_dim, NUM_POSITIONS, hidden_dim=m.hidden_dim)
+        self.register_buffer("neighbours", NEIGHBOURS.clone(), persistent=False)
 
     def make_pairs(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(B, C, S, S) float -> patch pairs (B, 2, C, P, P) (centre first) and labels (B,)."""
         m = self.spec.method
-        tops, lefts, labels = sample_pairs(x.shape[0], x.shape[-1], self.patch_size, m.gap, m.jitter, generator, x.device)
+        tops, lefts, labels = sample_pairs(x.shape[0], x.shape[-1], self.patch_size, m.gap, m.jitter, generator, x.device, self.neighbours)
         return extract_patches(x, tops, lefts, self.patch_size), labels
 
     def guard(self, patches: Tensor, generator: torch.Generator | None = None) -> Tensor:
