@@ -1,0 +1,58 @@
+"""/healthz, /readyz, and refusing to start on a database that is not at the migration head."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from api.db.session import SchemaOutOfDate, check_schema_current, make_engine, upgrade
+from api.main import create_app
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "checks": {"database": "ok", "schema": "ok", "broker": "embedded"}}
+
+
+def test_refuses_to_start_on_unmigrated_database(database_url, make_settings):
+    app = create_app(make_settings(database_url))
+    with pytest.raises(SchemaOutOfDate, match="pretextlab db upgrade"):
+        with TestClient(app):
+            pass
+    engine = make_engine(database_url)
+    with pytest.raises(SchemaOutOfDate, match=r"schema is at nothing \(empty database\), code needs 0001_initial"):
+        check_schema_current(engine)
+    upgrade(database_url)
+    check_schema_current(engine)
+    engine.dispose()
+
+
+def test_readyz_reports_an_out_of_date_schema(client, settings):
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    engine.dispose()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert "pretextlab db upgrade" in r.json()["error"]["details"]["schema"]
+
+
+def test_catalog(client):
+    methods = client.get("/v1/methods").json()
+    assert {m["name"] for m in methods} == {"rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moco"}
+    simclr = next(m for m in methods if m["name"] == "simclr")
+    assert simclr["defaults"]["temperature"] == 0.5 and "properties" in simclr["schema"]
+    datasets = {d["name"]: d for d in client.get("/v1/datasets").json()}
+    assert datasets["synthetic"]["available"] is True and datasets["image_folder"]["available"] is None
+    assert datasets["cifar10"]["available"] is False and datasets["cifar10"]["num_classes"] == 10
+
+
+def test_catalog_sees_prepared_datasets(client, settings):
+    folder = settings.data_root / "cifar10"
+    folder.mkdir(parents=True)
+    (folder / "data.bin").write_bytes(b"x")
+    datasets = {d["name"]: d for d in client.get("/v1/datasets").json()}
+    assert datasets["cifar10"]["available"] is True
