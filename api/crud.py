@@ -412,7 +412,7 @@ def leaderboard(
             {
                 "evaluation_job_id": ev.id,
                 "pretrain_job_id": pre.id if pre is not None else None,
-                "method": (pre.method if pre is not None else None) or result.get("method") or ev.method,
+                "method": (pre.method if pre is not None else None) or ev.method or result.get("method"),
                 "backbone": (pre_spec.get("backbone") or {}).get("name") or result.get("backbone"),
                 "epochs": pre_spec.get("epochs", result.get("epochs")),
                 "dataset": ev.dataset,
