@@ -61,12 +61,14 @@ def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
 class SSLMethod(nn.Module):
     """Base of the seven methods: builds the backbone, the pipeline and the normalisation."""
 
-    def __init__(self, spec: PretrainSpec, *, backbone_input_size: int | None = None) -> None:
+    def __init__(self, spec: PretrainSpec) -> None:
         super().__init__()
         self.spec = spec
         self.in_channels = spec.data.resolved_channels
         self.image_size = spec.data.resolved_image_size
-        self.backbone = build_backbone(spec.backbone, self.in_channels, backbone_input_size or self.image_size)
+        # the stem is resolved for the image size even for patch methods: the exported backbone
+        # must be the one evaluation rebuilds from (backbone spec, channels, image size)
+        self.backbone = build_backbone(spec.backbone, self.in_channels, self.image_size)
         self.pipeline = build_pipeline(list(spec.augment or []), self.image_size)
         self.mean, self.std = dataset_stats(spec)
 

@@ -45,7 +45,7 @@ class Jigsaw(SSLMethod):
         size = spec.data.resolved_image_size
         self.cell = size // 3
         self.tile_size = m.resolved_tile_size(size)
-        super().__init__(spec, backbone_input_size=self.tile_size)
+        super().__init__(spec)
         self.register_buffer("permutations", make_permutations(m.num_permutations, TILES, m.permutation_seed), persistent=False)
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
         self.fc6 = nn.Sequential(nn.Linear(self.backbone.feature_dim, m.tile_dim), nn.ReLU(inplace=True))

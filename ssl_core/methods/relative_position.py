@@ -60,7 +60,7 @@ class RelativePosition(SSLMethod):
     def __init__(self, spec: PretrainSpec) -> None:
         m = spec.method
         self.patch_size = m.resolved_patch_size(spec.data.resolved_image_size)
-        super().__init__(spec, backbone_input_size=self.patch_size)
+        super().__init__(spec)
         self.head = ClassifierHead(2 * self.backbone.feature_dim, NUM_POSITIONS, hidden_dim=m.hidden_dim)
         self.register_buffer("neighbours", NEIGHBOURS.clone(), persistent=False)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from ssl_core.backbones import build_backbone
 from ssl_core.errors import DatasetError
 from ssl_core.methods.exemplar import mean_squared_gradient, select_seeds
 from ssl_core.methods.relative_position import NEIGHBOURS, RelativePosition, sample_pairs
 from ssl_core.methods.rotation import rotate_batch
 from ssl_core.registry import METHODS, build_method, method_class
-from ssl_core.specs import METHOD_NAMES
+from ssl_core.specs import METHOD_NAMES, PretrainSpec
 
 from methods_testkit import one_thread, random_images, tiny_spec, train_fixed_batch  # noqa: F401
 
@@ -34,6 +38,22 @@ def test_registry_covers_every_method() -> None:
         assert isinstance(cls, type) and hasattr(cls, "training_step")
     with pytest.raises(ValueError, match="unknown method"):
         method_class("byol")
+
+
+def test_registry_import_does_not_load_torch() -> None:
+    code = "import sys, ssl_core.registry; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_exported_backbone_matches_what_evaluation_rebuilds() -> None:
+    for cfg in (CONFIGS["relative_position"], CONFIGS["jigsaw"]):
+        spec = PretrainSpec.model_validate({"method": cfg, "backbone": {"name": "resnet18"}, "data": {"dataset": "stl10"},
+                                            "batch_size": 8})
+        method = build_method(spec)
+        rebuilt = build_backbone(spec.backbone, 3, 96)
+        assert {k: v.shape for k, v in method.backbone.state_dict().items()} == {
+            k: v.shape for k, v in rebuilt.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -60,8 +80,8 @@ def test_method_runs_on_gray_28px(name: str, one_thread) -> None:  # noqa: F811
 
 
 def test_three_channel_view_of_gray_data_repeats_stats() -> None:
-    spec = tiny_spec({"name": "rotation"}, dataset="fashion_mnist", batch_size=8, **{})
-    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"channels": 3})})
+    spec = PretrainSpec.model_validate({"method": {"name": "rotation"}, "backbone": {"name": "convnet", "width": 8},
+                                        "data": {"dataset": "fashion_mnist", "channels": 3}, "batch_size": 8})
     method = build_method(spec)
     assert method.mean == (0.2860,) * 3 and method.std == (0.3530,) * 3
     loss, _ = method.training_step(random_images(8, channels=3, side=28), None, torch.Generator().manual_seed(0))
