@@ -1,0 +1,204 @@
+"""Representation quality of the seven configurations on Fashion-MNIST, beside baselines.
+
+For each of rotation, exemplar, relative_position, jigsaw, simclr, moco_v1, moco_v2: pretrain from
+``examples/<name>.json`` with the budget given here, then evaluate the exported backbone with the
+weighted kNN (k=200, t=0.1) and the linear probe, exactly as an evaluation job would
+(``ssl_core.evaluate.evaluate``). Beside them: the same backbone at random init, raw pixels, and
+a supervised model (the same backbone + a linear head trained with cross-entropy on the same
+labelled subset for the same number of epochs, crop + flip), evaluated the same way.
+
+    .venv/bin/python benchmarks/quality.py                      # CPU budget (~15 min on 2 cores)
+    .venv/bin/python benchmarks/quality.py --device cuda --epochs 200 --train-subset 60000 \
+        --backbone resnet18 --eval-train-subset 60000 --test-subset 10000 --linear-epochs 100
+
+Writes ``<out>/quality.json`` and ``<out>/quality.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ["rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moco_v1", "moco_v2"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=4, help="pretraining epochs per method")
+    p.add_argument("--train-subset", type=int, default=4096, help="pretraining images (seeded subset of train)")
+    p.add_argument("--backbone", default="convnet", choices=["convnet", "resnet18", "resnet34", "resnet50"])
+    p.add_argument("--width", type=int, default=32, help="convnet width")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--eval-train-subset", type=int, default=10000, help="kNN bank / probe training images")
+    p.add_argument("--test-subset", type=int, default=5000, help="test images (None = all)")
+    p.add_argument("--linear-epochs", type=int, default=30)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    return p.parse_args(argv)
+
+
+def pretrain_spec(name: str, args):
+    from ssl_core.specs import PretrainSpec
+
+    raw = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+    raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
+    raw["data"] = {**raw.get("data", {}), "dataset": "fashion_mnist", "subset": args.train_subset}
+    raw.update(epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed, log_every=20)
+    raw["eval"] = {"monitor": {"every_epochs": 0}}
+    raw.pop("optim", None)  # the paper's recipe, re-scaled to this batch size and epoch count
+    if raw["method"]["name"] == "rotation":
+        raw["batch_size"] = max(2, args.batch_size // 4)  # 4 rotated copies per image: same inputs per step
+    if raw["method"]["name"] == "moco":
+        raw["method"]["queue_size"] = min(raw["method"].get("queue_size", 4096), args.batch_size * 16,
+                                          (args.train_subset // args.batch_size) * args.batch_size)
+    if raw["method"]["name"] == "exemplar":
+        # N surrogate classes = N seed images; epochs scaled so it sees as many images as the others
+        n = min(raw["method"].get("num_classes", 2000), args.train_subset)
+        raw["method"]["num_classes"] = n
+        raw["epochs"] = max(1, round(args.epochs * args.train_subset / n))
+        raw["batch_size"] = min(raw["batch_size"], n)
+    return PretrainSpec.model_validate(raw)
+
+
+def evaluate_backbone(args, out: Path, *, weights: Path | None = None, baseline: str | None = None) -> dict:
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec
+
+    data = {"dataset": "fashion_mnist", "train_subset": args.eval_train_subset, "test_subset": args.test_subset}
+    res = {}
+    for proto in ({"protocol": "knn", "k": 200, "temperature": 0.1},
+                  {"protocol": "linear", "epochs": args.linear_epochs, "lr": 0.1, "batch_size": 256}):
+        raw = {"protocol": proto, "data": data, "device": args.device, "seed": args.seed}
+        if weights is not None:
+            raw["weights"] = str(weights)
+        else:
+            raw["baseline"] = baseline
+            if baseline == "random_init":
+                raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
+        t = time.time()
+        r = evaluate(EvaluateSpec.model_validate(raw), out / f"eval_{proto['protocol']}",
+                     weights_path=weights)
+        res[proto["protocol"]] = r["top1"]
+        res[f"{proto['protocol']}_s"] = round(time.time() - t, 1)
+        res["feature_dim"] = r["feature_dim"]
+    return res
+
+
+def train_supervised(args, out: Path) -> tuple[Path, float, float]:
+    """The same backbone + linear head trained with cross-entropy on the pretraining subset."""
+    import torch
+
+    from ssl_core.backbones import build_backbone
+    from ssl_core.data import load_dataset
+    from ssl_core.evaluate import backbone_metadata, dataset_stats, finetune
+    from ssl_core.runtime import resolve_device, resolve_precision, seed_everything
+    from ssl_core.specs import BackboneSpec
+    from ssl_core.train import export_backbone
+
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    amp, scaler = resolve_precision("auto", device)
+    train = load_dataset("fashion_mnist", "train", subset=args.train_subset, seed=args.seed)
+    test = load_dataset("fashion_mnist", "test", subset=args.test_subset, seed=args.seed)
+    bspec = BackboneSpec(name=args.backbone, **({"width": args.width} if args.backbone == "convnet" else {}))
+    size, channels = train.images.shape[-1], train.images.shape[1]
+    backbone = build_backbone(bspec, channels, size)
+    mean, std = dataset_stats("fashion_mnist", channels)
+    t = time.time()
+    r = finetune(backbone, train.images, train.labels, test.images, test.labels, mean=mean, std=std,
+                 num_classes=10, epochs=args.epochs, lr=0.1 * args.batch_size / 256, batch_size=args.batch_size,
+                 weight_decay=5e-4, augment=True, seed=args.seed, device=device, amp_dtype=amp, use_scaler=scaler)
+    wall = time.time() - t
+    meta = backbone_metadata("{}", bspec, backbone.feature_dim, channels, size, mean, std, "supervised",
+                             args.epochs, "fashion_mnist")
+    path = export_backbone(out / "backbone.safetensors", backbone, meta)
+    return path, wall, r["top1"]
+
+
+def markdown(rows: list[dict], args, machine: str) -> str:
+    def pct(v):
+        return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+    lines = [
+        "| method | epochs | pretrain wall (s) | kNN top-1 (%) | linear top-1 (%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") is not None else "-"
+        lines.append(f"| {r['method']} | {r.get('epochs', '-')} | {wall} | {pct(r.get('knn'))} | {pct(r.get('linear'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ssl_core.reporting import NullSink
+    from ssl_core.specs import method_label
+    from ssl_core.train import pretrain
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
+    machine = (torch.cuda.get_device_name(0) if device == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+    rows: list[dict] = []
+    t_all = time.time()
+
+    def save():
+        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   "machine": machine, "torch": torch.__version__, "rows": rows,
+                   "total_wall_s": round(time.time() - t_all, 1)}
+        (args.out / "quality.json").write_text(json.dumps(payload, indent=2))
+        (args.out / "quality.md").write_text(markdown(rows, args, machine))
+
+    for name in [m for m in args.methods.split(",") if m]:
+        spec = pretrain_spec(name, args)
+        run_dir = args.out / name
+        t = time.time()
+        result = pretrain(spec, run_dir, sink=NullSink(), resume=False)
+        wall = time.time() - t
+        row = {"method": method_label(spec), "epochs": spec.epochs, "wall_s": round(wall, 1),
+               "final_loss": result.final_loss, "pretext_acc": result.metrics.get("train/pretext_acc"),
+               "batch_size": spec.batch_size, "images": spec.data.subset}
+        row.update(evaluate_backbone(args, run_dir, weights=result.backbone_path))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save()
+
+    if not args.no_baselines:
+        for baseline in ("random_init", "raw_pixels"):
+            row = {"method": f"baseline: {baseline.replace('_', ' ')}", "epochs": 0, "wall_s": None}
+            row.update(evaluate_backbone(args, args.out / baseline, baseline=baseline))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            save()
+        path, wall, e2e_top1 = train_supervised(args, args.out / "supervised")
+        row = {"method": "supervised (cross-entropy)", "epochs": args.epochs, "wall_s": round(wall, 1),
+               "end_to_end_top1": e2e_top1}
+        row.update(evaluate_backbone(args, args.out / "supervised", weights=path))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save()
+
+    save()
+    print()
+    print(markdown(rows, args, machine))
+    print(f"machine: {machine}; total {time.time() - t_all:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
