@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.db.models import STATUSES, Job
 
@@ -29,8 +29,35 @@ class Forbid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _bad_string(value: Any, path: str = "body") -> str | None:
+    """The location of the first string holding NUL or a lone surrogate (JSON allows both as
+    escapes; neither can be stored as text nor used as a path), or None."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+            return path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            bad = _bad_string(k, path) or _bad_string(v, f"{path}.{k}")
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = _bad_string(v, f"{path}.{i}")
+            if bad:
+                return bad
+    return None
+
+
 class JobCreate(Forbid):
     """POST /v1/jobs. ``spec`` is a PretrainSpec or EvaluateSpec (see GET /v1/methods)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text_only(cls, data: Any) -> Any:
+        bad = _bad_string(data)
+        if bad:
+            raise ValueError(f"{bad}: strings may not contain NUL or unpaired surrogates")
+        return data
 
     kind: Kind | None = Field(None, description="pretrain (default) or evaluate; may also be given as spec.kind")
     spec: dict[str, Any] = Field(default_factory=dict, description="the job spec; omitted fields take their defaults")
