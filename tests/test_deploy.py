@@ -469,6 +469,47 @@ def test_install_deps_base_has_no_torch_and_ml_has_the_cuda_stack():
         mod.requirements(str(ROOT / "pyproject.toml"), ["no-such-extra"])
 
 
+def _closure(requirements: list[str]) -> set[str]:
+    """Distribution names pip installs for ``requirements`` (extras included), read from the
+    metadata of what is installed here."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, str]] = set()
+    todo = [(Requirement(r), "") for r in requirements]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        for e in [""] + sorted(req.extras):
+            if (name, e) in seen:
+                continue
+            seen.add((name, e))
+            try:
+                sub = metadata.requires(req.name) or []
+            except metadata.PackageNotFoundError:
+                continue
+            todo += [(Requirement(s), e) for s in sub]
+    return {n for n, _ in seen}
+
+
+def test_the_base_dependencies_carry_what_the_api_image_imports():
+    """The API image installs the base dependencies only, so what the API, `db upgrade` and the
+    reconciler import must come with them -- not from pytest's own dependencies in this venv.
+    Celery's Redis transport (kombu.transport.redis) imports ``redis`` and ``packaging``: they
+    come with ``celery[redis]``; PostgreSQL needs psycopg's bundled libpq (the slim image has none)."""
+    spec = importlib.util.spec_from_file_location("_install_deps", ROOT / "docker" / "install_deps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    installed = _closure(mod.requirements(str(ROOT / "pyproject.toml"), []))
+    needed = {"redis", "packaging", "psycopg-binary", "uvicorn", "alembic", "kombu", "pydantic-settings"}
+    assert needed <= installed, f"not installed by the base dependencies: {sorted(needed - installed)}"
+    assert not installed & {"torch", "torchvision"}
+
+
 # -- Dockerfiles ---------------------------------------------------------------------------------
 def _dockerignored(rel: str, patterns: list[str]) -> bool:
     parts = Path(rel).parts
