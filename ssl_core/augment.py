@@ -91,6 +91,20 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return (x - m) / s
 
 
+_CONSTS: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _const(values: Any, like: Tensor) -> Tensor:
+    """A small constant tensor on like's device and dtype, built once per device: creating it
+    from Python on every call would be a pageable host-to-device copy, which blocks the host
+    until the GPU has caught up."""
+    key = (values, like.device, like.dtype)
+    t = _CONSTS.get(key)
+    if t is None:
+        t = _CONSTS[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return t
+
+
 def _rand(shape: Sequence[int], device: torch.device, generator: torch.Generator | None) -> Tensor:
     """U[0, 1) on `device`, drawn from `generator` (on the generator's own device if it differs)."""
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
@@ -143,7 +157,7 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     """(B, 3, H, W) HSV in [0, 1] -> RGB, branch-free: c_n = v - v s clamp(min(k, 4 - k), 0, 1),
     k = (n + 6h) mod 6 for n = 5, 3, 1 (R, G, B)."""
     h, s, v = x.unbind(1)
-    n = torch.tensor((5.0, 3.0, 1.0), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = _const((5.0, 3.0, 1.0), x).view(1, 3, 1, 1)
     k = torch.remainder(n + h.unsqueeze(1) * 6.0, 6.0)
     t = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
     v, s = v.unsqueeze(1), s.unsqueeze(1)
@@ -157,7 +171,7 @@ def _affine_warp(x: Tensor, inv: Tensor) -> Tensor:
     b, _, h, w = x.shape
     # align_corners=False: normalised coordinate u covers [-1, 1] over the image edges,
     # so pixel (centred) = u * side / 2.
-    d = torch.tensor((w / 2.0, h / 2.0), dtype=x.dtype, device=x.device)
+    d = _const((w / 2.0, h / 2.0), x)
     theta = torch.empty(b, 2, 3, dtype=x.dtype, device=x.device)
     theta[:, :, :2] = inv[:, :, :2] * d.view(1, 1, 2) / d.view(1, 2, 1)
     theta[:, :, 2] = inv[:, :, 2] / d.view(1, 2)
@@ -428,7 +442,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     inv = 1.0 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
     h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
-    n = torch.tensor((5.0, 3.0, 1.0), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = _const((5.0, 3.0, 1.0), x).view(1, 3, 1, 1)
     k = torch.remainder(n + h6, 6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (maxc.unsqueeze(1) - chroma.unsqueeze(1) * t).clamp_(0.0, 1.0)
@@ -628,7 +642,7 @@ class Sharpen(AugmentOpImpl):
         b, c, h, w = x.shape
         if h <= 2 or w <= 2:
             return x
-        kern = torch.tensor(_SMOOTH, dtype=x.dtype, device=x.device) / 13.0
+        kern = _const(_SMOOTH, x) / 13.0
         blurred = F.conv2d(x.reshape(b * c, 1, h, w), kern.view(1, 1, 3, 3)).view(b, c, h - 2, w - 2)
         smooth = x.clone()
         smooth[:, :, 1:-1, 1:-1] = blurred
@@ -648,7 +662,7 @@ class EdgeMap(AugmentOpImpl):
 def sobel_magnitude(x: Tensor) -> Tensor:
     """(B, 1, H, W) Sobel gradient magnitude of the luma (replicate padding), max-normalised per image."""
     g = F.pad(_luma(x), (1, 1, 1, 1), mode="replicate")
-    kx = torch.tensor(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), dtype=x.dtype, device=x.device)
+    kx = _const(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), x)
     k = torch.stack((kx, kx.t())).unsqueeze(1)  # (2, 1, 3, 3)
     grad = F.conv2d(g, k)  # (B, 2, H, W)
     mag = grad.pow(2).sum(1, keepdim=True).sqrt()
