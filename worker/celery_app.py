@@ -41,6 +41,14 @@ CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as w
 SHUTDOWN = threading.Event()
 
 
+def transport_options(settings: Any) -> dict[str, Any]:
+    """Redis transport: the visibility timeout, and how often unacked messages older than it are
+    put back (kombu's default sweep is ~100 s; here a quarter of the timeout, 1 s to 60 s)."""
+    vt = int(settings.visibility_timeout)
+    return {"visibility_timeout": vt, "unacked_restore_interval": max(1, min(60, vt // 4)),
+            "unacked_restore_throttle": 1}
+
+
 def make_app(settings: Any = None) -> Celery:
     """The Celery app, configured from :class:`api.settings.Settings` (read from the environment if None)."""
     if settings is None:
@@ -61,7 +69,7 @@ def make_app(settings: Any = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": int(settings.visibility_timeout)},
+        broker_transport_options=transport_options(settings),
         task_queues=[Queue(q) for q in (*QUEUES, CONTROL_QUEUE)],
         task_default_queue="gpu",
         task_routes={"pretextlab.reconcile": {"queue": CONTROL_QUEUE}},

@@ -133,15 +133,25 @@ class Cluster:
         wait_for(up, 60, f"{name} to answer /healthz", on_timeout=lambda: p.log()[-3000:])
         return p
 
+    def start(self, *workers: str) -> list[Proc]:
+        """The API process and Celery workers, started together (start-up is the slow part)."""
+        procs = [self.worker(n, wait_ready=False) for n in workers]
+        self.serve()
+        for p in procs:
+            self.wait_ready(p)
+        return procs
+
+    def wait_ready(self, p: Proc) -> Proc:
+        wait_for(lambda: " ready." in p.log() or not p.alive(), 60, f"{p.name} to be ready",
+                 on_timeout=lambda: p.log()[-3000:])
+        assert p.alive(), p.log()[-3000:]
+        return p
+
     def worker(self, name: str, wait_ready: bool = True) -> Proc:
         p = Proc(name, [sys.executable, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h"],
                  self.env, self.tmp)
         self.procs.append(p)
-        if wait_ready:
-            wait_for(lambda: " ready." in p.log() or not p.alive(), 60, f"{name} to be ready",
-                     on_timeout=lambda: p.log()[-3000:])
-            assert p.alive(), p.log()[-3000:]
-        return p
+        return self.wait_ready(p) if wait_ready else p
 
     def submit(self, spec: dict[str, Any], **body: Any) -> int:
         with self.client() as c:

@@ -36,8 +36,7 @@ def no_overlap(job_runs) -> bool:
 
 def test_job_over_http_then_sigterm_hands_back_to_another_worker(make_cluster, postgres_url, redis_server):
     c = make_cluster(postgres_url, redis_server.url, test_step_delay="0.1")
-    c.serve()
-    w1 = c.worker("w1")
+    (w1,) = c.start("w1")
     # 1. a tiny job end to end over HTTP
     jid = c.submit(tiny_pretrain(epochs=1), name="tiny")
     done = c.wait_status(jid, "succeeded")
@@ -74,8 +73,7 @@ def test_job_over_http_then_sigterm_hands_back_to_another_worker(make_cluster, p
 
 def test_kill9_mid_job_requeues_and_resumes_from_checkpoint(make_cluster, postgres_url, redis_server):
     c = make_cluster(postgres_url, redis_server.url, test_step_delay="0.1")
-    c.serve()
-    workers = {"k1": c.worker("k1"), "k2": c.worker("k2")}
+    workers = dict(zip(("k1", "k2"), c.start("k1", "k2")))
     jid = c.submit(tiny_pretrain(epochs=6))
     wait_for(lambda: checkpoint_registered(c, jid), 90, "a first checkpoint", on_timeout=c.logs)
     owner = c.get(jid)
@@ -105,9 +103,7 @@ def test_kill9_mid_job_requeues_and_resumes_from_checkpoint(make_cluster, postgr
 
 def test_broker_emptied_while_jobs_queued_and_running(make_cluster, postgres_url, redis_server):
     c = make_cluster(postgres_url, redis_server.url, test_step_delay="0.05")
-    c.serve()
-    c.worker("f1")
-    c.worker("f2")
+    c.start("f1", "f2")
     jobs = [c.submit(tiny_pretrain(epochs=3)) for _ in range(4)]
     wait_for(lambda: sum(c.get(j)["status"] == "running" for j in jobs) >= 1, 90, "a running job", on_timeout=c.logs)
     redis_server.restart_empty()  # queued messages, unacked messages: all gone
@@ -121,12 +117,18 @@ def test_broker_emptied_while_jobs_queued_and_running(make_cluster, postgres_url
 
 def test_job_longer_than_visibility_timeout_runs_once(make_cluster, postgres_url, redis_server):
     c = make_cluster(postgres_url, redis_server.url, visibility_timeout="2", test_step_delay="0.15")
-    c.serve()
-    v1, v2 = c.worker("v1"), c.worker("v2")
-    jid = c.submit(tiny_pretrain(epochs=4))  # ~16 steps x 0.15 s: well past 2 s
+    v1, v2 = c.start("v1", "v2")
+    jid = c.submit(tiny_pretrain(epochs=10))  # 40 steps x 0.15 s: far past the 2 s timeout
     c.wait_status(jid, "running")
-    while (j := c.get(jid))["status"] != "succeeded":
+
+    def redelivered() -> bool:
+        # Redis put the unacked message back; the idle worker got it and the claim dropped it
+        j = c.get(jid)
         assert j["status"] == "running", j
         assert len(runs(c.sessions, jid)) == 1  # never a second claim alongside the first
-        time.sleep(0.2)
+        return "not claimable" in v1.log() + v2.log()
+
+    wait_for(redelivered, 60, "the message to be redelivered", interval=0.2, on_timeout=c.logs)
+    c.wait_status(jid, "succeeded")
     assert [(r.attempt, r.outcome) for r in runs(c.sessions, jid)] == [(1, "succeeded")]
+    assert metric_steps(c.sessions, jid) == list(range(1, 10 * STEPS_PER_EPOCH + 1))
