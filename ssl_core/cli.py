@@ -124,7 +124,8 @@ class TqdmSink:
                 self.last[k.split("/")[-1]] = f"{v:.4g}" if v is not None else "nan"
         self.bar.set_postfix(self.last, refresh=False)
         if "epoch/loss" in values:
-            self.bar.write(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items() if v is not None))
+            self.bar.write(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items() if v is not None),
+                           file=sys.stderr)
 
     def progress(self, *, epoch, step, total_steps, images_per_sec, eta_s):
         if self.bar.total != total_steps:
@@ -135,7 +136,7 @@ class TqdmSink:
 
     def artifact(self, name, path, kind):
         self.jsonl.artifact(name, path, kind)
-        self.bar.write(f"{kind}: {path}")
+        self.bar.write(f"{kind}: {path}", file=sys.stderr)
 
     def should_stop(self) -> bool:
         return False
@@ -156,7 +157,8 @@ def train_main(argv: list[str]) -> int:
                    help="override a spec field, e.g. --set epochs=5 --set method.temperature=0.2")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoints/last.pt when it exists (default)")
-    p.add_argument("--no-progress", action="store_true", help="print metric lines instead of a progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print metric lines (on stderr) instead of a progress bar; stdout gets the result JSON")
     args = p.parse_args(argv)
     try:
         raw = json.loads(args.spec.read_text())
@@ -171,7 +173,7 @@ def train_main(argv: list[str]) -> int:
     from ssl_core.reporting import JsonlSink
     from ssl_core.train import pretrain
 
-    sink = JsonlSink(args.out, echo=True) if args.no_progress else TqdmSink(args.out)
+    sink = JsonlSink(args.out, echo=True, stream=sys.stderr) if args.no_progress else TqdmSink(args.out)
     try:
         result = pretrain(spec, args.out, sink=sink, resume=args.resume)
     except PermanentError as e:

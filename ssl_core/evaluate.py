@@ -322,7 +322,8 @@ def evaluate(spec: EvaluateSpec, out_dir: Path, sink: Sink | None = None,
         if weights is None:
             raise ValueError("evaluate: source_job_id must be resolved to weights_path by the caller")
         backbone, meta = load_backbone(weights, device)
-        channels, image_size = int(meta["in_channels"]), int(meta["image_size"])
+        # the backbone's own input size unless the spec asks for another (adaptive pooling allows it)
+        channels, image_size = int(meta["in_channels"]), int(d.image_size or meta["image_size"])
         mean, std = meta["mean"], meta["std"]
         method, epochs, bspec = meta.get("method"), meta.get("epochs"), meta["backbone"]
     else:

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TextIO, runtime_checkable
 
 
 @runtime_checkable
@@ -61,10 +61,11 @@ class JsonlSink(NullSink):
     progress is echoed only (it is derivable from the metrics).
     """
 
-    def __init__(self, out_dir: Path | str, echo: bool = True):
+    def __init__(self, out_dir: Path | str, echo: bool = True, stream: TextIO | None = None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.echo = echo
+        self.stream = stream  # None = sys.stdout at print time (so pytest's capture sees it)
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def _write(self, obj: dict) -> None:
@@ -76,17 +77,18 @@ class JsonlSink(NullSink):
         if self.echo:
             body = " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=nan" for k, v in vals.items())
             ep = f"epoch {epoch} " if epoch is not None else ""
-            print(f"{ep}step {step}: {body}", file=sys.stdout, flush=True)
+            print(f"{ep}step {step}: {body}", file=self.stream or sys.stdout, flush=True)
 
     def progress(self, *, epoch: int, step: int, total_steps: int, images_per_sec: float, eta_s: float | None) -> None:
         if self.echo:
             eta = f"{eta_s:.0f}s" if eta_s is not None else "?"
-            print(f"epoch {epoch} step {step}/{total_steps} {images_per_sec:.0f} img/s eta {eta}", flush=True)
+            print(f"epoch {epoch} step {step}/{total_steps} {images_per_sec:.0f} img/s eta {eta}",
+                  file=self.stream or sys.stdout, flush=True)
 
     def artifact(self, name: str, path: Path, kind: str) -> None:
         self._write({"type": "artifact", "name": name, "path": str(path), "kind": kind, "time": time.time()})
         if self.echo:
-            print(f"{kind}: {path}", flush=True)
+            print(f"{kind}: {path}", file=self.stream or sys.stdout, flush=True)
 
     def flush(self) -> None:
         self._fh.flush()

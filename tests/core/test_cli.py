@@ -53,13 +53,17 @@ def test_validation_error_names_the_field_and_exits_2(tmp_path, capsys):
 
 def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = train_main([str(EXAMPLES / "tiny" / "rotation.json"), "--out", str(out), "--set", "epochs=1",
-                     "--no-progress"])
+    rc = train_main([str(EXAMPLES / "tiny" / "rotation.json"), "--out", str(out), "--set", "epochs=1"])
     assert rc == 0
     assert (out / "backbone.safetensors").exists() and (out / "checkpoints" / "last.pt").exists()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(x["type"] == "metrics" and "train/loss" in x["values"] for x in lines)
-    capsys.readouterr()
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["completed"] is True and "epoch 1:" in captured.err  # tqdm bar's epoch line
+    # a second run resumes the finished checkpoint: nothing to train, same steps
+    assert train_main([str(EXAMPLES / "tiny" / "rotation.json"), "--out", str(out), "--set", "epochs=1",
+                       "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 3
     rc = evaluate_main(["--weights", str(out / "backbone.safetensors"), "--protocol", "knn",
                         "--set", "data.dataset=synthetic", "--set", "data.train_subset=20",
                         "--set", "data.test_subset=10", "--set", "protocol.k=5", "--set", "device=cpu",

@@ -172,3 +172,21 @@ def test_backbone_export_loads_with_metadata(tmp_path):
 def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     with pytest.raises(PermanentError, match=r"data\.subset.*|batch_size"):
         pretrain(tiny_spec("simclr", data={"dataset": "synthetic", "image_size": 16, "subset": 8}), tmp_path)
+
+
+def test_jsonl_sink_writes_lines_and_null_sink_is_silent(tmp_path, capsys):
+    from ssl_core.reporting import JsonlSink, NullSink, Sink
+
+    sink = JsonlSink(tmp_path, echo=True)
+    assert isinstance(sink, Sink) and isinstance(NullSink(), Sink)
+    sink.metrics(3, {"train/loss": 1.5, "train/bad": float("nan")}, epoch=0)
+    sink.progress(epoch=0, step=3, total_steps=10, images_per_sec=100.0, eta_s=7.0)
+    sink.artifact("last.pt", tmp_path / "last.pt", "checkpoint")
+    sink.flush()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["type"] == "metrics" and rows[0]["step"] == 3 and rows[0]["values"] == {"train/loss": 1.5,
+                                                                                           "train/bad": None}
+    assert rows[1]["type"] == "artifact" and rows[1]["kind"] == "checkpoint"
+    out = capsys.readouterr().out
+    assert "train/loss=1.5" in out and "eta 7s" in out
+    assert NullSink().should_stop() is False
