@@ -174,22 +174,38 @@ def _atomic_write(dest: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def _copy_fashion(src: Path, raw: Path) -> None:
+    """The Debian .gz files into raw/, compressed and decompressed (what torchvision reads)."""
+    for f in FASHION_FILES:
+        gz = src / f"{f}.gz"
+        if not (raw / f"{f}.gz").is_file():
+            def copy(out, gz=gz):
+                with gz.open("rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+            _atomic_write(raw / f"{f}.gz", copy)
+        if not (raw / f).is_file():
+            def unzip(out, gz=gz):
+                with gzip.open(gz, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+            _atomic_write(raw / f, unzip)
+
+
 def _prepare_fashion_mnist() -> Path:
     raw = _fashion_raw_dir()
     if _fashion_present(raw):
         return raw
     src = _fashion_source()
-    if all((src / f"{f}.gz").is_file() for f in FASHION_FILES):
-        for f in FASHION_FILES:
-            gz = src / f"{f}.gz"
-            if not (raw / f"{f}.gz").is_file():
-                _atomic_write(raw / f"{f}.gz", lambda out, gz=gz: shutil.copyfileobj(gz.open("rb"), out))
-            if not (raw / f).is_file():
-                def unzip(out, gz=gz):
-                    with gzip.open(gz, "rb") as inp:
-                        shutil.copyfileobj(inp, out, 1 << 20)
-                _atomic_write(raw / f, unzip)
-        return raw
+    # .gz files dropped into raw/ by hand, else the Debian package's
+    for source in (raw, src):
+        if all((source / f"{f}.gz").is_file() for f in FASHION_FILES):
+            try:
+                _copy_fashion(source, raw)
+            except OSError as e:
+                raise DatasetError(
+                    f"dataset fashion_mnist: cannot copy {source} into {raw} ({e}); make the data root writable "
+                    "or point PRETEXTLAB_DATA_ROOT at a writable folder, then `pretextlab data prepare fashion_mnist`"
+                ) from None
+            return raw
     if _download_allowed():
         from torchvision.datasets import FashionMNIST
 

@@ -70,6 +70,30 @@ def test_fashion_mnist_loader_prepares_by_itself(data_env: Path) -> None:
     assert (data_env / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
 
 
+def test_fashion_mnist_gz_files_placed_by_hand_are_decompressed(data_env: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    need_debian_fashion()
+    raw = data_env / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte",
+              "train-labels-idx1-ubyte"):
+        (raw / f"{f}.gz").write_bytes((DEBIAN / f"{f}.gz").read_bytes())
+    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", str(tmp_path / "nowhere"))
+    assert len(D.load_dataset("fashion_mnist", "test")) == 10000
+
+
+def test_unwritable_data_root_is_a_dataset_error(data_env: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "debian"
+    src.mkdir()
+    for f in D.FASHION_FILES:
+        (src / f"{f}.gz").write_bytes(b"")
+    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", str(src))
+    (data_env / "FashionMNIST").write_text("a file where the folder should be")
+    with pytest.raises(DatasetError, match="cannot copy"):
+        D.prepare("fashion_mnist")
+
+
 def test_missing_fashion_mnist_names_dataset_paths_and_fixes(data_env: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     nowhere = tmp_path / "no-debian-here"
