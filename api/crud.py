@@ -297,6 +297,47 @@ def metric_names(session: Session, job_id: int) -> list[str]:
     return [r[0] for r in session.execute(sql, {"job": job_id})]
 
 
+# Bucket starts lo, lo+stride, ... < hi; per bucket the first stored point (one index probe);
+# plus the point at hi. PostgreSQL: a LATERAL probe returns the whole row at once.
+_DOWNSAMPLE_PG = text(
+    """
+    SELECT p.step, p.value, p.epoch
+    FROM generate_series(CAST(:lo AS BIGINT), CAST(:hi AS BIGINT) - 1, CAST(:stride AS BIGINT)) AS t(x)
+    CROSS JOIN LATERAL (
+        SELECT m.step, m.value, m.epoch FROM metrics m
+        WHERE m.job_id = :job AND m.name = :name AND m.step >= t.x AND m.step < t.x + CAST(:stride AS BIGINT)
+        ORDER BY m.step LIMIT 1
+    ) AS p
+    UNION
+    SELECT m.step, m.value, m.epoch FROM metrics m WHERE m.job_id = :job AND m.name = :name AND m.step = :hi
+    ORDER BY 1
+    """
+)
+# SQLite has no LATERAL: the probe picks the step (index only), then one lookup per picked step.
+# Empty buckets give NULL, which IN never matches (no IS NOT NULL filter: it would run the probe twice).
+_DOWNSAMPLE_PORTABLE = text(
+    """
+    WITH RECURSIVE t(x) AS (
+        SELECT CAST(:lo AS BIGINT)
+        UNION ALL
+        SELECT x + CAST(:stride AS BIGINT) FROM t WHERE x + CAST(:stride AS BIGINT) < CAST(:hi AS BIGINT)
+    ),
+    picked(step) AS (
+        SELECT (SELECT m2.step FROM metrics m2
+                WHERE m2.job_id = :job AND m2.name = :name
+                  AND m2.step >= t.x AND m2.step < t.x + CAST(:stride AS BIGINT)
+                ORDER BY m2.step LIMIT 1)
+        FROM t
+        UNION
+        SELECT CAST(:hi AS BIGINT)
+    )
+    SELECT m.step, m.value, m.epoch FROM metrics m
+    WHERE m.job_id = :job AND m.name = :name AND m.step IN (SELECT step FROM picked)
+    ORDER BY m.step
+    """
+)
+
+
 @dataclass
 class MetricSeries:
     name: str
@@ -318,8 +359,7 @@ def query_metrics(
 
     Downsampling happens in SQL by step ranges: the step span [lo, hi] is cut into
     ``max_points - 1`` equal buckets and the first stored point of each bucket is taken with one
-    index probe (a correlated ``ORDER BY step LIMIT 1`` on the primary key), plus the last
-    point. The cost is O(max_points log n), whatever the number of stored points.
+    index probe (``ORDER BY step LIMIT 1`` on the primary key), plus the last point. The cost is O(max_points log n), whatever the number of stored points.
     """
     max_points = max(2, int(max_points))
     base = [Metric.job_id == job_id, Metric.name == name]
@@ -336,27 +376,7 @@ def query_metrics(
         rows = session.execute(select(*cols).where(*base).order_by(Metric.step)).all()
         return MetricSeries(name, [tuple(r) for r in rows], len(rows), False)
     stride = math.ceil((hi - lo) / (max_points - 1))
-    sql = text(
-        """
-        WITH RECURSIVE t(x) AS (
-            SELECT CAST(:lo AS BIGINT)
-            UNION ALL
-            SELECT x + CAST(:stride AS BIGINT) FROM t WHERE x + CAST(:stride AS BIGINT) < CAST(:hi AS BIGINT)
-        ),
-        picked(step) AS (
-            SELECT (SELECT m2.step FROM metrics m2
-                    WHERE m2.job_id = :job AND m2.name = :name
-                      AND m2.step >= t.x AND m2.step < t.x + CAST(:stride AS BIGINT)
-                    ORDER BY m2.step LIMIT 1)
-            FROM t
-            UNION
-            SELECT CAST(:hi AS BIGINT)
-        )
-        SELECT m.step, m.value, m.epoch FROM metrics m
-        WHERE m.job_id = :job AND m.name = :name AND m.step IN (SELECT step FROM picked WHERE step IS NOT NULL)
-        ORDER BY m.step
-        """
-    )
+    sql = _DOWNSAMPLE_PG if session.get_bind().dialect.name == "postgresql" else _DOWNSAMPLE_PORTABLE
     rows = session.execute(sql, {"lo": lo, "hi": hi, "stride": stride, "job": job_id, "name": name}).all()
     return MetricSeries(name, [tuple(r) for r in rows], None, True)
 

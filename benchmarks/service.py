@@ -1,0 +1,292 @@
+"""Service latency on PostgreSQL: job submission, metric history, job listing (issue 7).
+
+Against a real ``uvicorn api.main:app`` server process on 127.0.0.1 and a PostgreSQL database
+this script creates (and drops at the end):
+
+1. **submission**: ``POST /v1/jobs`` from 32 concurrent clients (asyncio + httpx, one
+   connection each). Two loads: *paced* -- each client submits, then waits so that together
+   they offer ``--rate`` requests/s (latency under a steady load) -- and *saturated* -- each
+   client sends its next request as soon as the previous answer arrives (the throughput
+   ceiling; latency there is mostly queueing).
+2. **metric history**: ``GET /v1/jobs/{id}/metrics?name=train/loss&max_points=1000`` on one job
+   holding 1,000,000 stored points (bulk-loaded with COPY): the whole range and random windows.
+3. **listing**: ``GET /v1/jobs`` with 10,000 jobs stored: first page (limit 50), a status
+   filter, and a page deep in the cursor chain.
+
+Reads are measured from one client, one request at a time (the latency of the query path).
+Prints a table (p50 / p99 / mean in ms) and writes JSON with ``--out``.
+
+    python benchmarks/service.py --out benchmarks/service.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.db.models import Job  # noqa: E402
+from api.db.session import make_engine, upgrade  # noqa: E402
+from ssl_core.specs import method_label, parse_job_spec  # noqa: E402
+
+SPEC = {"method": {"name": "simclr"}, "backbone": {"name": "resnet18"},
+        "data": {"dataset": "fashion_mnist", "subset": 10000}, "epochs": 5, "batch_size": 256}
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * (len(s) - 1)))))
+    return s[k]
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50_ms": round(pct(ms, 50), 2), "p99_ms": round(pct(ms, 99), 2),
+            "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(max(ms), 2)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- database ---------------------------------------------------------------------------------
+def create_database(admin_url: str) -> str:
+    name = f"pretextlab_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def seed(url: str, n_jobs: int, n_points: int) -> int:
+    """n_jobs finished jobs spread over 30 days, and one job with n_points metric points (COPY)."""
+    spec = parse_job_spec(SPEC)
+    spec_json = spec.model_dump(mode="json")
+    engine = make_engine(url)
+    now = datetime.now(timezone.utc)
+    rng = random.Random(0)
+    rows = []
+    for i in range(n_jobs):
+        created = now - timedelta(seconds=(n_jobs - i) * 260)
+        status = rng.choices(["succeeded", "failed", "cancelled"], [90, 6, 4])[0]
+        rows.append(dict(kind="pretrain", status=status, name=f"job-{i}", tags=["bench", f"t{i % 10}"], priority=0,
+                         spec=spec_json, method=method_label(spec), dataset="fashion_mnist", protocol=None,
+                         queue="gpu", attempt=1, max_attempts=3, cancel_requested=False,
+                         progress={"epoch": 5, "step": 195, "total_steps": 195, "images_per_sec": 900.0,
+                                   "eta_s": 0.0},
+                         created_at=created, updated_at=created, started_at=created, finished_at=created))
+    with engine.begin() as conn:
+        for k in range(0, len(rows), 2000):
+            conn.execute(sa.insert(Job), rows[k:k + 2000])
+        metric_job = conn.execute(sa.select(sa.func.max(Job.id))).scalar_one()
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        with cur.copy("COPY metrics (job_id, name, step, value, epoch, created_at) FROM STDIN") as copy:
+            for step in range(n_points):
+                copy.write_row((metric_job, "train/loss", step, 4.0 / (1 + step / 1000) + 0.01 * (step % 7),
+                                step // 1000, now))
+        raw.commit()
+    finally:
+        raw.close()
+    # steady state: autovacuum would have set the visibility map (index-only scans) by now
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE"))
+    engine.dispose()
+    return metric_job
+
+
+# -- server -----------------------------------------------------------------------------------
+def start_server(url: str, port: int, workers: int, artifacts: Path) -> subprocess.Popen:
+    env = {**os.environ, "PRETEXTLAB_DATABASE_URL": url, "PRETEXTLAB_ARTIFACT_ROOT": str(artifacts),
+           "PRETEXTLAB_MAX_ACTIVE_JOBS": "1000000", "PRETEXTLAB_LOG_LEVEL": "WARNING"}
+    env.pop("PRETEXTLAB_BROKER_URL", None)
+    env.pop("PRETEXTLAB_API_TOKENS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("the API server exited during start-up")
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("the API server did not become ready")
+
+
+# -- load -------------------------------------------------------------------------------------
+async def submissions(base: str, clients: int, per_client: int, rate: float | None) -> tuple[list[float], float]:
+    """Latencies (ms) of POST /v1/jobs; rate=None means back-to-back (saturated)."""
+    body = json.dumps({"spec": SPEC, "tags": ["bench"]}).encode()
+    headers = {"content-type": "application/json"}
+    interval = clients / rate if rate else 0.0
+    lat: list[float] = []
+
+    async def client(i: int) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            await asyncio.sleep(interval * i / clients)  # spread the start
+            next_at = time.perf_counter()
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                r = await c.post("/v1/jobs", content=body, headers=headers)
+                lat.append((time.perf_counter() - t0) * 1000)
+                if r.status_code != 201:
+                    raise RuntimeError(f"submission failed: {r.status_code} {r.text[:200]}")
+                if interval:
+                    next_at += interval
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return lat, len(lat) / (time.perf_counter() - t0)
+
+
+def timed_gets(c: httpx.Client, paths: list[str], check) -> list[float]:
+    lat = []
+    for p in paths:
+        t0 = time.perf_counter()
+        r = c.get(p)
+        lat.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"GET {p}: {r.status_code} {r.text[:200]}")
+        check(r.json())
+    return lat
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pg-url", default=os.environ.get("PRETEXTLAB_TEST_PG_URL",
+                                                      "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                   help="an existing database to connect to for CREATE DATABASE")
+    p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--metric-points", type=int, default=1_000_000)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--per-client", type=int, default=20, help="submissions per client per load")
+    p.add_argument("--rate", type=float, default=64.0, help="offered submissions/s of the paced load")
+    p.add_argument("--reads", type=int, default=300, help="requests per read benchmark")
+    p.add_argument("--server-workers", type=int, default=2)
+    p.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    url = create_database(args.pg_url)
+    proc = None
+    try:
+        upgrade(url)
+        t0 = time.perf_counter()
+        metric_job = seed(url, args.jobs, args.metric_points)
+        seed_s = time.perf_counter() - t0
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = start_server(url, port, args.server_workers, Path(tmp))
+            base = f"http://127.0.0.1:{port}"
+            results: dict[str, dict] = {}
+            rng = random.Random(1)
+            with httpx.Client(base_url=base, timeout=30) as c:
+                # warm both worker processes' pools and caches
+                for _ in range(20):
+                    c.get("/v1/jobs?limit=50")
+                    c.get(f"/v1/jobs/{metric_job}/metrics?name=train/loss&max_points=1000")
+
+                def full(_): return None
+
+                def bounded(body):
+                    assert 2 <= len(body["points"]) <= 1000, len(body["points"])
+
+                mp = f"/v1/jobs/{metric_job}/metrics?name=train/loss&max_points=1000"
+                results["metrics: full range, 1M points -> 1000"] = summary(
+                    timed_gets(c, [mp] * args.reads, bounded))
+                windows = []
+                for _ in range(args.reads):
+                    a = rng.randrange(0, args.metric_points - 10_000)
+                    b = rng.randrange(a + 5_000, args.metric_points)
+                    windows.append(f"{mp}&start_step={a}&end_step={b}")
+                results["metrics: random window -> 1000"] = summary(timed_gets(c, windows, bounded))
+                results["metrics: names of the job"] = summary(
+                    timed_gets(c, [f"/v1/jobs/{metric_job}/metrics"] * args.reads, full))
+
+                def page(body):
+                    assert len(body["items"]) == 50
+
+                results["list: first page (50)"] = summary(timed_gets(c, ["/v1/jobs?limit=50"] * args.reads, page))
+                results["list: status=failed (50)"] = summary(
+                    timed_gets(c, ["/v1/jobs?limit=50&status=failed"] * args.reads, page))
+                cursor = None
+                for _ in range(100):  # walk 100 pages in
+                    cursor = c.get("/v1/jobs", params={"limit": 50, **({"cursor": cursor} if cursor else {})}
+                                   ).json()["next_cursor"]
+                results["list: page 100 via cursor"] = summary(
+                    timed_gets(c, [f"/v1/jobs?limit=50&cursor={cursor}"] * args.reads, page))
+
+            lat, thr = asyncio.run(submissions(base, args.clients, args.per_client, args.rate))
+            results[f"submit: {args.clients} clients paced, {args.rate:g}/s offered"] = {
+                **summary(lat), "achieved_per_s": round(thr, 1)}
+            lat, thr = asyncio.run(submissions(base, args.clients, args.per_client, None))
+            results[f"submit: {args.clients} clients saturated"] = {**summary(lat), "achieved_per_s": round(thr, 1)}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(15)
+        if not args.keep:
+            drop_database(args.pg_url, url)
+
+    with make_engine(args.pg_url).connect() as conn:
+        pg_version = conn.execute(sa.text("SHOW server_version")).scalar()
+    report = {
+        "benchmark": "service",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "postgresql": pg_version, "server_workers": args.server_workers},
+        "setup": {"jobs": args.jobs, "metric_points": args.metric_points, "clients": args.clients,
+                  "per_client": args.per_client, "rate": args.rate, "reads": args.reads,
+                  "seed_seconds": round(seed_s, 1)},
+        "results": results,
+    }
+    width = max(len(k) for k in results)
+    print(f"\n{'benchmark':<{width}}  {'n':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'mean ms':>8}  {'req/s':>7}")
+    for k, v in results.items():
+        print(f"{k:<{width}}  {v['n']:>5}  {v['p50_ms']:>8.2f}  {v['p99_ms']:>8.2f}  {v['mean_ms']:>8.2f}  "
+              f"{v.get('achieved_per_s', ''):>7}")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
