@@ -161,8 +161,12 @@ class SqlSink:
                 log.warning("job %s: lease lost, artifact %s not registered", self.lease.job_id, rel)
 
     def should_stop(self) -> bool:
+        """True to stop at this step boundary (cancel, shutdown); raises LeaseLost when the job is no
+        longer ours, so the loop unwinds without writing even its stop checkpoint."""
         if self._step_delay:
             time.sleep(self._step_delay)
+        if self.lease.lost:
+            raise LeaseLost(f"job {self.lease.job_id}: lease lost; abandoning")
         return self.stop_reason() is not None
 
     def flush(self) -> None:

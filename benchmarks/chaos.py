@@ -1,0 +1,311 @@
+"""Chaos benchmark: no job lost, none run twice, while workers die and the broker forgets.
+
+Starts its own redis-server (free port), a fresh PostgreSQL database, the API process
+(`pretextlab serve` with a broker: API + reconciler) and N Celery workers (`pretextlab worker`);
+submits a batch of short pretraining jobs over HTTP; then, while they run, kills random workers
+with SIGKILL (restarting a fresh one each time) and empties the broker once (FLUSHALL). At the end
+it reads SQL (the source of truth) and reports:
+
+  submitted, succeeded, failed, lost (not succeeded by the deadline, or failed), run_twice (a job
+  with two JobRun intervals that overlap, or more runs than claims), metric gaps/duplicates, the
+  longest wait from a worker's death to its job's next claim, and the longest wait from a requeue
+  to the next claim.
+
+    .venv/bin/python benchmarks/chaos.py --jobs 20 --workers 3 --kills 6 --out benchmarks/results/chaos.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+def job_spec(epochs: int) -> dict[str, Any]:
+    return {
+        "kind": "pretrain", "method": {"name": "rotation"}, "backbone": {"name": "convnet", "width": 4},
+        "data": {"dataset": "synthetic", "subset": 32, "image_size": 16}, "epochs": epochs, "batch_size": 8,
+        "device": "cpu", "precision": "fp32", "channels_last": False, "log_every": 1, "checkpoint_every": 1,
+    }
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = open(log_dir / f"{name}.log", "ab")
+        self.popen = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self.log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--kills", type=int, default=6, help="kill -9 this many workers (each replaced)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per job (4 steps each)")
+    ap.add_argument("--step-delay", type=float, default=0.1, help="seconds per step (test throttle)")
+    ap.add_argument("--lease", type=float, default=3.0)
+    ap.add_argument("--max-attempts", type=int, default=10)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pg-admin-url", default=os.environ.get(
+        "PRETEXTLAB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+
+    import httpx
+    import redis
+    import sqlalchemy as sa
+
+    from api.db.models import Job, JobEvent, JobRun, Metric
+    from api.db.session import make_engine, session_factory, upgrade
+
+    work = Path(tempfile.mkdtemp(prefix="pretextlab-chaos-"))
+    db_name = f"pretextlab_chaos_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    db_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}"
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = session_factory(engine)
+
+    redis_port, api_port = free_port(), free_port()
+    redis_proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not port_open(redis_port):
+        time.sleep(0.05)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETEXTLAB_")}
+    env.update({
+        "PYTHONUNBUFFERED": "1", "PRETEXTLAB_DATABASE_URL": db_url,
+        "PRETEXTLAB_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PRETEXTLAB_ARTIFACT_ROOT": str(work / "artifacts"), "PRETEXTLAB_PORT": str(api_port),
+        "PRETEXTLAB_LEASE_SECONDS": str(args.lease), "PRETEXTLAB_HEARTBEAT_SECONDS": str(args.lease / 6),
+        "PRETEXTLAB_RECONCILE_SECONDS": "1", "PRETEXTLAB_REDISPATCH_AFTER_SECONDS": "5",
+        "PRETEXTLAB_METRIC_FLUSH_SECONDS": "0.5", "PRETEXTLAB_MAX_ATTEMPTS": str(args.max_attempts),
+        "PRETEXTLAB_LOG_LEVEL": "INFO", "PRETEXTLAB_TEST_STEP_DELAY": str(args.step_delay),
+    })
+    py = sys.executable
+    procs: list[Proc] = []
+    workers: dict[str, Proc] = {}
+    counter = {"n": 0}
+
+    def start_worker() -> str:
+        counter["n"] += 1
+        name = f"chaos{counter['n']}"
+        workers[name] = Proc(name, [py, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h"], env, work)
+        procs.append(workers[name])
+        return name
+
+    kills: list[dict[str, Any]] = []
+    flushed_at: datetime | None = None
+    t_start = time.monotonic()
+    try:
+        procs.append(Proc("serve", [py, "-m", "worker.cli", "serve"], env, work))
+        for _ in range(args.workers):
+            start_worker()
+        base = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("API did not start; see " + str(work / "serve.log"))
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            ids = []
+            for i in range(args.jobs):
+                r = http.post("/v1/jobs", json={"spec": job_spec(args.epochs), "name": f"chaos-{i}"})
+                r.raise_for_status()
+                ids.append(r.json()["id"])
+        print(f"submitted {len(ids)} jobs to {args.workers} workers; db {db_name}; logs {work}", flush=True)
+
+        def statuses() -> dict[int, str]:
+            with sessions() as s:
+                return dict(s.execute(sa.select(Job.id, Job.status).where(Job.id.in_(ids))).all())
+
+        def running_owners() -> list[str]:
+            with sessions() as s:
+                rows = s.execute(sa.select(Job.owner).where(Job.id.in_(ids), Job.status == "running")).scalars()
+                return [o for o in rows if o]
+
+        kills_left = args.kills
+        next_chaos = time.monotonic() + rng.uniform(3, 6)
+        end = time.monotonic() + args.timeout
+        while time.monotonic() < end:
+            st = statuses()
+            done = sum(v in ("succeeded", "failed", "cancelled") for v in st.values())
+            if done == len(ids):
+                break
+            if flushed_at is None and done >= len(ids) * 0.3:
+                redis.Redis(port=redis_port).flushall()  # every queued and unacked message: gone
+                flushed_at = now()
+                print(f"FLUSHALL at {done}/{len(ids)} done", flush=True)
+            if kills_left and time.monotonic() >= next_chaos:
+                # prefer a worker that is running a job right now: that is the interesting kill
+                busy = {o.split("@")[0] for o in running_owners()}
+                alive = [n for n, p in workers.items() if p.alive()]
+                choice = [n for n in alive if n in busy] or alive
+                if choice:
+                    victim = rng.choice(choice)
+                    workers[victim].kill9()
+                    kills.append({"worker": victim, "at": now().isoformat(), "busy": victim in busy})
+                    kills_left -= 1
+                    print(f"kill -9 {victim} (busy={victim in busy}); {done}/{len(ids)} done", flush=True)
+                    start_worker()
+                next_chaos = time.monotonic() + rng.uniform(3, 8)
+            time.sleep(0.5)
+        wall = time.monotonic() - t_start
+
+        # -- the verdict, from SQL -------------------------------------------------------------
+        with sessions() as s:
+            jobs = {j.id: j for j in s.scalars(sa.select(Job).where(Job.id.in_(ids)))}
+            all_runs = list(s.scalars(sa.select(JobRun).where(JobRun.job_id.in_(ids)).order_by(JobRun.job_id,
+                                                                                             JobRun.attempt)))
+            events = list(s.scalars(sa.select(JobEvent).where(JobEvent.job_id.in_(ids)).order_by(JobEvent.id)))
+            steps = s.execute(sa.select(Metric.job_id, sa.func.count(), sa.func.min(Metric.step),
+                                        sa.func.max(Metric.step))
+                              .where(Metric.job_id.in_(ids), Metric.name == "train/loss")
+                              .group_by(Metric.job_id)).all()
+        by_job: dict[int, list[JobRun]] = {}
+        for r in all_runs:
+            by_job.setdefault(r.job_id, []).append(r)
+        run_twice = []
+        for jid, rs in by_job.items():
+            overlap = any(a.ended_at is None or as_utc(b.started_at) < as_utc(a.ended_at) for a, b in zip(rs, rs[1:]))
+            if overlap or len(rs) > jobs[jid].attempt:
+                run_twice.append(jid)
+        total_steps = 4 * args.epochs
+        metric_bad = [jid for jid, n, lo, hi in steps
+                      if jobs[jid].status == "succeeded" and (n, lo, hi) != (total_steps, 1, total_steps)]
+        metric_bad += [jid for jid in ids if jobs[jid].status == "succeeded" and jid not in {r[0] for r in steps}]
+        # waits: a killed worker's job -> its next claim; any requeue event -> the next claim
+        kill_at = {k["worker"]: datetime.fromisoformat(k["at"]) for k in kills}
+        wait_after_kill = []
+        for jid, rs in by_job.items():
+            for a, b in zip(rs, rs[1:]):
+                victim = a.worker.split("@")[0]
+                if a.outcome == "lost" and victim in kill_at:
+                    wait_after_kill.append((as_utc(b.started_at) - kill_at[victim]).total_seconds())
+        kill_to_requeue = []  # recovery latency: lease expiry + one reconcile period
+        for e in events:
+            if e.from_status == "running" and e.to_status == "queued" and e.actor == "reconciler":
+                lost = [r for r in by_job.get(e.job_id, []) if r.outcome == "lost" and r.attempt == e.attempt]
+                victim = lost[0].worker.split("@")[0] if lost else None
+                if victim in kill_at:
+                    kill_to_requeue.append((as_utc(e.at) - kill_at[victim]).total_seconds())
+        requeue_wait = []
+        pending: dict[int, datetime] = {}
+        for e in events:
+            if e.from_status == "running" and e.to_status == "queued":
+                pending[e.job_id] = as_utc(e.at)
+            elif e.from_status == "queued" and e.to_status == "running" and e.job_id in pending:
+                requeue_wait.append((as_utc(e.at) - pending.pop(e.job_id)).total_seconds())
+        counts = {s_: sum(j.status == s_ for j in jobs.values()) for s_ in
+                  ("succeeded", "failed", "cancelled", "queued", "running", "cancelling")}
+        report = {
+            "submitted": len(ids),
+            "succeeded": counts["succeeded"],
+            "failed": counts["failed"],
+            "lost": len(ids) - counts["succeeded"],
+            "run_twice": len(run_twice),
+            "run_twice_jobs": run_twice,
+            "metric_gaps_or_duplicates": len(metric_bad),
+            "status_counts": counts,
+            "runs_total": len(all_runs),
+            "runs_by_outcome": {o: sum(r.outcome == o for r in all_runs) for o in
+                                sorted({str(r.outcome) for r in all_runs})},
+            "jobs_resumed": sum(len(rs) > 1 for rs in by_job.values()),
+            "kills": kills,
+            "flushall_at": flushed_at.isoformat() if flushed_at else None,
+            "max_kill_to_requeue_s": round(max(kill_to_requeue), 2) if kill_to_requeue else None,
+            "max_wait_after_kill_s": round(max(wait_after_kill), 2) if wait_after_kill else None,
+            "max_requeue_to_claim_s": round(max(requeue_wait), 2) if requeue_wait else None,
+            "wall_s": round(wall, 1),
+            "config": {**vars(args), "pg_admin_url": "<redacted>"},
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+            "logs": str(work),
+        }
+    finally:
+        for p in procs:
+            p.stop()
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        engine.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\n{'submitted':>28} {report['submitted']}")
+    for k in ("succeeded", "failed", "lost", "run_twice", "metric_gaps_or_duplicates", "runs_total",
+              "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s", "wall_s"):
+        print(f"{k:>28} {report[k]}")
+    print(f"{'kills':>28} {len(kills)} ({sum(k['busy'] for k in kills)} mid-job); FLUSHALL once: "
+          f"{report['flushall_at'] is not None}")
+    print(f"wrote {out}")
+    return 0 if report["lost"] == 0 and report["run_twice"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
