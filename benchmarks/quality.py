@@ -3,7 +3,8 @@
 For each of rotation, exemplar, relative_position, jigsaw, simclr, moco_v1, moco_v2: pretrain from
 ``examples/<name>.json`` with the budget given here, then evaluate the exported backbone with the
 weighted kNN (k=200, t=0.1) and the linear probe, exactly as an evaluation job would
-(``ssl_core.evaluate.evaluate``). Beside them: the same backbone at random init, raw pixels, and
+(``ssl_core.evaluate``'s extract_features, knn_accuracy, linear_probe; features extracted once
+per backbone and shared by the two protocols). Beside them: the same backbone at random init, raw pixels, and
 a supervised model (the same backbone + a linear head trained with cross-entropy on the same
 labelled subset for the same number of epochs, crop + flip), evaluated the same way.
 
@@ -71,28 +72,57 @@ def pretrain_spec(name: str, args):
     return PretrainSpec.model_validate(raw)
 
 
-def evaluate_backbone(args, out: Path, *, weights: Path | None = None, baseline: str | None = None) -> dict:
-    from ssl_core.evaluate import evaluate
-    from ssl_core.specs import EvaluateSpec
+def load_eval_data(args):
+    """The labelled bank/probe set and the test set, loaded once for every backbone."""
+    from ssl_core.data import load_dataset
 
-    data = {"dataset": "fashion_mnist", "train_subset": args.eval_train_subset, "test_subset": args.test_subset}
-    res = {}
-    for proto in ({"protocol": "knn", "k": 200, "temperature": 0.1},
-                  {"protocol": "linear", "epochs": args.linear_epochs, "lr": 0.1, "batch_size": 256}):
-        raw = {"protocol": proto, "data": data, "device": args.device, "seed": args.seed}
+    train = load_dataset("fashion_mnist", "train", subset=args.eval_train_subset, seed=args.seed)
+    test = load_dataset("fashion_mnist", "test", subset=args.test_subset, seed=args.seed)
+    return train, test
+
+
+def evaluate_backbone(args, data, *, weights: Path | None = None, baseline: str | None = None) -> dict:
+    """kNN (k=200, t=0.1) and linear probe top-1, with the functions an evaluation job uses.
+
+    Features are extracted once per backbone and shared by both protocols.
+    """
+    import torch
+
+    from ssl_core.backbones import build_backbone
+    from ssl_core.evaluate import dataset_stats, extract_features, knn_accuracy, linear_probe, load_backbone, \
+        raw_pixel_features
+    from ssl_core.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    amp, _ = resolve_precision("auto", device)
+    train, test = data
+    mean, std = dataset_stats("fashion_mnist", 1)
+    t = time.time()
+    if baseline == "raw_pixels":
+        f_train, f_test = (raw_pixel_features(x.images, mean, std, device) for x in (train, test))
+    else:
         if weights is not None:
-            raw["weights"] = str(weights)
+            backbone, meta = load_backbone(weights, device)
         else:
-            raw["baseline"] = baseline
-            if baseline == "random_init":
-                raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
-        t = time.time()
-        r = evaluate(EvaluateSpec.model_validate(raw), out / f"eval_{proto['protocol']}",
-                     weights_path=weights)
-        res[proto["protocol"]] = r["top1"]
-        res[f"{proto['protocol']}_s"] = round(time.time() - t, 1)
-        res["feature_dim"] = r["feature_dim"]
+            torch.manual_seed(args.seed)
+            backbone = build_backbone(backbone_spec(args), 1, 28).to(device)
+        f_train, f_test = (extract_features(backbone, x.images, mean, std, 512, device, amp) for x in (train, test))
+    y_train, y_test = train.labels.to(device), test.labels.to(device)
+    res = {"feature_dim": int(f_train.shape[1]), "features_s": round(time.time() - t, 1)}
+    t = time.time()
+    res["knn"] = knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1, num_classes=10)
+    res["knn_s"] = round(time.time() - t, 1)
+    t = time.time()
+    res["linear"] = linear_probe(f_train, y_train, f_test, y_test, epochs=args.linear_epochs, lr=0.1,
+                                 batch_size=256, weight_decay=0.0, num_classes=10, seed=args.seed)["top1"]
+    res["linear_s"] = round(time.time() - t, 1)
     return res
+
+
+def backbone_spec(args):
+    from ssl_core.specs import BackboneSpec
+
+    return BackboneSpec(name=args.backbone, **({"width": args.width} if args.backbone == "convnet" else {}))
 
 
 def train_supervised(args, out: Path) -> tuple[Path, float, float]:
@@ -103,7 +133,6 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
     from ssl_core.data import load_dataset
     from ssl_core.evaluate import backbone_metadata, dataset_stats, finetune
     from ssl_core.runtime import resolve_device, resolve_precision, seed_everything
-    from ssl_core.specs import BackboneSpec
     from ssl_core.train import export_backbone
 
     seed_everything(args.seed)
@@ -111,7 +140,7 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
     amp, scaler = resolve_precision("auto", device)
     train = load_dataset("fashion_mnist", "train", subset=args.train_subset, seed=args.seed)
     test = load_dataset("fashion_mnist", "test", subset=args.test_subset, seed=args.seed)
-    bspec = BackboneSpec(name=args.backbone, **({"width": args.width} if args.backbone == "convnet" else {}))
+    bspec = backbone_spec(args)
     size, channels = train.images.shape[-1], train.images.shape[1]
     backbone = build_backbone(bspec, channels, size)
     mean, std = dataset_stats("fashion_mnist", channels)
@@ -156,6 +185,7 @@ def main(argv=None) -> int:
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
     rows: list[dict] = []
     t_all = time.time()
+    data = load_eval_data(args)
 
     def save():
         payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -173,7 +203,7 @@ def main(argv=None) -> int:
         row = {"method": method_label(spec), "epochs": spec.epochs, "wall_s": round(wall, 1),
                "final_loss": result.final_loss, "pretext_acc": result.metrics.get("train/pretext_acc"),
                "batch_size": spec.batch_size, "images": spec.data.subset}
-        row.update(evaluate_backbone(args, run_dir, weights=result.backbone_path))
+        row.update(evaluate_backbone(args, data, weights=result.backbone_path))
         rows.append(row)
         print(json.dumps(row), flush=True)
         save()
@@ -181,14 +211,14 @@ def main(argv=None) -> int:
     if not args.no_baselines:
         for baseline in ("random_init", "raw_pixels"):
             row = {"method": f"baseline: {baseline.replace('_', ' ')}", "epochs": 0, "wall_s": None}
-            row.update(evaluate_backbone(args, args.out / baseline, baseline=baseline))
+            row.update(evaluate_backbone(args, data, baseline=baseline))
             rows.append(row)
             print(json.dumps(row), flush=True)
             save()
         path, wall, e2e_top1 = train_supervised(args, args.out / "supervised")
         row = {"method": "supervised (cross-entropy)", "epochs": args.epochs, "wall_s": round(wall, 1),
                "end_to_end_top1": e2e_top1}
-        row.update(evaluate_backbone(args, args.out / "supervised", weights=path))
+        row.update(evaluate_backbone(args, data, weights=path))
         rows.append(row)
         print(json.dumps(row), flush=True)
         save()

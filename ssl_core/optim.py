@@ -51,14 +51,12 @@ class LARS(torch.optim.Optimizer):
             if wd != 0:
                 grads = torch._foreach_add(grads, params, alpha=wd)
             if group["lars_adapt"]:
-                w_norms = torch._foreach_norm(params)
-                g_norms = torch._foreach_norm(grads)
-                scaled = []
-                for g, wn, gn in zip(grads, w_norms, g_norms):
-                    # trust = eta*||w||/||g|| if both norms are positive, else 1 (tf.where in the reference)
-                    trust = torch.where((wn > 0) & (gn > 0), group["eta"] * wn / gn.clamp_min(1e-30),
-                                        torch.ones_like(wn))
-                    scaled.append(g * (trust * lr))
+                w_norm = torch.stack(torch._foreach_norm(params))  # (P,)
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                # trust = eta*||w||/||g|| where both norms are positive, else 1 (tf.where in the reference)
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm.clamp_min(1e-30),
+                                    torch.ones_like(w_norm))
+                scaled = torch._foreach_mul(grads, list((trust * lr).to(grads[0].dtype).unbind(0)))
             else:
                 scaled = torch._foreach_mul(grads, lr)
             bufs = []
