@@ -460,8 +460,9 @@ def _blend_step(x: Tensor, op: Tensor, f: Tensor) -> Tensor:
         a = torch.where(op == 2, one, a)  # saturation: identity on gray images
     luma = _luma(x)
     mean = luma.mean(dim=(1, 2, 3), keepdim=True)
-    out = a.view(-1, 1, 1, 1) * x + w_mean.view(-1, 1, 1, 1) * mean + w_luma.view(-1, 1, 1, 1) * luma
-    return out.clamp_(0.0, 1.0)
+    # the reference is one channel: build it there, then one fused multiply-add over C channels
+    ref = torch.addcmul(w_mean.view(-1, 1, 1, 1) * mean, w_luma.view(-1, 1, 1, 1), luma)
+    return torch.addcmul(ref, a.view(-1, 1, 1, 1), x).clamp_(0.0, 1.0)
 
 
 class ColorJitter(AugmentOpImpl):
