@@ -574,12 +574,34 @@ class PCAContrast(AugmentOpImpl):
             out = mu + xc * f.view(b, 1, 1)
         else:
             cov = xc @ xc.transpose(1, 2) / (h * w)  # (B, C, C)
-            # float64 eigh: tiny 3x3 problems, and exact-enough eigenvectors for near-degenerate colours
-            _, vecs = torch.linalg.eigh(cov.double())
+            _, vecs = symmetric_eigh(cov.double())  # float64: exact-enough vectors for near-degenerate colours
             m = (vecs * f.double().unsqueeze(1)) @ vecs.transpose(1, 2)  # V diag(f) V^T
             out = mu + m.to(x.dtype) @ xc
         out = out.view(b, c, h, w).clamp(0.0, 1.0)
         return _where(params["apply"], out, x)
+
+
+def symmetric_eigh(a: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
+    """Eigen-decomposition of a batch of small symmetric matrices (B, C, C) by cyclic Jacobi
+    rotations: eigenvalues ascending (B, C) and eigenvectors as columns (B, C, C), as
+    torch.linalg.eigh -- which on CUDA checks its info flags on the host (a sync per call).
+    Jacobi converges quadratically; 8 sweeps reach float64 precision for 3x3 colour covariances."""
+    bsz, c, _ = a.shape
+    a = a.clone()
+    v = torch.eye(c, dtype=a.dtype, device=a.device).expand(bsz, c, c).clone()
+    for _ in range(sweeps):
+        for p in range(c - 1):
+            for q in range(p + 1, c):
+                app, aqq, apq = a[:, p, p], a[:, q, q], a[:, p, q]
+                theta = 0.5 * torch.atan2(2 * apq, aqq - app)  # zeroes a[p, q]
+                cos, sin = torch.cos(theta), torch.sin(theta)
+                rot = torch.eye(c, dtype=a.dtype, device=a.device).expand(bsz, c, c).clone()
+                rot[:, p, p], rot[:, q, q], rot[:, p, q], rot[:, q, p] = cos, cos, sin, -sin
+                a = rot.transpose(1, 2) @ a @ rot
+                v = v @ rot
+    vals = torch.diagonal(a, dim1=1, dim2=2)
+    order = torch.argsort(vals, dim=1)
+    return vals.gather(1, order), v.gather(2, order.unsqueeze(1).expand(bsz, c, c))
 
 
 class GaussianBlur(AugmentOpImpl):

@@ -251,6 +251,21 @@ def test_pca_contrast_matches_numpy_reference(channels: int) -> None:
         np.testing.assert_allclose(y[i].numpy(), ref, atol=1e-4)
 
 
+def test_symmetric_eigh_matches_torch_linalg() -> None:
+    """The sync-free Jacobi solver PCA contrast uses, against torch.linalg.eigh (degenerate cases too)."""
+    g = gen(0)
+    x = torch.randn(20, 3, 30, generator=g, dtype=torch.float64)
+    cov = x @ x.transpose(1, 2) / 30
+    cov[0] = torch.eye(3, dtype=torch.float64)
+    cov[1] = 0.0
+    vals, vecs = A.symmetric_eigh(cov)
+    ref_vals, _ = torch.linalg.eigh(cov)
+    torch.testing.assert_close(vals, ref_vals, rtol=0, atol=1e-12)
+    torch.testing.assert_close(vecs @ torch.diag_embed(vals) @ vecs.transpose(1, 2), cov, rtol=0, atol=1e-12)
+    torch.testing.assert_close(vecs.transpose(1, 2) @ vecs, torch.eye(3, dtype=torch.float64).expand(20, 3, 3),
+                               rtol=0, atol=1e-12)
+
+
 def test_pca_contrast_factor_one_is_identity() -> None:
     x = images(b=3)
     op = op_with("pca_contrast", p=1.0, factor=(1.0, 1.0))
