@@ -25,10 +25,11 @@ Semantics follow torchvision's transforms, per sample (the tests compare each op
 * horizontal_flip, rotate, random_affine -- flips by ``torch.where``; rotations and
   affine maps through one ``affine_grid`` + ``grid_sample`` (bilinear, zero fill).
 * color_jitter -- brightness, contrast, saturation, hue in a random order PER SAMPLE
-  (torchvision draws one order per call): the four positions are applied in turn, and
-  at each position every sample runs the op its own permutation puts there, the other
-  samples getting the identity factor. On 1-channel images brightness and contrast
-  apply; saturation and hue are the identity (as in torchvision).
+  (torchvision draws one order per call): every sample runs the cheap ops its own
+  permutation puts before the hue, then the hue (one HSV pass for the batch), then the
+  cheap ops after it; brightness/contrast/saturation share one fused blend per position.
+  On 1-channel images brightness and contrast apply; saturation and hue are the identity
+  (as in torchvision).
 * grayscale -- ITU-R 601 luma (torchvision's weights); identity on 1-channel images.
 * gaussian_blur -- separable grouped convolution with a per-sample sigma (reflect
   padding, kernel side = kernel_fraction x side made odd, as SimCLR's code).
@@ -36,6 +37,11 @@ Semantics follow torchvision's transforms, per sample (the tests compare each op
   unsharp mask), edge_map (Sobel magnitude of the luma, normalised by its per-image
   maximum), detexturize (iterated bilateral filter), pca_contrast and hsv_power
   (Exemplar-CNN's 'contrast 1' and 'contrast 2' + hue, Dosovitskiy et al. 2014).
+
+Random numbers come from ``generator`` (pass one on the batch's device: a CPU generator
+with CUDA data works, but each draw is then a host-to-device copy). On a CPU shared with
+other processes, set OMP_WAIT_POLICY=PASSIVE (see docs/performance.md): these ops are
+small, and spinning OpenMP threads can slow them down more than tenfold.
 """
 
 from __future__ import annotations
