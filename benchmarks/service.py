@@ -197,9 +197,12 @@ def main() -> int:
     p.add_argument("--metric-points", type=int, default=1_000_000)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--per-client", type=int, default=20, help="submissions per client per load")
-    p.add_argument("--rate", type=float, default=64.0, help="offered submissions/s of the paced load")
+    p.add_argument("--rate", type=float, default=32.0,
+                   help="offered submissions/s of the paced load (32 clients x 1/s each)")
     p.add_argument("--reads", type=int, default=300, help="requests per read benchmark")
-    p.add_argument("--server-workers", type=int, default=2)
+    p.add_argument("--server-workers", type=int, default=1,
+                   help="uvicorn --workers; >1 added ~45 ms to every keep-alive request here, even for a bare "
+                        "FastAPI app (Nagle + delayed ACK on the shared listening socket), so 1 is the default")
     p.add_argument("--keep", action="store_true", help="keep the benchmark database")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
