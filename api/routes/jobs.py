@@ -126,12 +126,13 @@ def submit_job(
         raise ApiError(429, "queue_full",
                        f"{active} jobs are queued or running (limit PRETEXTLAB_MAX_ACTIVE_JOBS={settings.max_active_jobs})",
                        {"active": active, "limit": settings.max_active_jobs}, headers={"Retry-After": "30"})
-    job = crud.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
-                          idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
     try:
+        job = crud.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
+                              idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
         session.commit()
     except IntegrityError:
-        # Two requests with one Idempotency-Key raced: the other one committed first.
+        # Two requests with one Idempotency-Key raced (the INSERT fails at flush or commit): the
+        # other one committed first, so this is a replay of it.
         session.rollback()
         existing = crud.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
         if existing is None:
