@@ -70,8 +70,11 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 
 
-def _check_evaluate(session: Any, spec: EvaluateSpec, settings: Any) -> None:
-    """An evaluation must point at something that can exist: a pretraining job or a safe file."""
+def _check_evaluate(session: Any, spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
+    """An evaluation must point at something that can exist: a pretraining job or a safe file.
+
+    A ``weights`` path is stored resolved (absolute, symlinks followed), so the worker opens
+    exactly the file that was checked here, whatever its working directory."""
     if spec.source_job_id is not None:
         sid = spec.source_job_id
         if sid > MAX_ID:
@@ -89,9 +92,11 @@ def _check_evaluate(session: Any, spec: EvaluateSpec, settings: Any) -> None:
     if spec.weights is not None:
         roots = [settings.artifact_root, *settings.allowed_roots()]
         try:
-            resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
+            resolved = resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
         except UnsafePath as exc:
             raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
+        spec = spec.model_copy(update={"weights": str(resolved)})
+    return spec
 
 
 def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) -> bool:
@@ -115,12 +120,12 @@ def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     spec = _parse_spec(body)
+    if isinstance(spec, EvaluateSpec):
+        spec = _check_evaluate(session, spec, settings)
     if idempotency_key is not None:
         existing = crud.get_job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
             return _replay(existing, spec, body, idempotency_key, response)
-    if isinstance(spec, EvaluateSpec):
-        _check_evaluate(session, spec, settings)
     active = crud.count_active(session)
     if active >= settings.max_active_jobs:
         raise ApiError(429, "queue_full",

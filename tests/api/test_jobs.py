@@ -99,6 +99,17 @@ def test_evaluate_weights_must_stay_inside_allowed_roots(client, settings, tmp_p
     weights = settings.artifact_root / "jobs" / "1" / "backbone.safetensors"
     ok = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": str(weights)}})
     assert ok.status_code == 201, ok.text
+    assert ok.json()["spec"]["weights"] == str(weights.resolve())
+    # a relative path is stored resolved against the root that holds it, so the worker opens that file
+    (settings.data_root / "w").mkdir(parents=True)
+    (settings.data_root / "w" / "b.safetensors").write_bytes(b"x")
+    rel = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": "w/b.safetensors"}},
+                      headers={"Idempotency-Key": "rel"})
+    assert rel.status_code == 201
+    assert rel.json()["spec"]["weights"] == str((settings.data_root / "w" / "b.safetensors").resolve())
+    again = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": "w/b.safetensors"}},
+                        headers={"Idempotency-Key": "rel"})
+    assert again.status_code == 200 and again.json()["id"] == rel.json()["id"]
     for bad in ["/etc/passwd", str(tmp_path / "elsewhere" / "w.safetensors"), "../../../etc/passwd"]:
         r = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": bad}})
         assert r.status_code == 422, bad
