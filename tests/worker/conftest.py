@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-import worker_testlib  # noqa: F401  (helpers the tests import: this folder is on sys.path)
-
 
 @dataclass
 class Store:
