@@ -56,3 +56,10 @@ def test_catalog_sees_prepared_datasets(client, settings):
     (folder / "data.bin").write_bytes(b"x")
     datasets = {d["name"]: d for d in client.get("/v1/datasets").json()}
     assert datasets["cifar10"]["available"] is True
+
+
+def test_create_app_touches_no_database(make_settings):
+    # nothing listens on port 1: building the app must not connect; only the lifespan does
+    app = create_app(make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    assert not hasattr(app.state, "engine")
+    assert any(getattr(r, "path", "") == "/v1/jobs" for r in app.routes)
