@@ -332,7 +332,8 @@ def image_folder_files(root: Path, split: str) -> tuple[list[tuple[str, int]], l
             dirs = [root / split]
         else:
             raise DatasetError(f"dataset image_folder: {root} has split folders {split_dirs} but no {split!r}")
-        classes = sorted({c.name for d in dirs for c in d.iterdir() if c.is_dir()})
+        # classes from every split folder, so a class missing from one split keeps its index
+        classes = sorted({c.name for d in split_dirs for c in (root / d).iterdir() if c.is_dir()})
         samples: list[tuple[str, int]] = []
         for d in dirs:
             samples += _folder_samples(d, classes)

@@ -198,6 +198,10 @@ def test_image_folder_with_split_folders_and_unlabeled(data_env: Path) -> None:
     test = D.load_dataset("image_folder", "test", path="set", image_size=8)
     assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1, 1]
     assert len(D.load_dataset("image_folder", "all", path="set", image_size=8)) == 8
+    write_folder(data_env / "uneven" / "train", {"a": 1, "b": 1, "c": 1})
+    write_folder(data_env / "uneven" / "test", {"a": 1, "c": 1})
+    uneven = D.load_dataset("image_folder", "test", path="uneven", image_size=8)
+    assert uneven.labels.tolist() == [0, 2] and uneven.num_classes == 3  # same indices as train
     flat = data_env / "flat"
     write_folder(data_env / "tmp", {"x": 3})
     (data_env / "tmp" / "x").rename(flat)
