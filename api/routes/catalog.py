@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
@@ -21,6 +22,23 @@ def methods() -> list[MethodOut]:
     return [MethodOut(**m) for m in method_schemas().values()]
 
 
+# Where ssl_core.data looks for each dataset's files (it cannot be imported here: it loads torch).
+DATASET_FOLDERS = {
+    "fashion_mnist": "FashionMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "stl10": "stl10_binary",
+}
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # the loader copies it from there itself
+
+
+def _has_files(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any(p.is_file() for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def dataset_available(name: str, data_root: Path) -> bool | None:
     """Whether a dataset's files are present, by looking at files only (no loading, no torch)."""
     if name == "synthetic":
@@ -29,11 +47,14 @@ def dataset_available(name: str, data_root: Path) -> bool | None:
         return importlib.util.find_spec("sklearn") is not None  # bundled with scikit-learn
     if name == "image_folder":
         return None  # depends on data.path
-    folder = data_root / name
-    try:
-        return folder.is_dir() and any(folder.iterdir())
-    except OSError:
-        return False
+    folder = DATASET_FOLDERS.get(name)
+    if folder is None:
+        return _has_files(data_root / name)
+    if _has_files(data_root / folder):
+        return True
+    if name == "fashion_mnist":
+        return _has_files(Path(os.environ.get("PRETEXTLAB_FASHION_MNIST_SOURCE") or DEBIAN_FASHION_MNIST))
+    return False
 
 
 @router.get("/datasets", response_model=list[DatasetOut], summary="Datasets and whether they are present")

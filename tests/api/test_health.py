@@ -50,12 +50,18 @@ def test_catalog(client):
     assert datasets["cifar10"]["available"] is False and datasets["cifar10"]["num_classes"] == 10
 
 
-def test_catalog_sees_prepared_datasets(client, settings):
-    folder = settings.data_root / "cifar10"
-    folder.mkdir(parents=True)
-    (folder / "data.bin").write_bytes(b"x")
-    datasets = {d["name"]: d for d in client.get("/v1/datasets").json()}
-    assert datasets["cifar10"]["available"] is True
+def test_catalog_sees_prepared_datasets(client, settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", str(tmp_path / "no-debian-package"))
+
+    def available():
+        return {d["name"]: d["available"] for d in client.get("/v1/datasets").json()}
+
+    assert available()["cifar10"] is False and available()["fashion_mnist"] is False
+    for folder in ("cifar-10-batches-py", "FashionMNIST/raw"):  # where ssl_core.data reads them
+        (settings.data_root / folder).mkdir(parents=True)
+        (settings.data_root / folder / "data").write_bytes(b"x")
+    assert available()["cifar10"] is True and available()["fashion_mnist"] is True
+    assert available()["cifar100"] is False and available()["stl10"] is False
 
 
 def test_create_app_touches_no_database(make_settings):
