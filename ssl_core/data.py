@@ -562,9 +562,10 @@ def load_dataset(
     resolved = str(resolve_path(path)) if path is not None else None
     if name == "image_folder" and resolved is None:
         raise DatasetError("dataset image_folder: needs data.path (a folder inside the allowed data roots)")
-    size = image_size if image_size != info.image_size else None
-    if name == "image_folder":
-        size = image_size
+    # native size / channels asked explicitly: the same cache entry as None
+    size = image_size if (image_size != info.image_size or name == "image_folder") else None
+    if channels == info.channels:
+        channels = None
     x, y, k = _cached(str(data_root()), name, split, resolved, size, channels)
     if subset is not None and subset < x.shape[0]:
         g = torch.Generator().manual_seed(seed)
