@@ -103,10 +103,13 @@ def _finite(v: Any) -> float | None:
 class SqlSink:
     """ssl_core's Sink, backed by SQL: batched metrics, progress, artifacts, heartbeat, stop flag.
 
-    ``metrics``/``progress`` only buffer (the training loop never waits for the database); a
-    background thread writes the buffer every ``flush_seconds`` and renews the lease at least every
-    ``heartbeat_seconds``. Metrics are upserted on (job, name, step), so a resumed run that logs
-    a step again overwrites it instead of duplicating it.
+    ``metrics``/``progress``/``artifact`` only buffer and ``flush`` only wakes the writer: once
+    ``start()`` has run, the training loop never waits for the database (issue 7 §3: a commit is an
+    fsync, tens of ms on a busy disk, and the loop calls ``flush`` and ``artifact`` at every epoch
+    end). A background thread writes the buffers every ``flush_seconds`` (or when woken) and renews
+    the lease at least every ``heartbeat_seconds``; ``close()`` writes what is left, synchronously.
+    Without a started thread every call writes at once. Metrics are upserted on (job, name, step),
+    so a resumed run that logs a step again overwrites it instead of duplicating it.
     """
 
     def __init__(self, lease: JobLease, job_dir: Path, *, flush_seconds: float, heartbeat_seconds: float,
@@ -121,7 +124,9 @@ class SqlSink:
         self._io_lock = threading.Lock()  # one database write at a time, in order
         self._rows: list[dict[str, Any]] = []
         self._progress: dict[str, Any] | None = None
+        self._artifacts: list[tuple[str, str, int]] = []  # (name relative to the job folder, kind, size)
         self._closed = threading.Event()
+        self._wake = threading.Event()  # flush()/artifact()/close() ask the writer to write now
         self._last_beat = time.monotonic()
         self._step_delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
         self._thread = threading.Thread(target=self._loop, name=f"sink-job-{lease.job_id}", daemon=True)
@@ -144,21 +149,19 @@ class SqlSink:
             self._progress = p
 
     def artifact(self, name: str, path: Path, kind: str) -> None:
-        """Register a file the loop wrote (name relative to the job folder), at once."""
+        """Register a file the loop wrote (name relative to the job folder) with the next write."""
         path = Path(path)
         try:
             rel = path.resolve().relative_to(self.job_dir.resolve()).as_posix()
         except ValueError:
             rel = Path(name).as_posix()
         size = path.stat().st_size if path.exists() else 0
-        from api import crud
-
-        with self._io_lock:
-            try:
-                with self.lease.guarded() as s:
-                    crud.register_artifact(s, self.lease.job_id, rel, kind, size)
-            except LeaseLost:
-                log.warning("job %s: lease lost, artifact %s not registered", self.lease.job_id, rel)
+        with self._lock:
+            self._artifacts.append((rel, kind, size))
+        try:
+            self._write_soon()
+        except LeaseLost:
+            log.warning("job %s: lease lost, artifact %s not registered", self.lease.job_id, rel)
 
     def should_stop(self) -> bool:
         """True to stop at this step boundary (cancel, shutdown); raises LeaseLost when the job is no
@@ -170,7 +173,14 @@ class SqlSink:
         return self.stop_reason() is not None
 
     def flush(self) -> None:
-        self._flush()
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        """Wake the writer thread (never waits); write here only when there is no thread."""
+        if self._thread.is_alive() and not self._closed.is_set():
+            self._wake.set()
+        else:
+            self._flush()
 
     # -- worker side ---------------------------------------------------------------------------
     def stop_reason(self) -> str | None:
@@ -190,14 +200,17 @@ class SqlSink:
     def close(self) -> None:
         """Stop the background thread and write what is buffered (if the job is still ours)."""
         self._closed.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self._flush()
 
     def _loop(self) -> None:
         period = max(0.05, min(self.flush_seconds, self.heartbeat_seconds))
-        while not self._closed.wait(period):
-            if self.lease.lost:
+        while True:
+            self._wake.wait(period)
+            self._wake.clear()
+            if self._closed.is_set() or self.lease.lost:
                 return
             try:
                 self._flush(heartbeat=time.monotonic() - self._last_beat >= self.heartbeat_seconds)
@@ -212,7 +225,8 @@ class SqlSink:
             with self._lock:
                 rows, self._rows = self._rows, []
                 progress, self._progress = self._progress, None
-            if not rows and progress is None and not heartbeat:
+                artifacts, self._artifacts = self._artifacts, []
+            if not rows and progress is None and not artifacts and not heartbeat:
                 return
             if self.lease.lost:
                 return
@@ -221,12 +235,18 @@ class SqlSink:
                 with self.lease.guarded(**fields) as s:
                     if rows:
                         self._write_metrics(s, self.lease.job_id, _dedupe(rows))
+                    if artifacts:
+                        from api import crud
+
+                        for rel, kind, size in artifacts:
+                            crud.register_artifact(s, self.lease.job_id, rel, kind, size)
                 self._last_beat = time.monotonic()
             except LeaseLost:
                 raise
             except Exception:
                 with self._lock:  # put them back, in order, for the next try
                     self._rows[:0] = rows
+                    self._artifacts[:0] = artifacts
                     if self._progress is None:
                         self._progress = progress
                 raise
