@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.db.models import STATUSES, Job
@@ -23,6 +24,13 @@ def _utc(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+def as_json(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialise a response model once. Returning a Response skips FastAPI's second validation
+    of the return value against ``response_model`` (kept on the route for the OpenAPI document),
+    which cost more than building the model for large pages."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 class Forbid(BaseModel):

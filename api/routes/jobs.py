@@ -29,6 +29,7 @@ from api.schemas import (
     Status,
     Tag,
     _utc,
+    as_json,
 )
 from api.security import UnsafePath, require_token, resolve_weights
 from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec
@@ -164,7 +165,7 @@ def list_jobs(
     tag: Tag | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> JobList:
+) -> Response:
     try:
         page, next_cursor = crud.list_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
                                            tag=tag, cursor=cursor, limit=limit)
@@ -176,13 +177,13 @@ def list_jobs(
         counts = dict(session.execute(
             select(Artifact.job_id, func.count()).where(Artifact.job_id.in_(ids)).group_by(Artifact.job_id)
         ).all())
-    return JobList(items=[JobOut.from_row(j, counts.get(j.id, 0)) for j in page], next_cursor=next_cursor)
+    return as_json(JobList(items=[JobOut.from_row(j, counts.get(j.id, 0)) for j in page], next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: status, spec, progress, result")
-def read_job(job_id: JobId, session: SessionDep) -> JobOut:
+def read_job(job_id: JobId, session: SessionDep) -> Response:
     job = job_or_404(session, job_id)
-    return JobOut.from_row(job, crud.artifact_count(session, job_id))
+    return as_json(JobOut.from_row(job, crud.artifact_count(session, job_id)))
 
 
 @router.get("/{job_id}/events", response_model=EventList, summary="The job's status history")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from api import crud
 from api.deps import SessionDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
-from api.schemas import ERROR_RESPONSES, MAX_ID, Label, MetricNames, MetricPoint, MetricSeriesOut
+from api.schemas import ERROR_RESPONSES, MAX_ID, Label, MetricNames, MetricSeriesOut
 from api.security import require_token
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], dependencies=[Depends(require_token)],
@@ -30,7 +31,7 @@ def job_metrics(
     start_step: Step = None,
     end_step: Step = None,
     max_points: Annotated[int, Query(ge=2, description="capped at 10000")] = 1000,
-) -> MetricSeriesOut | MetricNames:
+) -> MetricNames | Response:
     job_or_404(session, job_id)
     if name is None:
         return MetricNames(job_id=job_id, names=crud.metric_names(session, job_id))
@@ -40,7 +41,10 @@ def job_metrics(
     max_points = min(max_points, MAX_POINTS_CAP)
     series = crud.query_metrics(session, job_id, name, start_step=start_step, end_step=end_step,
                                 max_points=max_points)
-    points = [MetricPoint(step=s, value=v if v is not None and math.isfinite(v) else None, epoch=e)
+    # Up to 10,000 points: plain json.dumps of plain dicts (the shape of MetricSeriesOut) is several
+    # times cheaper than building and re-validating a model per point. JSON has no NaN/inf: null.
+    points = [{"step": s, "value": v if v is not None and math.isfinite(v) else None, "epoch": e}
               for s, v, e in series.points]
-    return MetricSeriesOut(job_id=job_id, name=name, points=points, downsampled=series.downsampled,
-                           max_points=max_points)
+    body = {"job_id": job_id, "name": name, "points": points, "downsampled": series.downsampled,
+            "max_points": max_points}
+    return Response(json.dumps(body, allow_nan=False, separators=(",", ":")), media_type="application/json")
