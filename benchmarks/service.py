@@ -62,6 +62,17 @@ def summary(ms: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(max(ms), 2)}
 
 
+def proc_cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process (and its reaped children), from /proc: a figure that
+    does not depend on what else the machine is running, unlike wall-clock latency."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = sum(int(f) for f in fields[11:15])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,6 +230,14 @@ def main() -> int:
             proc = start_server(url, port, args.server_workers, Path(tmp))
             base = f"http://127.0.0.1:{port}"
             results: dict[str, dict] = {}
+
+            def measured(key: str, run) -> None:
+                """run() -> (latencies ms, extra dict); adds the server's CPU ms per request."""
+                c0 = proc_cpu_ms(proc.pid)
+                lat, extra = run()
+                cpu = (proc_cpu_ms(proc.pid) - c0) / max(1, len(lat))
+                results[key] = {**summary(lat), **extra, "server_cpu_ms_per_req": round(cpu, 2)}
+
             rng = random.Random(1)
             with httpx.Client(base_url=base, timeout=30) as c:
                 # warm both worker processes' pools and caches
@@ -232,35 +251,37 @@ def main() -> int:
                     assert 2 <= len(body["points"]) <= 1000, len(body["points"])
 
                 mp = f"/v1/jobs/{metric_job}/metrics?name=train/loss&max_points=1000"
-                results["metrics: full range, 1M points -> 1000"] = summary(
-                    timed_gets(c, [mp] * args.reads, bounded))
+                measured(f"metrics: full range, {args.metric_points:,} points -> 1000",
+                         lambda: (timed_gets(c, [mp] * args.reads, bounded), {}))
                 windows = []
                 for _ in range(args.reads):
                     a = rng.randrange(0, args.metric_points - 10_000)
                     b = rng.randrange(a + 5_000, args.metric_points)
                     windows.append(f"{mp}&start_step={a}&end_step={b}")
-                results["metrics: random window -> 1000"] = summary(timed_gets(c, windows, bounded))
-                results["metrics: names of the job"] = summary(
-                    timed_gets(c, [f"/v1/jobs/{metric_job}/metrics"] * args.reads, full))
+                measured("metrics: random window -> 1000", lambda: (timed_gets(c, windows, bounded), {}))
+                measured("metrics: names of the job",
+                         lambda: (timed_gets(c, [f"/v1/jobs/{metric_job}/metrics"] * args.reads, full), {}))
 
                 def page(body):
                     assert len(body["items"]) == 50
 
-                results["list: first page (50)"] = summary(timed_gets(c, ["/v1/jobs?limit=50"] * args.reads, page))
-                results["list: status=failed (50)"] = summary(
-                    timed_gets(c, ["/v1/jobs?limit=50&status=failed"] * args.reads, page))
+                measured("list: first page (50)", lambda: (timed_gets(c, ["/v1/jobs?limit=50"] * args.reads, page), {}))
+                measured("list: status=failed (50)",
+                         lambda: (timed_gets(c, ["/v1/jobs?limit=50&status=failed"] * args.reads, page), {}))
                 cursor = None
-                for _ in range(100):  # walk 100 pages in
+                deep = max(1, min(100, args.jobs // 50 - 2))
+                for _ in range(deep):  # walk 100 pages in (fewer on a small database)
                     cursor = c.get("/v1/jobs", params={"limit": 50, **({"cursor": cursor} if cursor else {})}
                                    ).json()["next_cursor"]
-                results["list: page 100 via cursor"] = summary(
-                    timed_gets(c, [f"/v1/jobs?limit=50&cursor={cursor}"] * args.reads, page))
+                measured(f"list: page {deep + 1} via cursor",
+                         lambda: (timed_gets(c, [f"/v1/jobs?limit=50&cursor={cursor}"] * args.reads, page), {}))
 
-            lat, thr = asyncio.run(submissions(base, args.clients, args.per_client, args.rate))
-            results[f"submit: {args.clients} clients paced, {args.rate:g}/s offered"] = {
-                **summary(lat), "achieved_per_s": round(thr, 1)}
-            lat, thr = asyncio.run(submissions(base, args.clients, args.per_client, None))
-            results[f"submit: {args.clients} clients saturated"] = {**summary(lat), "achieved_per_s": round(thr, 1)}
+            def submit(rate):
+                lat, thr = asyncio.run(submissions(base, args.clients, args.per_client, rate))
+                return lat, {"achieved_per_s": round(thr, 1)}
+
+            measured(f"submit: {args.clients} clients paced, {args.rate:g}/s offered", lambda: submit(args.rate))
+            measured(f"submit: {args.clients} clients saturated", lambda: submit(None))
     finally:
         if proc is not None:
             proc.terminate()
@@ -281,10 +302,13 @@ def main() -> int:
         "results": results,
     }
     width = max(len(k) for k in results)
-    print(f"\n{'benchmark':<{width}}  {'n':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'mean ms':>8}  {'req/s':>7}")
+    load = os.getloadavg()
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in load]
+    print(f"\n{'benchmark':<{width}}  {'n':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'mean ms':>8}  {'req/s':>7}  {'cpu ms':>7}")
     for k, v in results.items():
         print(f"{k:<{width}}  {v['n']:>5}  {v['p50_ms']:>8.2f}  {v['p99_ms']:>8.2f}  {v['mean_ms']:>8.2f}  "
-              f"{v.get('achieved_per_s', ''):>7}")
+              f"{v.get('achieved_per_s', ''):>7}  {v['server_cpu_ms_per_req']:>7.2f}")
+    print(f"(cpu ms = the server process's CPU time per request; load average at the end: {load[0]:.1f})")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.out}")
