@@ -770,9 +770,14 @@ class Pipeline:
         self._resizes = any(op.resizes for op in ops)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = to_float(x)
         if x.ndim != 4:
             raise ValueError(f"augment: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        # fp32 even inside the training step's autocast: blur/Sobel convs in bf16 would lose
+        # precision for nothing (these ops are memory-bound), and the output dtype stays fixed
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._run(to_float(x), generator)
+
+    def _run(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self._resizes and (x.shape[2], x.shape[3]) != (self.out_size, self.out_size):
             x = resize(x, self.out_size)
         for op in self.ops:

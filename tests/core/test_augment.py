@@ -340,6 +340,14 @@ def test_pipeline_accepts_dicts_gray_images_and_resizes_without_crop() -> None:
     torch.testing.assert_close(A.build_pipeline([], 12)(x), A.to_float(x))
 
 
+def test_pipeline_stays_fp32_under_autocast() -> None:
+    pipe = A.build_pipeline([specs.GaussianBlurOp(p=1.0), specs.EdgeMapOp(p=1.0)], 12)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        y = pipe(images(b=2), gen(0))
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, pipe(images(b=2), gen(0)))
+
+
 def test_to_float_and_normalize() -> None:
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
     f = A.to_float(x)
