@@ -85,7 +85,7 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     text = os.fspath(path)
     if not text or "\x00" in text:
         raise DatasetError("dataset path: empty or contains NUL")
-    p = Path(text).expanduser()
+    p = Path(text)  # no ~ expansion: a user-given name is taken literally
     if not p.is_absolute():
         p = data_root() / p
     real = p.resolve(strict=False)  # follows every symlink that exists
