@@ -378,3 +378,30 @@ def test_fused_cuda_optimizer_matches_a_for_loop() -> None:
             m(x).square().mean().backward()
             opt.step()
     assert_close_dicts(dict(model.named_parameters()), dict(ref.named_parameters()), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the switches of issue 7 §2 reach the loop
+
+def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch) -> None:
+    from ssl_core.runtime import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == (None, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) == (torch.bfloat16, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) == (None, False)  # e.g. V100: fp32, no scaler
+
+
+def test_channels_last_and_compile_switches_reach_the_model(monkeypatch, tmp_path: Path) -> None:
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    for channels_last, compile_ in ((True, True), (False, False)):
+        spec = loop_spec(METHOD_CONFIGS["simclr"], log_every=10, channels_last=channels_last, compile=compile_)
+        out = tmp_path / f"cl{channels_last}"
+        pretrain(spec, out, resume=False)
+        state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+        conv = state["backbone.features.0.weight"]  # (out, in, 3, 3): saved with the layout it trained in
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert conv.is_contiguous() != channels_last
+    assert compiled == ["ConvNet"]  # the backbone, once, and only when asked
