@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import Artifact, Job, JobRun
@@ -218,17 +219,21 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
         log.info("job %s: not claimable (running elsewhere, finished or cancelled); message dropped", job_id)
         return SKIPPED
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker_id, lease.attempt)
-    with sessions() as s:
-        spec_dict = dict(s.execute(select(Job.spec).where(Job.id == job_id)).scalar_one())
-    job_dir.mkdir(parents=True, exist_ok=True)
     sink = SqlSink(lease, job_dir, flush_seconds=settings.metric_flush_seconds,
                    heartbeat_seconds=settings.heartbeat_seconds, stop_event=stop_event).start()
     error: BaseException | None = None
     outcome = Outcome(False)
     try:
+        with sessions() as s:
+            spec_dict = dict(s.execute(select(Job.spec).where(Job.id == job_id)).scalar_one())
+        job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
         outcome = _execute(sessions, job_id, spec_dict, job_dir, sink)
     except LeaseLost:
         pass
+    except DBAPIError:
+        # The store, not the job, failed: leave the job to its lease (the reconciler requeues it).
+        log.exception("job %s: database error; abandoning this attempt to the reconciler", job_id)
+        return LOST  # (the finally below still stops the sink)
     except Exception as exc:  # the job's own failure: fail it once, never a retry loop
         error = exc
     finally:

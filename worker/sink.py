@@ -156,6 +156,13 @@ class SqlSink:
         except ValueError:
             rel = Path(name).as_posix()
         size = path.stat().st_size if path.exists() else 0
+        from api.security import UnsafePath, check_artifact_name
+
+        try:  # checked now: a bad name in the buffer would fail every later write with it
+            rel = check_artifact_name(rel)
+        except UnsafePath as exc:
+            log.warning("job %s: artifact %r not registered: %s", self.lease.job_id, rel, exc)
+            return
         with self._lock:
             self._artifacts.append((rel, kind, size))
         try:

@@ -188,3 +188,14 @@ def test_local_worker_runs_queue_in_priority_order(sqlite_store):
     stop.set()
     w.join(10)
     assert not w.is_alive()
+
+
+def test_unwritable_artifact_root_fails_the_job_clearly(sqlite_store, tmp_path):
+    st = sqlite_store
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    settings = st.settings.model_copy(update={"artifact_root": blocker})
+    jid = add_job(st.sessions)
+    assert run_job(jid, worker_id="w", settings=settings, session_factory=st.sessions) == FAILED
+    j = job(st.sessions, jid)
+    assert j.status == "failed" and ("NotADirectoryError" in j.error or "FileExistsError" in j.error), j.error
