@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -32,15 +33,15 @@ METHODS = ["rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moc
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=4, help="pretraining epochs per method")
+    p.add_argument("--epochs", type=int, default=3, help="pretraining epochs per method")
     p.add_argument("--train-subset", type=int, default=4096, help="pretraining images (seeded subset of train)")
     p.add_argument("--backbone", default="convnet", choices=["convnet", "resnet18", "resnet34", "resnet50"])
     p.add_argument("--width", type=int, default=32, help="convnet width")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--eval-train-subset", type=int, default=10000, help="kNN bank / probe training images")
-    p.add_argument("--test-subset", type=int, default=5000, help="test images (None = all)")
-    p.add_argument("--linear-epochs", type=int, default=30)
+    p.add_argument("--eval-train-subset", type=int, default=5000, help="kNN bank / probe training images")
+    p.add_argument("--test-subset", type=int, default=2000, help="test images (None = all)")
+    p.add_argument("--linear-epochs", type=int, default=20)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -69,6 +70,10 @@ def pretrain_spec(name: str, args):
         raw["method"]["num_classes"] = n
         raw["epochs"] = max(1, round(args.epochs * args.train_subset / n))
         raw["batch_size"] = min(raw["batch_size"], n)
+    if raw["method"]["name"] == "simclr":
+        # SimCLR App. B.1: square-root lr scaling, 0.075 x sqrt(BS), is better for small batches and short runs
+        optim = PretrainSpec.model_validate(raw).optim.model_dump(mode="json")
+        raw["optim"] = {**optim, "lr": 0.075 * math.sqrt(raw["batch_size"])}
     return PretrainSpec.model_validate(raw)
 
 
