@@ -71,33 +71,35 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 
 
-def _check_evaluate(session: Any, spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
-    """An evaluation must point at something that can exist: a pretraining job or a safe file.
+def _check_source(session: Any, spec: EvaluateSpec) -> None:
+    """An evaluation of a pretraining job needs that job to exist and to be able to succeed."""
+    if spec.source_job_id is None:
+        return
+    sid = spec.source_job_id
+    src = crud.get_job(session, sid) if sid <= MAX_ID else None
+    if src is None:
+        raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
+    if src.kind != "pretrain":
+        raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} is an {src.kind} job, not a pretraining",
+                       {"source_job_id": sid})
+    if src.status in ("failed", "cancelled"):
+        raise ApiError(422, "invalid_spec",
+                       f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
+                       {"source_job_id": sid, "status": src.status})
 
-    A ``weights`` path is stored resolved (absolute, symlinks followed), so the worker opens
-    exactly the file that was checked here, whatever its working directory."""
-    if spec.source_job_id is not None:
-        sid = spec.source_job_id
-        if sid > MAX_ID:
-            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
-        src = crud.get_job(session, sid)
-        if src is None:
-            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
-        if src.kind != "pretrain":
-            raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} is an {src.kind} job, not a pretraining",
-                           {"source_job_id": sid})
-        if src.status in ("failed", "cancelled"):
-            raise ApiError(422, "invalid_spec",
-                           f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
-                           {"source_job_id": sid, "status": src.status})
-    if spec.weights is not None:
-        roots = [settings.artifact_root, *settings.allowed_roots()]
-        try:
-            resolved = resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
-        except UnsafePath as exc:
-            raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
-        spec = spec.model_copy(update={"weights": str(resolved)})
-    return spec
+
+def _resolve_weights(spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
+    """A ``weights`` path must lie inside the artifact root or an allowed data root. It is stored
+    resolved (absolute, symlinks followed), so the worker opens exactly the file checked here,
+    whatever its working directory."""
+    if spec.weights is None:
+        return spec
+    roots = [settings.artifact_root, *settings.allowed_roots()]
+    try:
+        resolved = resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
+    except UnsafePath as exc:
+        raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
+    return spec.model_copy(update={"weights": str(resolved)})
 
 
 def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) -> bool:
@@ -122,11 +124,13 @@ def submit_job(
 ) -> JobOut:
     spec = _parse_spec(body)
     if isinstance(spec, EvaluateSpec):
-        spec = _check_evaluate(session, spec, settings)
+        spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:
         existing = crud.get_job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
             return _replay(existing, spec, body, idempotency_key, response)
+    if isinstance(spec, EvaluateSpec):
+        _check_source(session, spec)
     active = crud.count_active(session)
     if active >= settings.max_active_jobs:
         raise ApiError(429, "queue_full",
