@@ -3,7 +3,8 @@
 Starts its own redis-server (free port), a fresh PostgreSQL database, the API process
 (`pretextlab serve` with a broker: API + reconciler) and N Celery workers (`pretextlab worker`);
 submits a batch of short pretraining jobs over HTTP; then, while they run, kills random workers
-with SIGKILL (restarting a fresh one each time) and empties the broker once (FLUSHALL). At the end
+with SIGKILL -- spread over the batch, 3-8 s apart at least, preferring a worker that is running a
+job -- restarting a fresh one each time, and empties the broker once (FLUSHALL) at 30 % done. At the end
 it reads SQL (the source of truth) and reports:
 
   submitted, succeeded, failed, lost (not succeeded by the deadline, or failed), run_twice (a job
@@ -199,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                 redis.Redis(port=redis_port).flushall()  # every queued and unacked message: gone
                 flushed_at = now()
                 print(f"FLUSHALL at {done}/{len(ids)} done", flush=True)
-            if kills_left and time.monotonic() >= next_chaos:
+            # spread the kills over the batch: kill k waits until k/(kills+1) of the jobs are done
+            kill_no = args.kills - kills_left
+            spread_ok = done >= (kill_no * len(ids)) // (args.kills + 1)
+            if kills_left and spread_ok and time.monotonic() >= next_chaos:
                 # prefer a worker that is running a job right now: that is the interesting kill
                 busy = {o.split("@")[0] for o in running_owners()}
                 alive = [n for n, p in workers.items() if p.alive()]
