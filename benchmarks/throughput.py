@@ -226,16 +226,20 @@ def bench_train(images: torch.Tensor, args, device: torch.device) -> dict:
         for x1, x2 in usual_loader(pil, b, b * total, args.workers, device, seed=1):
             yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
 
-    # ceiling: the same step on pre-made augmented tensors
+    # ceiling: the same step on pre-made augmented tensors (4 distinct batches, cycled)
     _, m_ceil, o_ceil = make_method(args, device)
     ceil_step = two_view_step(m_ceil, o_ceil)
+    premade = []
     with torch.no_grad():
-        x = data[torch.arange(b, device=device) % data.shape[0]]
-        views = (m_ceil.augment(x, g), m_ceil.augment(x, g))
+        for k in range(4):
+            x = data[(torch.arange(b, device=device) + k * b) % data.shape[0]]
+            premade.append((m_ceil.augment(x, g), m_ceil.augment(x, g)))
 
     def ceiling_batches():
+        k = 0
         while True:
-            yield views
+            yield premade[k % len(premade)]
+            k += 1
 
     runs = interleaved({
         "ours": lambda: timed_steps(ours_step, ours_batches(), args.warmup, args.steps, device, b),
