@@ -87,7 +87,13 @@ def serve(settings: Any) -> None:
     server.capture_signals = _no_capture  # type: ignore[method-assign]
 
     def _stop(signum: int, _frame: Any) -> None:
-        log.info("signal %s: shutting down (running jobs are handed back to the queue)", signum)
+        if stop_event.is_set():
+            # A second Ctrl-C: quit now. A running job keeps its lease until it expires, then the
+            # reconciler requeues it (attempt + 1) and it resumes from its last checkpoint.
+            log.warning("signal %s again: exiting without waiting for running jobs", signum)
+            os._exit(1)
+        log.info("signal %s: shutting down (running jobs are handed back to the queue; again to force)",
+                 signum)
         stop_event.set()
         server.should_exit = True
 
