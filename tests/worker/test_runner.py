@@ -199,3 +199,38 @@ def test_unwritable_artifact_root_fails_the_job_clearly(sqlite_store, tmp_path):
     assert run_job(jid, worker_id="w", settings=settings, session_factory=st.sessions) == FAILED
     j = job(st.sessions, jid)
     assert j.status == "failed" and ("NotADirectoryError" in j.error or "FileExistsError" in j.error), j.error
+
+
+def test_database_blip_during_a_run_loses_nothing(store, monkeypatch):
+    """The store fails for a moment mid-run: the sink keeps its buffer, retries, and the job ends
+    succeeded with every step once and a single run (the lease outlives the blip)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setenv("PRETEXTLAB_TEST_STEP_DELAY", "0.05")
+    outage, refused = threading.Event(), []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _down(*_args, **_kw):
+        if outage.is_set():
+            refused.append(1)
+            raise OperationalError("(simulated)", {}, ConnectionError("database unreachable"))
+
+    jid = add_job(store.sessions, tiny_pretrain(epochs=10))
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "out", run_job(jid, worker_id="w", settings=store.settings, session_factory=store.sessions)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(metric_steps(store.sessions, jid)) < 2:
+        assert time.monotonic() < deadline and t.is_alive(), "job did not start"
+        time.sleep(0.05)
+    outage.set()
+    while len(refused) < 3:  # the writer tried (and failed) a few times
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    outage.clear()
+    t.join(120)
+    assert result["out"] == SUCCEEDED
+    assert metric_steps(store.sessions, jid) == list(range(1, 10 * STEPS_PER_EPOCH + 1))
+    assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "succeeded")]
