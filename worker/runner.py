@@ -248,6 +248,9 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
     except LeaseLost:
         log.warning("job %s: lease lost (attempt %s); abandoned without writing", job_id, lease.attempt)
         return LOST
+    except DBAPIError:  # the finish could not be written: the lease expires, the reconciler requeues
+        log.exception("job %s: database error while finishing; left to the reconciler", job_id)
+        return LOST
 
 
 def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseException | None, settings: Any,
