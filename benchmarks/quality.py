@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="results and run folders (git-ignored)")
     return p.parse_args(argv)
 
 
