@@ -110,7 +110,8 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     if n < batch:
         raise PermanentError(
             f"data: {n} training images are fewer than one batch (batch_size {batch}); "
-            f"raise data.subset or lower batch_size")
+            f"raise data.subset or lower batch_size"
+            + (" (Exemplar-CNN trains on method.num_classes seed images)" if spec.method.name == "exemplar" else ""))
     steps_per_epoch = n // batch  # drop_last: contrastive losses want full batches
     total_steps = steps_per_epoch * spec.epochs
     optimizer = build_optimizer(method, spec.optim)
