@@ -162,15 +162,20 @@ def start_server(url: str, port: int, workers: int, artifacts: Path) -> subproce
 
 # -- load -------------------------------------------------------------------------------------
 async def submissions(base: str, clients: int, per_client: int, rate: float | None) -> tuple[list[float], float]:
-    """Latencies (ms) of POST /v1/jobs; rate=None means back-to-back (saturated)."""
+    """Latencies (ms) of POST /v1/jobs in steady state; rate=None means back-to-back (saturated).
+
+    Every client opens its connection and sends one untimed submission first, all together, so
+    connection set-up and the server's pool growth are not counted as submission latency."""
     body = json.dumps({"spec": SPEC, "tags": ["bench"]}).encode()
     headers = {"content-type": "application/json"}
     interval = clients / rate if rate else 0.0
     lat: list[float] = []
+    conns = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(clients)]
+    try:
+        await asyncio.gather(*(c.post("/v1/jobs", content=body, headers=headers) for c in conns))
 
-    async def client(i: int) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
-            await asyncio.sleep(interval * i / clients)  # spread the start
+        async def client(i: int, c: httpx.AsyncClient) -> None:
+            await asyncio.sleep(interval * i / clients)  # spread the clients over one interval
             next_at = time.perf_counter()
             for _ in range(per_client):
                 t0 = time.perf_counter()
@@ -182,9 +187,11 @@ async def submissions(base: str, clients: int, per_client: int, rate: float | No
                     next_at += interval
                     await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return lat, len(lat) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
+        return lat, len(lat) / (time.perf_counter() - t0)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in conns))
 
 
 def timed_gets(c: httpx.Client, paths: list[str], check) -> list[float]:

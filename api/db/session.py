@@ -55,7 +55,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_size", 10)
+    # Enough kept connections for the API's thread pool under a burst: overflow connections are
+    # closed on return, and reconnecting (a PostgreSQL backend fork) costs milliseconds each time.
+    kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_timeout", 10)
     connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
