@@ -153,20 +153,12 @@ def check_artifact_name(name: str) -> str:
     return str(PurePosixPath(name))
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
-
-
 def resolve_artifact(job_dir: Path, name: str) -> Path:
     """The file ``name`` inside ``job_dir``, after resolving symlinks; UnsafePath if it escapes."""
     name = check_artifact_name(name)
     root = job_dir.resolve()
     path = (root / name).resolve()
-    if not _inside(path, root):
+    if not path.is_relative_to(root):
         raise UnsafePath("artifact resolves outside the job's folder (symlink?)")
     return path
 
@@ -180,14 +172,14 @@ def resolve_weights(path: str, roots: list[Path]) -> Path:
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         resolved = candidate.resolve()
-        if any(_inside(resolved, r.resolve()) for r in roots):
+        if any(resolved.is_relative_to(r.resolve()) for r in roots):
             return resolved
     else:
         # A relative path means the first root holding it (the first root when none does yet);
         # wherever it lands after following symlinks must still be inside that root.
         pairs = [((r / candidate).resolve(), r.resolve()) for r in roots]
         chosen = next(((p, r) for p, r in pairs if p.exists()), pairs[0] if pairs else None)
-        if chosen is not None and _inside(*chosen):
+        if chosen is not None and chosen[0].is_relative_to(chosen[1]):
             return chosen[0]
     raise UnsafePath(
         f"weights: {path!r} is not inside the artifact root or an allowed data root "

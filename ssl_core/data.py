@@ -71,14 +71,6 @@ def allowed_roots() -> list[Path]:
     return roots
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
-
-
 def resolve_path(path: str | os.PathLike[str]) -> Path:
     """A user-given dataset path, relative to the data root or absolute, resolved with symlinks
     followed; it must lie inside one of :func:`allowed_roots` and exist, else DatasetError."""
@@ -90,7 +82,7 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
         p = data_root() / p
     real = p.resolve(strict=False)  # follows every symlink that exists
     roots = [r.resolve(strict=False) for r in allowed_roots()]
-    if not any(_inside(real, r) for r in roots):
+    if not any(real.is_relative_to(r) for r in roots):
         raise DatasetError(
             f"dataset path {text!r} resolves to {real}, outside the allowed data roots "
             f"({', '.join(str(r) for r in roots)}); put the data under PRETEXTLAB_DATA_ROOT or add its "
