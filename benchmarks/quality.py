@@ -8,7 +8,7 @@ per backbone and shared by the two protocols). Beside them: the same backbone at
 a supervised model (the same backbone + a linear head trained with cross-entropy on the same
 labelled subset for the same number of epochs, crop + flip), evaluated the same way.
 
-    .venv/bin/python benchmarks/quality.py                      # CPU budget (~15 min on 2 cores)
+    .venv/bin/python benchmarks/quality.py                      # CPU budget (9-15 min on 2 shared cores)
     .venv/bin/python benchmarks/quality.py --device cuda --epochs 200 --train-subset 60000 \
         --backbone resnet18 --eval-train-subset 60000 --test-subset 10000 --linear-epochs 100
 
@@ -33,7 +33,7 @@ METHODS = ["rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moc
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3, help="pretraining epochs per method")
+    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs per method")
     p.add_argument("--train-subset", type=int, default=4096, help="pretraining images (seeded subset of train)")
     p.add_argument("--backbone", default="convnet", choices=["convnet", "resnet18", "resnet34", "resnet50"])
     p.add_argument("--width", type=int, default=32, help="convnet width")
