@@ -11,6 +11,10 @@ is all an evaluation job reads. Accuracies are fractions in [0, 1].
   first: an affine map, so the probe stays linear, but one lr then suits every backbone
   (the role BatchNorm-without-affine plays before the probe in MAE's protocol).
 * Fine-tune: the whole backbone plus a linear head, crop + flip augmentation.
+
+Progress (``sink.progress``) counts the whole protocol as one run of steps: feature-extraction
+batches, then probe / fine-tuning optimizer steps, then scoring; a stop request is honoured
+between any two of them (the job returns ``completed=False`` and writes nothing).
 """
 
 from __future__ import annotations
@@ -31,6 +35,33 @@ from ssl_core.specs import DATASETS, BackboneSpec, EvaluateSpec
 
 # bound the (test rows x bank) similarity matrix of one kNN chunk to ~64 MiB of fp32
 _KNN_CHUNK_ELEMENTS = 1 << 24
+
+# a callback after each unit of work: (epoch, images in it) -> None
+OnStep = Callable[[int, int], None]
+
+
+class StopRequested(Exception):
+    """Raised between feature-extraction batches when ``should_stop`` fires; the protocol unwinds."""
+
+
+class ProgressMeter:
+    """Turns units of work into ``sink.progress`` calls over a known total (no host syncs).
+
+    ``step(epoch, images)`` after each feature batch or optimizer step; images/sec and the ETA are
+    averages since the start (feature batches and probe steps cost differently, so the ETA is rough).
+    """
+
+    def __init__(self, sink: Sink, total_steps: int):
+        self.sink, self.total, self.done, self.images = sink, max(1, int(total_steps)), 0, 0
+        self.t0 = time.time()
+
+    def step(self, epoch: int, images: int = 0) -> None:
+        self.done += 1
+        self.images += int(images)
+        elapsed = max(time.time() - self.t0, 1e-9)
+        eta = (self.total - self.done) * elapsed / self.done
+        self.sink.progress(epoch=int(epoch), step=self.done, total_steps=self.total,
+                           images_per_sec=self.images / elapsed, eta_s=max(0.0, eta))
 
 
 # ---------------------------------------------------------------------------
@@ -91,20 +122,36 @@ def to_input(images_uint8: Tensor, mean, std) -> Tensor:
     return normalize(to_float(images_uint8), mean, std)
 
 
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / max(1, batch_size))
+
+
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images_uint8: Tensor, mean, std, batch_size: int = 512,
-                     device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None) -> Tensor:
-    """Backbone features (N, D) in fp32 on ``device`` (eval mode, no grad, autocast if amp_dtype)."""
+                     device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None, *,
+                     should_stop: Callable[[], bool] | None = None, on_batch: OnStep | None = None,
+                     epoch: int = 0) -> Tensor:
+    """Backbone features (N, D) in fp32 on ``device`` (eval mode, no grad, autocast if amp_dtype).
+
+    ``should_stop`` is asked before every batch (raises :class:`StopRequested`); ``on_batch(epoch,
+    images)`` is called after each one (ceil(N / batch_size) calls).
+    """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
     feats = []
-    for start in range(0, images_uint8.shape[0], batch_size):
-        x = to_input(images_uint8[start:start + batch_size].to(device, non_blocking=True), mean, std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            feats.append(backbone(x).float())
-    backbone.train(was_training)
+    try:
+        for start in range(0, images_uint8.shape[0], batch_size):
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            x = to_input(images_uint8[start:start + batch_size].to(device, non_blocking=True), mean, std)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                feats.append(backbone(x).float())
+            if on_batch is not None:
+                on_batch(epoch, x.shape[0])
+    finally:
+        backbone.train(was_training)
     return torch.cat(feats)
 
 
@@ -132,11 +179,13 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
                  num_classes: int | None = None, seed: int = 0, augment: bool = False,
                  backbone: nn.Module | None = None, train_images: Tensor | None = None, mean=None, std=None,
                  feature_batch_size: int = 512, amp_dtype: torch.dtype | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None, on_step: OnStep | None = None) -> dict[str, Any]:
     """Train a linear classifier on frozen features; returns {top1, top5, train_loss, completed}.
 
     Features (N, D) are precomputed; with ``augment`` (needs backbone, train_images, mean, std) the
     training features are recomputed each epoch from crop + flip views of the uint8 images.
+    ``on_step(epoch, images)`` follows every optimizer step and every re-extraction batch:
+    :func:`linear_probe_steps` of them in all.
     """
     device = train_feats.device
     c = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max()).item()) + 1
@@ -162,7 +211,11 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
             for s in range(0, n, feature_batch_size):
                 x = train_images[s:s + feature_batch_size].to(device)
                 views.append(pipeline(x, generator=aug_gen).mul_(255).round_().to(torch.uint8))
-            feats = extract_features(backbone, torch.cat(views), mean, std, feature_batch_size, device, amp_dtype)
+            try:
+                feats = extract_features(backbone, torch.cat(views), mean, std, feature_batch_size, device,
+                                         amp_dtype, should_stop=should_stop, on_batch=on_step, epoch=epoch)
+            except StopRequested:
+                return {"completed": False}
         feats = (feats - mu) / sigma
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum.zero_()
@@ -176,18 +229,36 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
             opt.step()
             loss_sum += loss.detach()
             step += 1
+            if on_step is not None:
+                on_step(epoch, idx.shape[0])
     with torch.no_grad():
         scores = head((test_feats - mu) / sigma)
     return {"completed": True, "top1": topk_accuracy(scores, test_labels, 1),
             "top5": topk_accuracy(scores, test_labels, 5), "train_loss": float(loss_sum.item() / steps_per_epoch)}
 
 
+def linear_probe_steps(n: int, epochs: int, batch_size: int, augment: bool = False,
+                       feature_batch_size: int = 512) -> int:
+    """How many ``on_step`` calls :func:`linear_probe` makes for n training rows."""
+    per_epoch = num_batches(n, batch_size) + (num_batches(n, feature_batch_size) if augment else 0)
+    return epochs * per_epoch
+
+
+def finetune_steps(n: int, epochs: int, batch_size: int) -> int:
+    """Optimizer steps of :func:`finetune` (drop_last, at least one step per epoch)."""
+    return epochs * (max(1, n // batch_size) if n >= batch_size else 1)
+
+
 def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, test_images: Tensor,
              test_labels: Tensor, *, mean, std, num_classes: int, epochs: int = 30, lr: float = 0.01,
              batch_size: int = 256, weight_decay: float = 5e-4, augment: bool = True, seed: int = 0,
              device: torch.device | None = None, amp_dtype: torch.dtype | None = None, use_scaler: bool = False,
-             eval_batch_size: int = 512, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Fine-tune backbone + a linear head end to end (SGD momentum 0.9, cosine, crop + flip)."""
+             eval_batch_size: int = 512, should_stop: Callable[[], bool] | None = None,
+             on_step: OnStep | None = None) -> dict[str, Any]:
+    """Fine-tune backbone + a linear head end to end (SGD momentum 0.9, cosine, crop + flip).
+
+    ``on_step(epoch, images)`` follows every optimizer step (:func:`finetune_steps` in all).
+    """
     device = device or next(backbone.parameters()).device
     torch.manual_seed(seed)
     head = nn.Linear(backbone.feature_dim, num_classes)
@@ -201,7 +272,7 @@ def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, te
     n = images.shape[0]
     if n < 2:
         raise ValueError("finetune needs at least 2 training images")
-    steps_per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+    steps_per_epoch = finetune_steps(n, 1, batch_size)
     total, step = epochs * steps_per_epoch, 0
     model.train()
     for epoch in range(epochs):
@@ -224,6 +295,8 @@ def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, te
             scaler.step(opt)
             scaler.update()
             step += 1
+            if on_step is not None:
+                on_step(epoch, idx.shape[0])
     model.eval()
     with torch.no_grad():
         scores = []
@@ -346,37 +419,64 @@ def evaluate(spec: EvaluateSpec, out_dir: Path, sink: Sink | None = None,
     num_classes = int(train.num_classes or int(max(train.labels.max(), test.labels.max())) + 1)
     y_train, y_test = train.labels.to(device), test.labels.to(device)
 
-    def features(images: Tensor) -> Tensor:
-        if backbone is None:
-            return raw_pixel_features(images, mean, std, device)
-        return extract_features(backbone, images, mean, std, spec.batch_size, device, amp_dtype)
-
+    # progress over the whole protocol: feature batches (train + test), probe / fine-tune steps, scoring
+    n_train, n_test, fb = int(train.images.shape[0]), int(test.images.shape[0]), spec.batch_size
+    augment = proto.protocol == "linear" and proto.augment and backbone is not None
     if proto.protocol == "knn":
-        f_train, f_test = features(train.images), features(test.images)
-        scores = knn_predict(f_train, y_train, f_test, proto.k, proto.temperature, num_classes)
-        out = {"completed": True, "top1": topk_accuracy(scores, y_test, 1), "top5": topk_accuracy(scores, y_test, 5)}
-        feature_dim = f_train.shape[1]
+        work = num_batches(n_train, fb) + num_batches(n_test, fb)
     elif proto.protocol == "linear":
-        f_train, f_test = features(train.images), features(test.images)
-        feature_dim = f_train.shape[1]
-        out = linear_probe(
-            f_train, y_train, f_test, y_test, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
-            weight_decay=proto.weight_decay, num_classes=num_classes, seed=spec.seed,
-            augment=proto.augment and backbone is not None, backbone=backbone, train_images=train.images,
-            mean=mean, std=std, feature_batch_size=spec.batch_size, amp_dtype=amp_dtype, should_stop=stop)
+        work = num_batches(n_train, fb) + num_batches(n_test, fb) + linear_probe_steps(
+            n_train, proto.epochs, proto.batch_size, augment, fb)
     else:
-        assert backbone is not None  # the spec refuses raw_pixels + finetune
-        feature_dim = backbone.feature_dim
-        out = finetune(backbone, train.images, train.labels, test.images, test.labels, mean=mean, std=std,
-                       num_classes=num_classes, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
-                       weight_decay=proto.weight_decay, augment=proto.augment, seed=spec.seed, device=device,
-                       amp_dtype=amp_dtype, use_scaler=use_scaler, eval_batch_size=spec.batch_size,
-                       should_stop=stop)
+        work = finetune_steps(n_train, proto.epochs, proto.batch_size)
+    meter = ProgressMeter(sink, work + 1)  # + 1: scoring the test set
+
+    def features(images: Tensor) -> Tensor:
+        if backbone is not None:
+            return extract_features(backbone, images, mean, std, fb, device, amp_dtype, should_stop=stop,
+                                    on_batch=meter.step)
+        out = []  # raw pixels: cheap, but batched like the backbone path so progress and stop behave alike
+        for start in range(0, images.shape[0], fb):
+            if stop():
+                raise StopRequested
+            out.append(raw_pixel_features(images[start:start + fb], mean, std, device))
+            meter.step(0, out[-1].shape[0])
+        return torch.cat(out)
+
+    feature_dim: int | None = None
+    try:
+        if proto.protocol == "knn":
+            f_train, f_test = features(train.images), features(test.images)
+            feature_dim = f_train.shape[1]
+            scores = knn_predict(f_train, y_train, f_test, proto.k, proto.temperature, num_classes)
+            out = {"completed": True, "top1": topk_accuracy(scores, y_test, 1),
+                   "top5": topk_accuracy(scores, y_test, 5)}
+        elif proto.protocol == "linear":
+            f_train, f_test = features(train.images), features(test.images)
+            feature_dim = f_train.shape[1]
+            out = linear_probe(
+                f_train, y_train, f_test, y_test, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
+                weight_decay=proto.weight_decay, num_classes=num_classes, seed=spec.seed, augment=augment,
+                backbone=backbone, train_images=train.images, mean=mean, std=std, feature_batch_size=fb,
+                amp_dtype=amp_dtype, should_stop=stop, on_step=meter.step)
+        else:
+            assert backbone is not None  # the spec refuses raw_pixels + finetune
+            feature_dim = backbone.feature_dim
+            out = finetune(backbone, train.images, train.labels, test.images, test.labels, mean=mean, std=std,
+                           num_classes=num_classes, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
+                           weight_decay=proto.weight_decay, augment=proto.augment, seed=spec.seed, device=device,
+                           amp_dtype=amp_dtype, use_scaler=use_scaler, eval_batch_size=fb, should_stop=stop,
+                           on_step=meter.step)
+    except StopRequested:
+        out = {"completed": False}
+    if out["completed"]:
+        meter.step(max(0, getattr(proto, "epochs", 1) - 1))
 
     result: dict[str, Any] = {
         "protocol": proto.protocol, "dataset": d.dataset, "top1": out.get("top1"), "top5": out.get("top5"),
-        "num_train": int(train.images.shape[0]), "num_test": int(test.images.shape[0]),
-        "feature_dim": int(feature_dim), "method": method, "backbone": bspec, "epochs": epochs,
+        "num_train": n_train, "num_test": n_test,
+        "feature_dim": int(feature_dim) if feature_dim is not None else None, "method": method, "backbone": bspec,
+        "epochs": epochs,
         "baseline": spec.baseline, "completed": bool(out["completed"]), "wall_s": round(time.time() - t0, 3),
     }
     if not result["completed"]:

@@ -150,3 +150,75 @@ def test_load_backbone_refuses_a_non_safetensors_file(tmp_path):
         load_backbone(bad)
     with pytest.raises(PermanentError, match="no backbone file"):
         load_backbone(tmp_path / "missing.safetensors")
+
+
+class RecordingSink:
+    """Records progress calls; ``stop_after`` lets that many should_stop calls pass, then asks to stop."""
+
+    def __init__(self, stop_after=None):
+        self.progress_calls, self.artifacts, self.stop_calls, self.stop_after = [], [], 0, stop_after
+
+    def metrics(self, *a, **k):
+        pass
+
+    def progress(self, **kw):
+        self.progress_calls.append(kw)
+
+    def artifact(self, name, path, kind):
+        self.artifacts.append(kind)
+
+    def should_stop(self):
+        self.stop_calls += 1
+        return self.stop_after is not None and self.stop_calls > self.stop_after
+
+    def flush(self):
+        pass
+
+
+# 40 train / 20 test rows, feature batches of 16: 3 + 2 extraction batches; probe batches of 16: 3 per epoch
+@pytest.mark.parametrize("protocol,total", [
+    ({"protocol": "knn", "k": 5}, 3 + 2 + 1),
+    ({"protocol": "linear", "epochs": 2, "batch_size": 16}, 3 + 2 + 2 * 3 + 1),
+    ({"protocol": "linear", "epochs": 1, "batch_size": 16, "augment": True}, 3 + 2 + (3 + 3) + 1),
+    ({"protocol": "finetune", "epochs": 2, "batch_size": 16}, 2 * (40 // 16) + 1),
+], ids=["knn", "linear", "linear-augment", "finetune"])
+def test_evaluate_reports_progress_over_the_whole_protocol(tiny_backbone, tmp_path, protocol, total):
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec
+
+    spec = EvaluateSpec.model_validate({"weights": "unused.safetensors", "protocol": protocol, "data": EVAL_DATA,
+                                        "device": "cpu", "batch_size": 16})
+    sink = RecordingSink()
+    result = evaluate(spec, tmp_path, sink=sink, weights_path=tiny_backbone)
+    assert result["completed"]
+    calls = sink.progress_calls
+    assert [c["step"] for c in calls] == list(range(1, total + 1))  # monotonic, one per unit of work
+    assert {c["total_steps"] for c in calls} == {total}
+    assert all(c["images_per_sec"] >= 0 and c["eta_s"] is not None and c["eta_s"] >= 0 for c in calls)
+    assert calls[-1]["eta_s"] == 0
+    epochs = [c["epoch"] for c in calls]
+    assert epochs == sorted(epochs) and epochs[-1] == protocol.get("epochs", 1) - 1
+
+
+@pytest.mark.parametrize("protocol", [{"protocol": "knn", "k": 5}, {"protocol": "linear", "epochs": 50}],
+                         ids=["knn", "linear"])
+@pytest.mark.parametrize("baseline", [None, "raw_pixels"])
+def test_stop_during_feature_extraction_returns_promptly(tiny_backbone, tmp_path, protocol, baseline):
+    import time
+
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec
+
+    raw = {"protocol": protocol, "device": "cpu", "batch_size": 4,
+           "data": {"dataset": "synthetic", "train_subset": 400, "test_subset": 200, "image_size": 16}}
+    raw.update({"baseline": baseline} if baseline else {"weights": "unused.safetensors"})
+    sink = RecordingSink(stop_after=1)  # the first feature batch runs, the second is refused
+    t = time.perf_counter()
+    result = evaluate(EvaluateSpec.model_validate(raw), tmp_path, sink=sink, weights_path=tiny_backbone)
+    elapsed = time.perf_counter() - t
+    assert result["completed"] is False and result["top1"] is None
+    assert not (tmp_path / "result.json").exists() and sink.artifacts == []
+    assert len(sink.progress_calls) == 1 and sink.progress_calls[0]["step"] == 1  # one of 100 + 50 batches
+    assert sink.progress_calls[0]["total_steps"] > 150
+    assert sink.stop_calls == 2
+    assert elapsed < 30

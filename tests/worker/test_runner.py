@@ -234,3 +234,22 @@ def test_database_blip_during_a_run_loses_nothing(store, monkeypatch):
     assert result["out"] == SUCCEEDED
     assert metric_steps(store.sessions, jid) == list(range(1, 10 * STEPS_PER_EPOCH + 1))
     assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "succeeded")]
+
+
+def test_evaluate_job_reports_progress_and_is_handed_back_during_feature_extraction(sqlite_store):
+    st = sqlite_store
+    spec = {"kind": "evaluate", "baseline": "random_init", "backbone": {"name": "convnet", "width": 4},
+            "protocol": {"protocol": "knn", "k": 5}, "device": "cpu", "batch_size": 8,
+            "data": {"dataset": "synthetic", "train_subset": 32, "test_subset": 16, "image_size": 16}}
+    total = 32 // 8 + 16 // 8 + 1  # feature batches (train, test) + the kNN vote
+    jid = add_job(st.sessions, spec)
+    out = run_job(jid, worker_id="w1", settings=st.settings, session_factory=st.sessions, stop_event=StopAfter(2))
+    assert out == RELEASED  # a shutdown mid-extraction hands the job back instead of finishing it
+    j = job(st.sessions, jid)
+    assert (j.status, j.owner, j.result, j.top1) == ("queued", None, None, None)
+    assert j.progress is not None and j.progress["total_steps"] == total and 1 <= j.progress["step"] < total
+    assert not (st.settings.job_dir(jid) / "result.json").exists()
+    assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
+    j = job(st.sessions, jid)
+    assert j.status == "succeeded" and j.top1 is not None
+    assert j.progress["step"] == j.progress["total_steps"] == total
