@@ -51,7 +51,7 @@ def parse_args(argv=None):
 
 
 def pretrain_spec(name: str, args):
-    from ssl_core.specs import PretrainSpec
+    from ssl_core.specs import ExemplarSpec, PretrainSpec
 
     raw = json.loads((ROOT / "examples" / f"{name}.json").read_text())
     raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
@@ -65,11 +65,13 @@ def pretrain_spec(name: str, args):
         raw["method"]["queue_size"] = min(raw["method"].get("queue_size", 4096), args.batch_size * 16,
                                           (args.train_subset // args.batch_size) * args.batch_size)
     if raw["method"]["name"] == "exemplar":
-        # N surrogate classes = N seed images; epochs scaled so it sees as many images as the others
-        n = min(raw["method"].get("num_classes", 2000), args.train_subset)
+        # N surrogate classes = N seed images, K transformed samples of each per epoch (N*K samples);
+        # epochs scaled so it sees as many images as the others (epochs x train_subset in all)
+        m = ExemplarSpec.model_validate(raw["method"])
+        n = min(m.num_classes, args.train_subset)
         raw["method"]["num_classes"] = n
-        raw["epochs"] = max(1, round(args.epochs * args.train_subset / n))
-        raw["batch_size"] = min(raw["batch_size"], n)
+        raw["epochs"] = max(1, round(args.epochs * args.train_subset / (n * m.samples_per_class)))
+        raw["batch_size"] = min(raw["batch_size"], n * m.samples_per_class)
     if raw["method"]["name"] == "simclr":
         # SimCLR App. B.1: square-root lr scaling, 0.075 x sqrt(BS), is better for small batches and short runs
         optim = PretrainSpec.model_validate(raw).optim.model_dump(mode="json")

@@ -303,6 +303,11 @@ class ExemplarSpec(Strict):
 
     name: Literal["exemplar"] = "exemplar"
     num_classes: int = Field(8000, ge=2, le=100_000, description="N: seed images = surrogate classes")
+    samples_per_class: int = Field(
+        100, ge=1, le=10_000,
+        description="K: transformed samples per surrogate class in one epoch (an epoch is N*K samples; "
+        "paper sweeps K 1-300, saturating near 100)",
+    )
     seed_selection: Literal["gradient", "random"] = Field(
         "gradient", description="gradient: sample seeds in proportion to mean squared gradient magnitude (paper)"
     )

@@ -7,8 +7,9 @@ stop request and at the end; written atomically), ``backbone.safetensors`` (the 
 with its metadata; at the end). Steps are global optimizer steps and continue on resume.
 
 Determinism: the data order of epoch ``e`` is a permutation drawn from a generator seeded with
-``(seed, e)``, so it needs no saved state; the augmentation generator, the global torch RNG (CPU
-and CUDA), Python's and NumPy's RNGs are saved in the checkpoint. A run stopped at any step
+``(seed, e)``, so it needs no saved state (a method with ``epoch_repeats = K``, Exemplar-CNN, has
+epochs of K x its prepared set: the permutation is over N*K, taken mod N); the augmentation
+generator, the global torch RNG (CPU and CUDA), Python's and NumPy's RNGs are saved in the checkpoint. A run stopped at any step
 boundary and resumed produces the same weights as an uninterrupted one (on CPU in fp32).
 """
 
@@ -106,12 +107,16 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     method = build_method(spec).to(device).to(memory_format=memory_format)
     prep_gen = torch.Generator(device=device).manual_seed(spec.seed)  # fresh on resume: same result
     images, targets = method.prepare_data(ds.images.to(device), prep_gen)
-    n, batch = int(images.shape[0]), spec.batch_size
+    # an epoch may visit the prepared set several times (Exemplar-CNN: K samples per surrogate class);
+    # the repeats are indices into the same tensors, never copies of the images
+    n_prepared, repeats = int(images.shape[0]), int(getattr(method, "epoch_repeats", 1))
+    n, batch = n_prepared * repeats, spec.batch_size
     if n < batch:
         raise PermanentError(
-            f"data: {n} training images are fewer than one batch (batch_size {batch}); "
+            f"data: {n} training samples per epoch are fewer than one batch (batch_size {batch}); "
             f"raise data.subset or lower batch_size"
-            + (" (Exemplar-CNN trains on method.num_classes seed images)" if spec.method.name == "exemplar" else ""))
+            + (" (Exemplar-CNN: method.num_classes seeds x method.samples_per_class)"
+               if spec.method.name == "exemplar" else ""))
     steps_per_epoch = n // batch  # drop_last: contrastive losses want full batches
     total_steps = steps_per_epoch * spec.epochs
     optimizer = build_optimizer(method, spec.optim)
@@ -202,7 +207,8 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     method.train()
     lr = schedule.lr(step)
     while epoch < spec.epochs:
-        perm = epoch_permutation(spec.seed, epoch, n).to(device)
+        # sample j of the epoch is prepared item j mod n_prepared (the identity when repeats == 1)
+        perm = epoch_permutation(spec.seed, epoch, n).remainder_(n_prepared).to(device)
         for i in range(step_in_epoch, steps_per_epoch):
             if stop():
                 if acc_steps:

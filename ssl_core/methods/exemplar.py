@@ -6,8 +6,11 @@ contrast changes, hue; the ``random_affine``, ``pca_contrast``, ``hsv_power`` an
 ``horizontal_flip`` ops of ``spec.augment``) and the network classifies it as its seed.
 Seeds are sampled in proportion to their mean squared gradient magnitude, so that flat,
 textureless patches (which no transformation can make distinctive) are rare.
-Here a seed is a whole (small) image rather than a 32x32 patch of a 96 px one, and the
-transformations are drawn afresh every time instead of K fixed ones per seed.
+The paper's surrogate dataset holds K transformed samples per class (K swept 1-300, saturating
+near 100), so one epoch is N*K samples. Here too (``method.samples_per_class`` = K): the trainer
+repeats the N seeds K times per epoch (``epoch_repeats``, shuffled together) without storing N*K
+images, and each occurrence gets a fresh random transformation rather than one of K fixed ones.
+Here a seed is a whole (small) image rather than a 32x32 patch of a 96 px one.
 """
 
 from __future__ import annotations
@@ -63,17 +66,19 @@ class ExemplarCNN(SSLMethod):
         super().__init__(spec)
         m = spec.method
         self.num_classes = int(m.num_classes)
+        # K samples per surrogate class per epoch: the trainer iterates N*K (seed, label) pairs
+        self.epoch_repeats = int(m.samples_per_class)
         self.head = ClassifierHead(self.backbone.feature_dim, self.num_classes, hidden_dim=m.hidden_dim, dropout=m.dropout)
 
     def prepare_data(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """The N seed images and their surrogate labels arange(N)."""
+        """The N seed images (N, C, H, W) and their surrogate labels arange(N); an epoch visits each K times."""
         idx = select_seeds(images, self.num_classes, self.spec.method.seed_selection, generator)
         return images[idx], torch.arange(self.num_classes, device=images.device)
 
     def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
         if targets is None:
             raise ValueError("exemplar: training_step needs the surrogate labels from prepare_data")
-        x = self.normalize(self.augment(images, generator))  # one random transformation per seed
+        x = self.normalize(self.augment(images, generator))  # a fresh random transformation per occurrence
         logits = self.head(self.backbone(x))  # (B, N)
         loss = F.cross_entropy(logits, targets)
         return loss, {"pretext_acc": accuracy(logits, targets)}

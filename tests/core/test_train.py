@@ -190,3 +190,49 @@ def test_jsonl_sink_writes_lines_and_null_sink_is_silent(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train/loss=1.5" in out and "eta 7s" in out
     assert NullSink().should_stop() is False
+
+
+EXEMPLAR = {"name": "exemplar", "num_classes": 8, "samples_per_class": 6, "hidden_dim": 16}
+
+
+def test_exemplar_epoch_is_n_times_k_samples(tmp_path, monkeypatch):
+    """Exemplar-CNN: an epoch visits each of the N seeds K times (N*K samples), without N*K images stored."""
+    import ssl_core.registry as registry
+
+    real, seen, prepared = registry.build_method, [], {}
+
+    def build(spec):
+        method = real(spec)
+        inner_prepare, inner_step = method.prepare_data, method.training_step
+
+        def prepare(images, generator=None):
+            x, y = inner_prepare(images, generator)
+            prepared["shape"] = tuple(x.shape)
+            return x, y
+
+        def step(images, targets, generator=None):
+            seen.append(targets.clone())
+            return inner_step(images, targets, generator)
+
+        method.prepare_data, method.training_step = prepare, step
+        return method
+
+    monkeypatch.setattr(registry, "build_method", build)
+    sink = ListSink()
+    r = pretrain(tiny_spec("simclr", method=EXEMPLAR), tmp_path, sink=sink)
+    assert prepared["shape"][0] == 8  # only the N seeds are materialised
+    assert r.completed and r.step == 6  # 8 seeds x 6 samples = 48 per epoch = 3 batches of 16, 2 epochs
+    assert sink.progress_calls[-1]["total_steps"] == 6
+    for epoch in range(2):
+        labels = torch.cat(seen[3 * epoch:3 * epoch + 3])
+        assert torch.bincount(labels, minlength=8).tolist() == [6] * 8  # every seed exactly K times
+
+
+def test_exemplar_stop_and_resume_equals_straight_run(tmp_path):
+    spec = tiny_spec("simclr", method=EXEMPLAR)
+    straight = pretrain(spec, tmp_path / "straight", resume=False)
+    first = pretrain(spec, tmp_path / "resumed", should_stop=stop_after(4), resume=False)
+    assert not first.completed and first.step == 4
+    second = pretrain(spec, tmp_path / "resumed")
+    assert second.completed and second.step == straight.step == 6
+    assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "resumed"))
