@@ -31,7 +31,7 @@ from api.schemas import (
     _utc,
     as_json,
 )
-from api.security import UnsafePath, require_token, resolve_weights
+from api.security import UnsafePath, require_token, resolve_data_path, resolve_weights
 from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec
 
 log = logging.getLogger("pretextlab.api")
@@ -41,8 +41,19 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=SafeText,
-           description="the same key returns the same job (200); a different body with it is 409"),
+           description="the same key returns the same job (200); a different body with it is 409; "
+                       "keys starting with 'pretextlab:' are reserved (422)"),
 ]
+# Keys the service itself uses (the runner's ``pretextlab:eval-after:{id}:{i}`` follow-ups): a client
+# taking one would make that job's success transaction collide with it.
+RESERVED_KEY_PREFIX = "pretextlab:"
+
+
+def _check_key(key: str | None) -> None:
+    if key is not None and key.lower().startswith(RESERVED_KEY_PREFIX):
+        raise ApiError(422, "validation_error",
+                       f"Idempotency-Key: the {RESERVED_KEY_PREFIX!r} prefix is reserved for the service",
+                       {"idempotency_key": key})
 
 
 def job_or_404(session: Any, job_id: int) -> Job:
@@ -83,7 +94,8 @@ def _check_source(session: Any, spec: EvaluateSpec) -> None:
         raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} is an {src.kind} job, not a pretraining",
                        {"source_job_id": sid})
     if src.status in ("failed", "cancelled"):
-        raise ApiError(422, "invalid_spec",
+        # The request is valid; the source's state is what makes it impossible: a conflict.
+        raise ApiError(409, "invalid_state",
                        f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
                        {"source_job_id": sid, "status": src.status})
 
@@ -100,6 +112,22 @@ def _resolve_weights(spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
     except UnsafePath as exc:
         raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
     return spec.model_copy(update={"weights": str(resolved)})
+
+
+def _check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Any) -> None:
+    """Dataset folders must lie inside the allowed data roots (checked again by the worker, but a
+    job that can only fail is refused here, naming the field)."""
+    fields: list[tuple[str, str | None]] = [("spec.data.path", spec.data.path)]
+    if isinstance(spec, PretrainSpec) and spec.eval.data is not None:
+        fields.append(("spec.eval.data.path", spec.eval.data.path))
+    roots = settings.allowed_roots()
+    for field, path in fields:
+        if path is None:
+            continue
+        try:
+            resolve_data_path(path, roots, field)
+        except UnsafePath as exc:
+            raise ApiError(422, "invalid_spec", str(exc), {"loc": field, "path": path}) from None
 
 
 def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) -> bool:
@@ -122,7 +150,9 @@ def submit_job(
     body: JobCreate, session: SessionDep, settings: SettingsDep, response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
+    _check_key(idempotency_key)
     spec = _parse_spec(body)
+    _check_data_paths(spec, settings)
     if isinstance(spec, EvaluateSpec):
         spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:

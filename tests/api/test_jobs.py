@@ -90,7 +90,8 @@ def test_evaluate_source_must_be_a_pretraining(client, db):
         crud.transition(s, pre["id"], "queued", "cancelled")
         s.commit()
     r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": pre["id"]}})
-    assert r.status_code == 422 and "cancelled" in r.json()["error"]["message"]
+    assert r.status_code == 409 and "cancelled" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "invalid_state"
     r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": 2**70}})
     assert r.status_code == 422
 
@@ -257,3 +258,76 @@ def test_dispatch_publishes_to_the_jobs_queue(database_url, make_settings, redis
         assert s.get(Job, ev["id"]).dispatched_at is not None
         assert s.get(Job, lost["id"]).dispatched_at is None
     engine.dispose()
+
+
+def test_evaluate_of_a_failed_source_is_a_conflict_but_active_sources_are_accepted(client, db):
+    pre = submit(client)
+    ev = submit(client, {**EVAL, "source_job_id": pre["id"]})  # queued source: waits for it (worker side)
+    assert ev["status"] == "queued"
+    with db() as s:
+        assert crud.transition(s, pre["id"], "queued", "running", owner="w")
+        s.commit()
+    assert submit(client, {**EVAL, "source_job_id": pre["id"]})["status"] == "queued"
+    with db() as s:
+        assert crud.transition(s, pre["id"], "running", "failed", error="boom")
+        s.commit()
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": pre["id"]}})
+    assert r.status_code == 409 and f"job {pre['id']} is failed" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("key", ["pretextlab:eval-after:1:0", "PRETEXTLAB:x", "pretextlab:"])
+def test_reserved_idempotency_keys_are_refused(client, db, key):
+    r = client.post("/v1/jobs", json={"spec": PRETRAIN}, headers={"Idempotency-Key": key})
+    assert r.status_code == 422, r.text
+    assert "reserved" in r.json()["error"]["message"]
+    with db() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+    # a key merely containing the word is the client's own
+    ok = client.post("/v1/jobs", json={"spec": PRETRAIN}, headers={"Idempotency-Key": "my-pretextlab:1"})
+    assert ok.status_code == 201
+
+
+def _folder(path):
+    return {"dataset": "image_folder", "path": str(path), "image_size": 16}
+
+
+def test_dataset_paths_must_stay_inside_allowed_roots(client, settings, tmp_path):
+    data_root = settings.data_root
+    (data_root / "imgs").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (data_root / "escape").symlink_to(outside)  # a symlink inside that points outside
+    eval_data = {"dataset": "synthetic", "train_subset": 32, "test_subset": 16}
+    cases = [
+        ({**PRETRAIN, "data": _folder("/etc")}, "spec.data.path"),
+        ({**PRETRAIN, "data": _folder(outside)}, "spec.data.path"),
+        ({**PRETRAIN, "data": _folder("escape")}, "spec.data.path"),
+        ({**PRETRAIN, "eval": {"data": {**eval_data, "dataset": "image_folder", "path": "/etc"}}},
+         "spec.eval.data.path"),
+        ({**EVAL, "baseline": "raw_pixels", "data": {**eval_data, "dataset": "image_folder", "path": "/etc"}},
+         "spec.data.path"),
+    ]
+    for spec, field in cases:
+        r = client.post("/v1/jobs", json={"spec": spec})
+        assert r.status_code == 422, (spec, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_spec" and err["message"].startswith(field + ":"), err
+        assert "outside the allowed data roots" in err["message"]
+    # inside the data root, relative or absolute; an extra allowed root too
+    assert submit(client, {**PRETRAIN, "data": _folder("imgs")})["status"] == "queued"
+    assert submit(client, {**PRETRAIN, "data": _folder(data_root / "imgs")})["status"] == "queued"
+    ev = submit(client, {**EVAL, "baseline": "raw_pixels",
+                         "data": {**eval_data, "dataset": "image_folder", "path": "imgs"}})
+    assert ev["status"] == "queued"
+
+
+def test_extra_allowed_data_root_is_accepted(settings, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    with TestClient(create_app(settings.model_copy(update={"allowed_data_roots": str(extra)}))) as c:
+        assert submit(c, {**PRETRAIN, "data": _folder(extra)})["status"] == "queued"
+        assert c.post("/v1/jobs", json={"spec": {**PRETRAIN, "data": _folder(tmp_path)}}).status_code == 422
