@@ -7,12 +7,17 @@ key (logit 0) against the queue. v2 changes the head to a 2-layer MLP, the tempe
 to 0.2 and the augmentation (blur); ``spec.method`` is already resolved for the version.
 
 Shuffling BN (paper §3.3): BatchNorm statistics shared by a query and its positive key
-let the model "cheat". Under torch.distributed the key batch is shuffled across
-processes (the official all-gather shuffle). On one device the official CIFAR demo's
+let the model "cheat". Under multi-process torch.distributed training (world size > 1)
+the key batch is shuffled across processes (the official all-gather shuffle); a
+one-process group gives that shuffle nothing to mix with. On one device the official CIFAR demo's
 split-batch BN is used instead: every BN layer normalises ``bn_splits`` sub-batches
 separately, and the key batch is shuffled so that no key lands in the sub-batch its
 query had (a cyclic derangement of the sub-batches). State (queue, pointer, key
 encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
+
+The pretextlab trainer (``ssl_core.train``) runs one process per job, so it always takes
+the single-device path. The cross-process path is for a DDP trainer (torchrun), which must
+build the method after ``init_process_group``; it is tested with 2 gloo processes.
 """
 
 from __future__ import annotations
@@ -133,8 +138,14 @@ def batch_unshuffle_ddp(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
     return x_all[idx_unshuffle.view(-1, local)[dist.get_rank()]]
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def _multi_process() -> bool:
+    """True under torch.distributed with more than one process: only then can the shuffle mix devices.
+
+    A one-process group (world size 1) is a single device: its "all-gather" shuffle is a
+    plain permutation that leaves every key in its query's BN batch, so it offers no
+    protection and the single-device split-BN path is used instead.
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 # ----------------------------------------------------------------------------- the method
@@ -146,8 +157,8 @@ class MoCo(SSLMethod):
         self.temperature = float(m.temperature)
         self.symmetric = bool(m.symmetric)
         self.bn_splits = int(m.bn_splits)
-        # 'auto': all-gather shuffle when distributed, split BN on one device
-        self.shuffle_mode = m.shuffle_bn if m.shuffle_bn != "auto" else ("shuffle" if _distributed() else "split")
+        # 'auto': all-gather shuffle across >1 processes, split BN on one device (incl. world size 1)
+        self.shuffle_mode = m.shuffle_bn if m.shuffle_bn != "auto" else ("shuffle" if _multi_process() else "split")
         if self.shuffle_mode == "split":
             convert_split_bn(self.backbone, self.bn_splits)
         self.projection_head = MoCoProjectionHead(self.backbone.feature_dim, m.projection_dim, mlp=bool(m.mlp_head))
@@ -175,7 +186,7 @@ class MoCo(SSLMethod):
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: Tensor) -> None:
         """FIFO: the batch's keys (N, D) overwrite the oldest N entries, wrapping around (no host sync)."""
-        if _distributed():
+        if _multi_process():  # every process enqueues the keys of the global batch
             keys = concat_all_gather(keys)
         size = self.queue.shape[0]
         keys = keys[-size:]
@@ -195,7 +206,7 @@ class MoCo(SSLMethod):
 
         if self.shuffle_mode == "off":
             return encoder(x)
-        if _distributed() and self.shuffle_mode == "shuffle":
+        if self.shuffle_mode == "shuffle" and _multi_process():
             x, idx_unshuffle = batch_shuffle_ddp(x, generator)
             return batch_unshuffle_ddp(encoder(x), idx_unshuffle)
         splits = self.bn_splits if self.shuffle_mode == "split" else 1

@@ -179,20 +179,86 @@ def test_symmetric_loss_enqueues_both_views(one_thread) -> None:  # noqa: F811
     assert int(m.queue_ptr) == (3 * 16) % 32
 
 
-def test_all_gather_shuffle_under_torch_distributed(tmp_path) -> None:
-    """One-process gloo group: the official all-gather shuffle path runs and unshuffles correctly."""
+def test_one_process_group_uses_split_bn(tmp_path) -> None:
+    """World size 1 is one device: 'auto' must not pick the all-gather shuffle (it would mix nothing)."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        m = _moco()
-        assert m.shuffle_mode == "shuffle"  # auto under torch.distributed
-        assert not any(isinstance(mod, SplitBatchNorm) for mod in m.modules())
-        m.eval()
-        x = torch.randn(8, 3, 32, 32)
-        keys = m.encode_key(x, torch.Generator().manual_seed(0))
-        direct = F.normalize(m.projection_head_momentum(m.backbone_momentum(x)), dim=1)
-        assert torch.allclose(keys, direct, atol=1e-5)
+        m = _moco(bn_splits=4)
+        assert m.shuffle_mode == "split"
+        assert any(isinstance(mod, SplitBatchNorm) for mod in m.backbone_momentum.modules())
         m.train()
         loss, _ = m.training_step(random_images(8), None, torch.Generator().manual_seed(0))
         assert torch.isfinite(loss) and int(m.queue_ptr) == 8
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- Shuffling BN across 2 processes
+WORLD, LOCAL = 2, 4  # 2 gloo processes on CPU, 4 samples each
+
+
+def _global_batch() -> torch.Tensor:
+    return torch.randn(WORLD * LOCAL, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+
+
+def _ddp_worker(rank: int, store: str) -> None:
+    """One rank of the 2-process check (module level so torch.multiprocessing.spawn can pickle it)."""
+    from ssl_core.methods.moco import batch_shuffle_ddp, batch_unshuffle_ddp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        x_all = _global_batch()
+        x = x_all[rank * LOCAL:(rank + 1) * LOCAL]
+        # rank 0's permutation is the one used (broadcast): what randperm(8) gives for seed 0
+        perm = torch.randperm(WORLD * LOCAL, generator=torch.Generator().manual_seed(0))
+        shards = perm.view(WORLD, LOCAL)
+        assert {int(i) // LOCAL for i in shards[0]} == {0, 1}  # the seed really mixes the two ranks
+
+        # 1. the data movement: this rank receives its share of the globally permuted batch,
+        # and the unshuffle returns every row to the rank and position it came from
+        # (rank 1 passes a different generator: only rank 0's draw may count)
+        shuffled, idx_unshuffle = batch_shuffle_ddp(x, torch.Generator().manual_seed(rank))
+        assert torch.equal(shuffled, x_all[shards[rank]])
+        assert torch.equal(idx_unshuffle, torch.argsort(perm))
+        assert torch.equal(batch_unshuffle_ddp(shuffled, idx_unshuffle), x)
+
+        # 2. the method: 'auto' picks the cross-process shuffle, and in train mode (batch
+        # statistics) the keys equal a reference that runs each permuted shard through the
+        # key encoder on its own and puts the keys back in the original order
+        torch.manual_seed(0)  # the same weights on both ranks, as DDP would broadcast
+        m = build_method(tiny_spec({"name": "moco", "queue_size": 16}, batch_size=LOCAL))
+        assert m.shuffle_mode == "shuffle"
+        assert not any(isinstance(mod, SplitBatchNorm) for mod in m.modules())
+        m.train()
+        keys = m.encode_key(x, torch.Generator().manual_seed(0))
+
+        def encoder(v: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return F.normalize(m.projection_head_momentum(m.backbone_momentum(v)), dim=1)
+
+        ref_shuffled = torch.cat([encoder(x_all[shards[r]]) for r in range(WORLD)])  # row i = key of sample perm[i]
+        ref = torch.empty_like(ref_shuffled)
+        ref[perm] = ref_shuffled
+        assert torch.allclose(keys, ref[rank * LOCAL:(rank + 1) * LOCAL], atol=1e-5)
+        # a no-op shuffle would normalise with this rank's own statistics: measurably different keys
+        assert not torch.allclose(keys, encoder(x), atol=1e-3)
+
+        # 3. the queue: each rank enqueues the keys of the whole (global) batch, identically
+        m.queue.zero_()
+        m.dequeue_and_enqueue(keys)
+        assert int(m.queue_ptr) == WORLD * LOCAL
+        gathered = [torch.empty_like(m.queue) for _ in range(WORLD)]
+        dist.all_gather(gathered, m.queue)
+        assert torch.equal(gathered[0], gathered[1])
+        assert torch.allclose(m.queue[: WORLD * LOCAL], ref, atol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_all_gather_shuffle_across_two_processes(tmp_path) -> None:
+    """Shuffling BN as in the official code: 2 real gloo processes on CPU, all-gather shuffle/unshuffle."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
