@@ -9,9 +9,15 @@ channel), 30% of the images in grayscale, colour channels of each tile shifted b
 ``channel_jitter`` px (chromatic aberration). The CFN: one weight-shared tower per tile
 (the backbone) -> fc6 (``tile_dim``) per tile, the nine fc6 outputs concatenated in the
 shuffled order -> fc7 (``hidden_dim``) -> fc8 over the P permutations.
+
+The set's quality is reported once, at construction (the paper reports it per set):
+``Jigsaw.permutation_stats`` = {"min_hamming", "mean_hamming"}, also logged on the
+``pretextlab.jigsaw`` logger; the values are constants, so they are not step metrics.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,7 @@ from ssl_core.specs import PretrainSpec
 __all__ = ["Jigsaw", "make_permutations", "permutation_stats"]
 
 TILES = 9
+log = logging.getLogger("pretextlab.jigsaw")
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -47,6 +54,14 @@ class Jigsaw(SSLMethod):
         self.tile_size = m.resolved_tile_size(size)
         super().__init__(spec)
         self.register_buffer("permutations", make_permutations(m.num_permutations, TILES, m.permutation_seed), persistent=False)
+        # Algorithm 1 maximises the average distance; the minimum says how alike the two
+        # closest permutations are (the paper: 2 for 100 and for 1000)
+        self.permutation_stats: dict[str, float] = permutation_stats(self.permutations)
+        log.info(
+            "jigsaw permutation set: P=%d (seed %d), min Hamming %.0f, mean Hamming %.2f",
+            m.num_permutations, m.permutation_seed,
+            self.permutation_stats["min_hamming"], self.permutation_stats["mean_hamming"],
+        )
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
         self.fc6 = nn.Sequential(nn.Linear(self.backbone.feature_dim, m.tile_dim), nn.ReLU(inplace=True))
         self.head = ClassifierHead(TILES * m.tile_dim, m.num_permutations, hidden_dim=m.hidden_dim)  # fc7 -> fc8

@@ -59,8 +59,17 @@ def make_permutations(count: int, tiles: int = 9, seed: int = 0) -> torch.Tensor
 
 
 def permutation_stats(perms: torch.Tensor) -> dict[str, float]:
-    """Minimum and mean pairwise Hamming distance of a permutation set (P, tiles), P >= 2."""
-    p = perms.cpu().numpy()
-    d = (p[:, None, :] != p[None, :, :]).sum(-1)  # (P, P)
-    off = ~np.eye(p.shape[0], dtype=bool)
+    """Minimum and mean pairwise Hamming distance of a permutation set (P, tiles), P >= 2.
+
+    Hamming(a, b) = tiles - agreements(a, b), and the agreements of all pairs are one
+    (P, tiles^2) one-hot matrix product: (P, P) ints, no (P, P, tiles) array.
+    """
+    p = perms.cpu().numpy().astype(np.int64)
+    count, tiles = p.shape
+    if count < 2:
+        raise ValueError(f"permutation_stats needs at least 2 permutations, got {count}")
+    one_hot = np.zeros((count, tiles * tiles), dtype=np.int32)
+    one_hot[np.arange(count)[:, None], np.arange(tiles) * tiles + p] = 1
+    d = tiles - one_hot @ one_hot.T  # (P, P) Hamming distances
+    off = ~np.eye(count, dtype=bool)
     return {"min_hamming": float(d[off].min()), "mean_hamming": float(d[off].mean())}

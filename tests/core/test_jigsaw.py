@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -104,3 +105,33 @@ def test_tiles_normalised_on_their_own() -> None:
     assert n.mean(dim=(-2, -1)).abs().max() < 1e-5
     assert (n.std(dim=(-2, -1)) - 1).abs().max() < 0.02
     assert torch.isfinite(normalize_tiles(torch.ones(1, 9, 1, 4, 4))).all()
+
+
+def test_permutation_stats_match_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    for tiles, count in [(9, 50), (4, 6), (9, 2)]:
+        perms = torch.stack([torch.randperm(tiles, generator=g) for _ in range(count)])
+        pairs = [sum(int(a != b) for a, b in zip(perms[i].tolist(), perms[j].tolist()))
+                 for i in range(count) for j in range(count) if i != j]
+        stats = permutation_stats(perms)
+        assert stats["min_hamming"] == min(pairs)
+        assert stats["mean_hamming"] == pytest.approx(sum(pairs) / len(pairs))
+    with pytest.raises(ValueError):
+        permutation_stats(make_permutations(1))
+
+
+def test_method_reports_permutation_stats_at_construction(caplog) -> None:
+    spec = tiny_spec({"name": "jigsaw", "num_permutations": 100, "tile_dim": 16, "hidden_dim": 32})
+    with caplog.at_level(logging.INFO, logger="pretextlab.jigsaw"):
+        method: Jigsaw = build_method(spec)
+    assert method.permutation_stats == permutation_stats(method.permutations)
+    assert method.permutation_stats["min_hamming"] == 2.0  # as in the paper for 100
+    assert method.permutation_stats["mean_hamming"] == pytest.approx(8.08, abs=0.01)
+    records = [r for r in caplog.records if r.name == "pretextlab.jigsaw"]
+    assert len(records) == 1
+    assert "P=100" in records[0].getMessage() and "min Hamming 2" in records[0].getMessage()
+    # constants are reported once, not repeated in every step's metrics
+    _, metrics = build_method(tiny_spec({"name": "jigsaw", "num_permutations": 10, "tile_dim": 16, "hidden_dim": 32},
+                                        batch_size=4)).training_step(
+        torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), None, torch.Generator().manual_seed(0))
+    assert set(metrics) == {"pretext_acc"}
