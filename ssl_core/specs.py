@@ -22,6 +22,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 8192
 MAX_IMAGE_SIZE = 512
 MAX_QUEUE_SIZE = 1 << 20
+MAX_QUEUE_ELEMENTS = 1 << 26  # K x D floats: 256 MiB of fp32 keys at most
 MAX_SUBSET = 10_000_000
 MAX_PERMUTATIONS = 1000
 
@@ -549,6 +550,11 @@ class PretrainSpec(Strict):
         if m.name in ("rotation", "exemplar", "simclr", "moco") and size < min_side:
             raise ValueError(f"data.image_size: {size} px is too small for backbone {self.backbone.name} (min {min_side})")
         if m.name == "moco":
+            if m.queue_size * m.projection_dim > MAX_QUEUE_ELEMENTS:
+                raise ValueError(
+                    f"method.queue_size: {m.queue_size} keys of dimension {m.projection_dim} exceed the limit of "
+                    f"{MAX_QUEUE_ELEMENTS} queued values ({MAX_QUEUE_ELEMENTS * 4 >> 20} MiB)"
+                )
             if m.queue_size % self.batch_size:
                 raise ValueError(
                     f"method.queue_size: {m.queue_size} is not a multiple of batch_size {self.batch_size}"
