@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import Job
-from worker.runner import SKIPPED, run_job, sessions_for
+from worker.runner import SKIPPED, run_job, sessions_for, source_settled
 
 log = logging.getLogger("pretextlab.worker")
 
@@ -19,10 +19,12 @@ MIN_IDLE_S, MAX_IDLE_S = 0.2, 2.0
 
 
 def next_queued(sessions: sessionmaker[Session], queues: list[str]) -> int | None:
-    """The job the queue serves next: highest priority, then oldest (uses ix_jobs_claim)."""
+    """The job the queue serves next: highest priority, then oldest (uses ix_jobs_claim). An
+    evaluation whose source pretraining is still active is passed over (the claim would refuse it),
+    so it neither blocks the jobs behind it nor makes the worker spin."""
     with sessions() as s:
         return s.scalar(
-            select(Job.id).where(Job.status == "queued", Job.queue.in_(queues))
+            select(Job.id).where(Job.status == "queued", Job.queue.in_(queues), source_settled())
             .order_by(Job.priority.desc(), Job.id.asc()).limit(1)
         )
 

@@ -14,7 +14,12 @@ Exactly-once rests on SQL, not on the broker:
 * **Finish**: succeeded (result, top-1/top-5, follow-up evaluations in the same transaction) /
   cancelled (after a checkpoint) / handed back to the queue on shutdown / failed once with the error
   message. Retrying is the reconciler's job, and only for lost workers: an exception from the job
-  itself (NaN loss, bad data, an invalid spec, a bug) fails it once.
+  itself (NaN loss, bad data, an invalid spec, a bug) fails it once. So does an exception while
+  *finishing* it (registering outputs, creating its follow-ups) unless it is a connection-level
+  database error (:func:`is_connection_error`): only an unreachable store leaves the job to its lease.
+* **Waiting on a source**: an evaluation of a pretraining job that is still queued/running/cancelling
+  is not claimable (:func:`source_settled`; the local worker's poll skips it too). It stays queued,
+  no attempt is used; it is dispatched again when its source finishes (here, and by the reconciler).
 
 torch and ssl_core.train are imported inside :func:`_execute`, never at module load.
 """
@@ -28,11 +33,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, literal, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from api.db.models import Artifact, Job, JobRun
+from api.db.models import ACTIVE_STATUSES, Artifact, Job, JobRun
 from worker.sink import JobLease, LeaseLost, SqlSink, utcnow
 
 log = logging.getLogger("pretextlab.worker")
@@ -57,7 +63,43 @@ def sessions_for(database_url: str) -> sessionmaker[Session]:
         return _sessions_by_url[database_url]
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """The database could not be reached (or dropped the connection) -- as opposed to a statement
+    it refused (an IntegrityError, a DataError, ...) or an error of our own. Only the former is
+    worth waiting out: the job keeps its lease and the reconciler requeues it if it expires."""
+    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return False
+
+
 # -- claim -------------------------------------------------------------------------------------------
+def source_settled() -> Any:
+    """SQL condition on ``Job``: not an evaluation whose source pretraining is still active
+    (queued/running/cancelling). Such a job waits in the queue: claiming it would only fail it for
+    want of weights the source has not written yet."""
+    src = aliased(Job)
+    return ~exists(select(literal(1)).select_from(src)
+                   .where(src.id == Job.source_job_id, src.status.in_(ACTIVE_STATUSES)))
+
+
+def waiting_on(sessions: sessionmaker[Session], job_id: int) -> tuple[int, str] | None:
+    """(source id, source status) when job ``job_id`` is queued behind an active source, else None."""
+    src = aliased(Job)
+    with sessions() as s:
+        row = s.execute(select(src.id, src.status).join(Job, Job.source_job_id == src.id)
+                        .where(Job.id == job_id, Job.status == "queued", src.status.in_(ACTIVE_STATUSES))).first()
+    return (row[0], row[1]) if row else None
+
+
+def dependents_waiting(sessions: sessionmaker[Session], source_job_id: int) -> list[int]:
+    """Queued evaluations of ``source_job_id`` (to dispatch once it has finished)."""
+    with sessions() as s:
+        return list(s.scalars(select(Job.id).where(Job.source_job_id == source_job_id, Job.status == "queued")
+                              .order_by(Job.priority.desc(), Job.id)))
+
+
 def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_seconds: float,
           job_dir: Path | None = None) -> JobLease | None:
     """Atomically take a queued job (None if it is not claimable: running, finished, cancelled, gone)."""
@@ -71,7 +113,8 @@ def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_se
         )
         if job_dir is not None:
             fields["artifact_dir"] = str(job_dir)
-        if not crud.transition(s, job_id, ["queued"], "running", actor=worker_id, reason="claimed", **fields):
+        if not crud.transition(s, job_id, ["queued"], "running", actor=worker_id, reason="claimed",
+                               where=source_settled(), **fields):
             return None
         attempt = s.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
         # Unique (job_id, attempt): if this ever collided, the whole claim rolls back.
@@ -216,7 +259,14 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
     job_dir = settings.job_dir(job_id)
     lease = claim(sessions, job_id, worker_id, settings.lease_seconds, job_dir)
     if lease is None:
-        log.info("job %s: not claimable (running elsewhere, finished or cancelled); message dropped", job_id)
+        waiting = waiting_on(sessions, job_id)
+        if waiting is not None:
+            # Not a failure and no attempt used: it stays queued and is dispatched again when the
+            # source finishes (by _conclude below, or by the reconciler).
+            log.info("job %s: not claimable yet: waits for its source job %s (%s); left queued",
+                     job_id, *waiting)
+        else:
+            log.info("job %s: not claimable (running elsewhere, finished or cancelled); message dropped", job_id)
         return SKIPPED
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker_id, lease.attempt)
     sink = SqlSink(lease, job_dir, flush_seconds=settings.metric_flush_seconds,
@@ -248,9 +298,30 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
     except LeaseLost:
         log.warning("job %s: lease lost (attempt %s); abandoned without writing", job_id, lease.attempt)
         return LOST
-    except DBAPIError:  # the finish could not be written: the lease expires, the reconciler requeues
-        log.exception("job %s: database error while finishing; left to the reconciler", job_id)
+    except Exception as exc:
+        if is_connection_error(exc):  # the finish could not be written: the lease expires, the reconciler requeues
+            log.exception("job %s: database error while finishing; left to the reconciler", job_id)
+            return LOST
+        # Anything else (an OSError registering outputs, an IntegrityError or an invalid spec creating
+        # the follow-ups, a bug) would fail again on every retry: fail the job once, saying why.
+        return _fail_finishing(lease, exc)
+
+
+def _fail_finishing(lease: JobLease, exc: BaseException) -> str:
+    job_id = lease.job_id
+    detail = f"{type(exc).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else error_message(exc)
+    msg = f"the job ran but could not be finished: {detail}"[:MAX_ERROR_CHARS]
+    log.error("job %s: %s", job_id, msg, exc_info=exc)
+    try:
+        _finish(lease, ["running", "cancelling"], "failed", FAILED, reason=msg, error=msg,
+                owner=None, lease_expires_at=None, finished_at=utcnow())
+    except LeaseLost:
+        log.warning("job %s: lease lost while failing it; abandoned without writing", job_id)
         return LOST
+    except Exception:
+        log.exception("job %s: could not record the failure; left to the reconciler", job_id)
+        return LOST
+    return FAILED
 
 
 def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseException | None, settings: Any,
@@ -264,6 +335,7 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         msg = error_message(error)
         log.warning("job %s: failed: %s", job_id, msg)
         _finish(lease, ["running", "cancelling"], "failed", FAILED, reason=msg, error=msg, **done)
+        _dispatch_all(sessions, [], settings, dependents_of=job_id)  # they fail, clearly
         return FAILED
     if outcome.completed:
         _register_outputs(lease, settings.job_dir(job_id))
@@ -274,12 +346,13 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         created = _finish(lease, ["running", "cancelling"], "succeeded", SUCCEEDED, reason="completed",
                           on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
                           **done, **extra)
-        _dispatch_all(sessions, created, settings)
+        _dispatch_all(sessions, created, settings, dependents_of=job_id)
         log.info("job %s: succeeded", job_id)
         return SUCCEEDED
     # stopped early, after a checkpoint
     if sink.stop_reason() == "cancel" or lease.status == "cancelling":
         _finish(lease, ["cancelling", "running"], "cancelled", CANCELLED, reason="cancel requested", **done)
+        _dispatch_all(sessions, [], settings, dependents_of=job_id)
         log.info("job %s: cancelled", job_id)
         return CANCELLED
     # shutting down: hand the job back; the attempt stays, the next claim increments it
@@ -320,11 +393,18 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
     return created
 
 
-def _dispatch_all(sessions: sessionmaker[Session], job_ids: list[int], settings: Any) -> None:
-    """Tell the broker (best effort: the reconciler re-dispatches anything this misses)."""
+def _dispatch_all(sessions: sessionmaker[Session], job_ids: list[int], settings: Any,
+                  dependents_of: int | None = None) -> None:
+    """Tell the broker (best effort: the reconciler re-dispatches anything this misses).
+    ``dependents_of``: also the evaluations that were waiting for that (now finished) job."""
     from worker.reconciler import send_and_mark
 
+    if settings.broker_url is None:  # embedded: the local workers poll SQL
+        return
     try:
+        if dependents_of is not None:
+            job_ids = [*job_ids, *dependents_waiting(sessions, dependents_of)]
+        job_ids = list(dict.fromkeys(job_ids))
         send_and_mark(sessions, job_ids, settings)
     except Exception:
         log.exception("jobs %s: dispatch failed; the reconciler will re-dispatch them", job_ids)

@@ -162,12 +162,14 @@ def test_eval_after_creates_followups_once_and_they_run(sqlite_store):
     assert "result.json" in artifacts(st.sessions, child.id)
 
 
-def test_evaluate_with_unfinished_source_fails_clearly(sqlite_store):
+def test_evaluate_with_unfinished_source_waits_in_the_queue(sqlite_store):
+    """Claimed before its source finished, an evaluation is left queued -- no failure, no attempt."""
     st = sqlite_store
     src = add_job(st.sessions)
     jid = add_job(st.sessions, {"kind": "evaluate", "source_job_id": src, "data": {"dataset": "synthetic"}})
-    assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == FAILED
-    assert job(st.sessions, jid).error == f"source_job_id: job {src} (queued) has no backbone weights yet"
+    assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == "skipped"
+    j = job(st.sessions, jid)
+    assert (j.status, j.attempt, j.error) == ("queued", 0, None) and runs(st.sessions, jid) == []
 
 
 def test_local_worker_runs_queue_in_priority_order(sqlite_store):
