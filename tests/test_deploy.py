@@ -4,7 +4,8 @@
   .ci/run) validates them against the Compose Specification JSON schema it ships (profiles,
   ``deploy.resources.reservations.devices`` and ``service_completed_successfully`` included);
 * the services the issue names are there, with their healthchecks, dependency conditions, GPU
-  reservation, persistent Redis and a required API token;
+  reservation (exactly one GPU per worker, each worker on its own GPU), persistent Redis and a
+  required API token;
 * every command, entrypoint and healthcheck in the compose files and the Dockerfiles names a real
   part of the project (``pretextlab`` subcommands through the CLI's own parser, ``api.main:app``
   imported without torch, scripts and COPY sources that exist and reach the build context);
@@ -36,6 +37,8 @@ WORKER_HOST = ROOT / "docker" / "worker-host.compose.yml"
 API_DOCKERFILE = ROOT / "docker" / "api.Dockerfile"
 WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
+# The main host's extra GPU workers: worker-gpuN on GPU N, behind the profile gpuN.
+EXTRA_GPU_WORKERS = {f"worker-gpu{i}": str(i) for i in range(1, 8)}
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What the compose files need to be rendered: a dummy token and password, and a remote DB/broker
@@ -189,10 +192,11 @@ def run_compose(tmp_path: Path, compose_file: Path, env: dict[str, str], *args: 
     )
 
 
-@pytest.mark.parametrize("compose_file, profile", [(COMPOSE, None), (COMPOSE, "cpu"), (WORKER_HOST, None)],
-                         ids=["main", "main-cpu-profile", "worker-host"])
-def test_compose_files_are_valid_compose(tmp_path, compose_file, profile):
-    extra = ["--profile", profile] if profile else []
+@pytest.mark.parametrize("compose_file, profiles", [
+    (COMPOSE, []), (COMPOSE, ["cpu"]), (COMPOSE, [f"gpu{i}" for i in range(1, 8)]), (WORKER_HOST, []),
+], ids=["main", "main-cpu-profile", "main-gpu1-7-profiles", "worker-host"])
+def test_compose_files_are_valid_compose(tmp_path, compose_file, profiles):
+    extra = [a for p in profiles for a in ("--profile", p)]
     res = run_compose(tmp_path, compose_file, DUMMY_ENV, *extra)
     assert res.returncode == 0, res.stderr
 
@@ -240,8 +244,10 @@ def services(main) -> dict:
 def test_every_service_of_the_issue_is_there(services):
     assert {"postgres", "redis", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
     assert services["worker-cpu"].get("profiles") == ["cpu"]  # optional
+    for name, gpu in EXTRA_GPU_WORKERS.items():  # optional: the other GPUs of the host
+        assert services[name].get("profiles") == [f"gpu{gpu}"]
     for name, svc in services.items():
-        if name != "worker-cpu":
+        if name != "worker-cpu" and name not in EXTRA_GPU_WORKERS:
             assert not svc.get("profiles"), f"{name} must start with a plain `docker compose up`"
 
 
@@ -279,7 +285,7 @@ def test_migrate_is_a_one_shot_upgrade_after_postgres(services):
     assert mig["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "reconciler", "worker-cpu"])
+@pytest.mark.parametrize("name", ["api", "worker", "reconciler", "worker-cpu", "worker-gpu1"])
 def test_services_start_after_healthy_stores_and_a_finished_migration(services, name):
     dep = services[name]["depends_on"]
     assert dep["postgres"]["condition"] == "service_healthy"
@@ -311,17 +317,36 @@ def _queues(svc: dict) -> list[str]:
     return cmd[cmd.index("--queues") + 1].split(",")
 
 
-def test_worker_reserves_a_gpu_and_runs_one_gpu_job_at_a_time(services):
-    w = services["worker"]
-    (req,) = _gpu_requests(w)
+def _one_gpu(svc: dict) -> str:
+    """The single GPU a worker reserves, by index (a `count` would give every worker GPU 0)."""
+    (req,) = _gpu_requests(svc)
     assert req["driver"] == "nvidia" and "gpu" in req["capabilities"]
-    assert str(req["count"]) == "1"  # default of GPU_COUNT
-    assert rendered(COMPOSE, {"GPU_COUNT": "2"})["services"]["worker"]["deploy"]["resources"][
-        "reservations"]["devices"][0]["count"] == "2"  # configurable
+    assert "count" not in req, "reserve the GPU by device_ids: docker gives every count: 1 container GPU 0"
+    (device,) = req["device_ids"]
+    return str(device)
+
+
+def test_worker_reserves_exactly_one_gpu_and_runs_one_gpu_job_at_a_time(services):
+    w = services["worker"]
+    assert _one_gpu(w) == "0"  # default of GPU_DEVICE
+    assert _one_gpu(rendered(COMPOSE, {"GPU_DEVICE": "2"})["services"]["worker"]) == "2"  # configurable
     cmd = argv(w["command"])
     assert cmd[cmd.index("--concurrency") + 1] == "1"
     assert "gpu" in _queues(w)
     assert _queues(rendered(COMPOSE, {"GPU_WORKER_QUEUES": "gpu"})["services"]["worker"]) == ["gpu"]
+    assert "GPU_COUNT" not in variables(COMPOSE)  # no multi-GPU reservation for a one-job worker
+
+
+def test_extra_gpu_workers_are_the_worker_on_their_own_gpu(services):
+    """worker-gpu1..7: one GPU each, all different, otherwise the same worker as `worker`."""
+    devices = [_one_gpu(services["worker"])] + [_one_gpu(services[n]) for n in EXTRA_GPU_WORKERS]
+    assert devices == [str(i) for i in range(8)]
+    base = {k: v for k, v in services["worker"].items() if k != "deploy"}
+    for name in EXTRA_GPU_WORKERS:
+        assert {k: v for k, v in services[name].items() if k not in ("deploy", "profiles")} == base, name
+    # GPU_WORKER_QUEUES applies to all of them
+    queued = rendered(COMPOSE, {"GPU_WORKER_QUEUES": "gpu"})["services"]
+    assert all(_queues(queued[n]) == ["gpu"] for n in EXTRA_GPU_WORKERS)
 
 
 def test_cpu_worker_takes_the_cpu_queue_without_a_gpu(services):
@@ -332,10 +357,8 @@ def test_cpu_worker_takes_the_cpu_queue_without_a_gpu(services):
 def test_worker_host_runs_only_gpu_workers_each_on_its_own_gpu():
     host = rendered(WORKER_HOST)["services"]
     assert set(host) == {"worker"}
-    (req,) = _gpu_requests(host["worker"])
-    assert req["driver"] == "nvidia" and "gpu" in req["capabilities"] and req["device_ids"] == ["0"]
-    assert rendered(WORKER_HOST, {"GPU_DEVICE": "3"})["services"]["worker"]["deploy"]["resources"][
-        "reservations"]["devices"][0]["device_ids"] == ["3"]
+    assert _one_gpu(host["worker"]) == "0"
+    assert _one_gpu(rendered(WORKER_HOST, {"GPU_DEVICE": "3"})["services"]["worker"]) == "3"
     assert "gpu" in _queues(host["worker"])
     env = env_of(host["worker"])
     assert env["PRETEXTLAB_DATABASE_URL"] == DUMMY_ENV["PRETEXTLAB_DATABASE_URL"]
@@ -356,7 +379,7 @@ def test_exactly_one_beat_in_a_deployment(services):
 
 
 def test_artifacts_and_datasets_are_shared_named_volumes(main, services):
-    for name in ("api", "worker", "worker-cpu"):
+    for name in ("api", "worker", "worker-cpu", *EXTRA_GPU_WORKERS):
         env = env_of(services[name])
         assert _named_volume(main, services[name], env["PRETEXTLAB_ARTIFACT_ROOT"]) == "artifacts"
         assert _named_volume(main, services[name], env["PRETEXTLAB_DATA_ROOT"]) == "datasets"
@@ -635,7 +658,8 @@ def test_the_settings_accept_each_service_environment(monkeypatch, services, ser
 
 
 def test_env_example_documents_every_variable_and_nothing_else():
-    used = set(variables(COMPOSE)) | set(variables(WORKER_HOST))
+    # COMPOSE_PROFILES is read by docker compose itself (it turns on the gpuN / cpu profiles).
+    used = set(variables(COMPOSE)) | set(variables(WORKER_HOST)) | {"COMPOSE_PROFILES"}
     documented = set(re.findall(r"^#?\s?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
     assert used - documented == set(), f"add to .env.example: {sorted(used - documented)}"
     assert documented - used == set(), f".env.example names variables no compose file reads: {sorted(documented - used)}"
