@@ -8,8 +8,13 @@ Each pass:
   ``cancelling`` -> ``cancelled``; ``running`` -> ``queued`` and re-dispatched, unless the job has
   now been lost ``max_attempts`` times, then -> ``failed`` ("lease expired N times (worker lost);
   giving up"). The lost attempt's JobRun gets outcome ``lost``.
-* ``queued`` jobs whose last dispatch is older than REDISPATCH_AFTER_SECONDS (or never happened) are
-  dispatched again: the broker lost the message (Redis restarted empty, FLUSHALL).
+* ``queued`` jobs whose message may have been lost (Redis restarted empty, FLUSHALL) are dispatched
+  again, with an exponential back-off per job (:func:`redispatch_due`): the wait before the next
+  re-send is as long as the job had already waited when it was last sent (at least
+  REDISPATCH_AFTER_SECONDS, at most MAX_REDISPATCH_INTERVAL_S), so a job queued behind long jobs
+  collects O(log(wait)) duplicate messages, not one per pass. Never dispatched -> sent at once.
+  Evaluations waiting for an active source job are not sent (the claim would drop them); they are
+  sent as soon as the source has finished after their last dispatch.
 
 Counting: ``attempt`` counts claims (a graceful hand-back keeps it, the next claim increments it);
 the give-up rule counts *losses* (JobRun rows with outcome ``lost``), so a job handed back by
@@ -23,10 +28,12 @@ import threading
 from datetime import timedelta
 from typing import Any, Callable
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from datetime import datetime, timezone
 
-from api.db.models import Job, JobRun
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from api.db.models import ACTIVE_STATUSES, Job, JobEvent, JobRun
 from worker.sink import utcnow
 
 log = logging.getLogger("pretextlab.reconciler")
@@ -34,6 +41,36 @@ ACTOR = "reconciler"
 
 
 Dispatch = Callable[[int, str], bool]  # (job_id, queue) -> published?
+
+# The longest wait between two re-sends of one queued job's message (the back-off's cap).
+MAX_REDISPATCH_INTERVAL_S = 3600.0
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    # SQLite gives naive datetimes back (stored as UTC); PostgreSQL aware ones.
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+def redispatch_interval(dispatched_at: datetime, queued_since: datetime | None, base: float,
+                        cap: float = MAX_REDISPATCH_INTERVAL_S) -> float:
+    """Seconds to wait after the last dispatch before sending again: as long as the job had been
+    queued when it was last sent, clamped to [base, max(base, cap)]. Sends thus land at about
+    base, 2 base, 4 base, ... after the job entered the queue (the gap doubles each time)."""
+    waited = 0.0
+    if queued_since is not None:
+        waited = max(0.0, (_utc(dispatched_at) - _utc(queued_since)).total_seconds())
+    return min(max(base, cap), max(base, waited))
+
+
+def redispatch_due(now: datetime, dispatched_at: datetime | None, queued_since: datetime | None,
+                   base: float, cap: float = MAX_REDISPATCH_INTERVAL_S) -> bool:
+    """Whether a queued job's message should be sent again now."""
+    if dispatched_at is None:
+        return True
+    elapsed = (_utc(now) - _utc(dispatched_at)).total_seconds()
+    return elapsed >= redispatch_interval(dispatched_at, queued_since, base, cap)
 
 
 def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], settings: Any,
@@ -134,14 +171,37 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Any,
     # queued jobs the broker may have lost (and the ones just requeued); embedded mode: nothing to send
     if dispatch is None and settings.broker_url is None:
         return {**{f"n_{k}": len(v) for k, v in report.items()}, **report}
-    stale = now - timedelta(seconds=settings.redispatch_after_seconds)
-    with session_factory() as s:
-        lost_msgs = list(s.scalars(
-            select(Job.id).where(Job.status == "queued", or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale))
-            .order_by(Job.priority.desc(), Job.id)
-        ))
-    report["redispatched"] = send_and_mark(session_factory, lost_msgs, settings, dispatch)
+    report["redispatched"] = send_and_mark(session_factory, _redispatch_candidates(session_factory, settings, now),
+                                           settings, dispatch)
     return {**{f"n_{k}": len(v) for k, v in report.items()}, **report}
+
+
+def _redispatch_candidates(session_factory: sessionmaker[Session], settings: Any, now: datetime) -> list[int]:
+    """Queued jobs whose message is due again (see :func:`redispatch_due`), best first."""
+    base = float(settings.redispatch_after_seconds)
+    stale = now - timedelta(seconds=base)  # nothing sent more recently than this is due (SQL pre-filter)
+    src = aliased(Job)
+    # when the job last entered the queue (submitted, requeued, handed back): updated_at moves with
+    # every dispatch, the event log does not
+    queued_since = (select(func.max(JobEvent.at))
+                    .where(JobEvent.job_id == Job.id, JobEvent.to_status == "queued").scalar_subquery())
+    with session_factory() as s:
+        rows = s.execute(
+            select(Job.id, Job.dispatched_at, queued_since, src.status, src.finished_at)
+            .outerjoin(src, src.id == Job.source_job_id)
+            .where(Job.status == "queued",
+                   or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale,
+                       and_(src.finished_at.is_not(None), src.finished_at > Job.dispatched_at)))
+            .order_by(Job.priority.desc(), Job.id)
+        ).all()
+    due = []
+    for job_id, dispatched_at, since, src_status, src_finished in rows:
+        if src_status in ACTIVE_STATUSES:
+            continue  # an evaluation waiting for its source: a message would only be dropped
+        if (dispatched_at is None or (src_finished is not None and _utc(src_finished) > _utc(dispatched_at))
+                or redispatch_due(now, dispatched_at, since, base)):
+            due.append(job_id)
+    return due
 
 
 def reconcile_loop(session_factory: sessionmaker[Session], settings: Any, stop_event: threading.Event,

@@ -196,3 +196,61 @@ def test_heartbeat_renews_and_sees_cancel(store):
         crud.transition(s, jid, ["running"], "cancelling", cancel_requested=True)
     lease.heartbeat()  # still ours while cancelling
     assert lease.cancel_requested
+
+
+def test_redispatch_backs_off_exponentially_per_job(store, monkeypatch):
+    """A job queued behind long jobs for two hours: a pass every 30 s used to re-send it ~80 times."""
+    import api.crud
+    import worker.reconciler as rec
+
+    jid = add_job(store.sessions)
+    t0 = utcnow()
+    clock = [t0]
+    monkeypatch.setattr(rec, "utcnow", lambda: clock[0])
+    monkeypatch.setattr(api.crud, "utcnow", lambda: clock[0])  # what mark_dispatched records
+    sends = []
+    for k in range(0, 2 * 3600 // 30 + 1):
+        clock[0] = t0 + timedelta(seconds=30 * k)
+        if jid in reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"]:
+            sends.append(30 * k)
+    base = store.settings.redispatch_after_seconds  # 60
+    assert sends[0] == 0  # never dispatched: sent at once
+    assert base <= sends[1] <= 2 * base  # a lost message is still recovered quickly
+    gaps = [b - a for a, b in zip(sends, sends[1:])]
+    assert all(g2 >= g1 for g1, g2 in zip(gaps, gaps[1:])), sends
+    assert gaps[-1] >= 16 * base and 6 <= len(sends) <= 10, sends
+
+
+def test_redispatch_interval_doubles_is_capped_and_restarts_when_requeued():
+    from worker.reconciler import MAX_REDISPATCH_INTERVAL_S, redispatch_due, redispatch_interval
+
+    q = utcnow()
+    at = lambda s: q + timedelta(seconds=s)  # noqa: E731
+    assert redispatch_interval(at(0), q, 60) == 60
+    assert redispatch_interval(at(60), q, 60) == 60
+    assert redispatch_interval(at(500), q, 60) == 500
+    assert redispatch_interval(at(10**6), q, 60) == MAX_REDISPATCH_INTERVAL_S
+    assert redispatch_interval(at(10**6), q, 60, cap=10) == 60  # the cap never goes below the base
+    # requeued (by the reconciler or a hand-back) after the last send: the back-off starts over
+    assert redispatch_interval(at(5000), at(5000 + 1), 60) == 60
+    assert redispatch_due(at(100), None, q, 60)
+    assert not redispatch_due(at(1000 + 999), at(1000), q, 60) and redispatch_due(at(2000), at(1000), q, 60)
+
+
+def test_evaluations_waiting_for_an_active_source_are_not_redispatched(store):
+    from api import crud
+
+    src = add_job(store.sessions)
+    ev = add_job(store.sessions, {"kind": "evaluate", "source_job_id": src, "data": {"dataset": "synthetic"}})
+    rec = Recorder()
+    out = reconcile_once(store.sessions, store.settings, dispatch=rec)
+    assert out["redispatched"] == [src] and rec.sent == [(src, "gpu")]
+    with store.sessions() as s, s.begin():
+        assert crud.transition(s, src, "queued", "running", owner="w")
+        s.execute(update(Job).where(Job.id == ev).values(dispatched_at=utcnow()))  # sent at submit time
+    assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == []
+    # the source ends (here: fails) after the evaluation's last dispatch: sent at once, then not again
+    with store.sessions() as s, s.begin():
+        assert crud.transition(s, src, "running", "failed", error="boom")
+    assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == [ev]
+    assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == []
