@@ -3,6 +3,9 @@
     embedded (no PRETEXTLAB_BROKER_URL): uvicorn + LOCAL_WORKERS local workers polling SQL + reconciler
     with a broker:                        uvicorn + reconciler (Celery workers run jobs elsewhere)
 
+It binds 127.0.0.1 by default and refuses a non-loopback address (``--host 0.0.0.0``,
+``PRETEXTLAB_HOST``) unless ``PRETEXTLAB_API_TOKENS`` is set: never an unauthenticated API on the network.
+
 SIGINT/SIGTERM: the API stops accepting requests, each local worker checkpoints its running job at
 the next step boundary and hands it back to the queue (``running -> queued``), then the process exits.
 """
@@ -10,6 +13,7 @@ the next step boundary and hands it back to the queue (``running -> queued``), t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -23,6 +27,37 @@ JOIN_TIMEOUT_S = 120.0  # a job checkpoints at its next step boundary; this is o
 
 class SchemaNotReady(SystemExit):
     pass
+
+
+class UnsafeBind(SystemExit):
+    pass
+
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or a loopback name. Anything else -- 0.0.0.0, ::, an interface address, a
+    hostname that resolves who knows where, an empty host (all interfaces) -- is reachable from outside."""
+    h = (host or "").strip().strip("[]")
+    if h.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Any) -> None:
+    """Refuse to serve on a non-loopback address with authentication off."""
+    if is_loopback(str(settings.host)) or settings.token_list():
+        return
+    raise UnsafeBind(
+        f"pretextlab: refusing to serve on {settings.host}:{settings.port} without API tokens: anyone who "
+        "can reach this address could submit jobs and read every artifact. Set PRETEXTLAB_API_TOKENS "
+        "(comma-separated bearer tokens; clients send `Authorization: Bearer <token>`), or bind to "
+        "127.0.0.1 (the default)."
+    )
 
 
 def _app(settings: Any) -> Any:
@@ -77,6 +112,7 @@ def serve(settings: Any) -> None:
 
     logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_bind(settings)
     check_schema(settings)
     stop_event = threading.Event()
     config = uvicorn.Config(_app(settings), host=settings.host, port=int(settings.port),
