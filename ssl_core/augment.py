@@ -292,39 +292,52 @@ class RandomResizedCrop(AugmentOpImpl):
         }
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
-        return crop_resize(x, params["top"], params["left"], params["height"], params["width"], self.out_size)
+        """params may carry "flip" (B,) bool: a following horizontal flip fused in (see Pipeline)."""
+        return crop_resize(x, params["top"], params["left"], params["height"], params["width"], self.out_size,
+                           params.get("flip"))
 
 
-def crop_resize(x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int) -> Tensor:
-    """Crop per-sample boxes (B,) and resize each to size x size, for the whole batch in one
-    ``grid_sample``: the same as torchvision's crop-then-resize per image.
+def crop_resize(
+    x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int, flip: Tensor | None = None,
+) -> Tensor:
+    """Crop per-sample boxes (B,) and resize each to size x size, for the whole batch in two
+    batched matrix products: the same as torchvision's crop-then-resize per image.
 
-    Output pixel k of a box [l, l + w) samples the source at l + (k + 0.5) w / size - 0.5,
-    clamped into the box (``interpolate(bilinear, align_corners=False)`` of the crop, so
-    pixels outside the box never leak in). When a box can be larger than the output
-    (input side > size), each output pixel averages s x s sub-samples, s = ceil(input / size)
-    -- a box filter standing in for torchvision's anti-aliasing (s is fixed by the shapes,
-    so nothing is read back from the device).
+    Bilinear resizing of an axis-aligned box is separable: out = W_y x W_x^T per image and
+    channel, where row k of W_x (size, in_w) holds the bilinear weights max(0, 1 - |j - s_k|)
+    of output column k, s_k = l + (k + 0.5) w / size - 0.5 clamped into the box [l, l + w - 1]
+    (``interpolate(bilinear, align_corners=False)`` of the crop, so pixels outside the box
+    never leak in). When a box can be larger than the output (input side > size), each
+    output pixel averages s x s sub-samples, s = ceil(input / size) (averaged rows of W) --
+    a box filter standing in for torchvision's anti-aliasing (s is fixed by the shapes, so
+    nothing is read back from the device). `flip` (B,) bool mirrors the output of those
+    samples left-right (W_x's rows reversed): a horizontal flip fused into the crop.
+
+    Two small batched matmuls cost less than one ``grid_sample`` (which computes indices and
+    weights per output pixel), and the weights are (B, size, side), not per pixel.
     """
-    b, _, in_h, in_w = x.shape
+    b, c, in_h, in_w = x.shape
     s = max(1, math.ceil(max(in_h, in_w) / size))
     n = size * s
     # sub-sample centres in output-pixel units: (k + (j + 0.5) / s) for k < size, j < s
-    pos = (torch.arange(n, device=x.device, dtype=x.dtype) + 0.5) / s  # (n,)
+    idx = torch.arange(n, device=x.device, dtype=x.dtype).view(1, n)
+    pos_y = ((idx + 0.5) / s).expand(b, n)
+    # a mirrored sample reads its columns in reverse order (flipped output, exact)
+    pos_x = pos_y if flip is None else torch.where(flip.view(b, 1), (n - 0.5 - idx) / s, pos_y)
 
-    def axis(start: Tensor, length: Tensor, side: int) -> Tensor:
+    def weights(pos: Tensor, start: Tensor, length: Tensor, side: int) -> Tensor:  # (B, size, side)
         start, length = start.to(x.dtype).view(b, 1), length.to(x.dtype).view(b, 1)
-        src = start + pos.view(1, n) * length / size - 0.5
-        src = torch.minimum(torch.maximum(src, start), start + length - 1)
-        return src * (2.0 / max(side - 1, 1)) - 1.0  # align_corners=True normalisation
+        src = start + pos * length / size - 0.5
+        src = torch.minimum(torch.maximum(src, start), start + length - 1)  # (B, n)
+        j = torch.arange(side, device=x.device, dtype=x.dtype).view(1, 1, side)
+        wgt = (1.0 - (j - src.view(b, n, 1)).abs()).clamp_(min=0.0)  # bilinear (triangle) weights
+        return wgt.view(b, size, s, side).mean(2) if s > 1 else wgt
 
-    gx = axis(left, width, in_w).view(b, 1, n).expand(b, n, n)
-    gy = axis(top, height, in_h).view(b, n, 1).expand(b, n, n)
-    grid = torch.stack((gx, gy), -1)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    if s > 1:
-        out = F.avg_pool2d(out, s)
-    return out.clamp_(0.0, 1.0)
+    wy = weights(pos_y, top, height, in_h)  # (B, size, in_h)
+    wx = weights(pos_x, left, width, in_w)  # (B, size, in_w)
+    rows = torch.matmul(wy.unsqueeze(1), x)  # (B, C, size, in_w)
+    out = torch.bmm(rows.reshape(b, c * size, in_w), wx.transpose(1, 2))  # (B, C * size, size)
+    return out.view(b, c, size, size).clamp_(0.0, 1.0)
 
 
 class RandomCrop(AugmentOpImpl):
@@ -436,39 +449,73 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue by `shift` (B,) turns in [-0.5, 0.5]; identity on 1 channel.
+    x: (B, 3, ...) in [0, 1] (any trailing shape).
 
-    torchvision's HSV round trip, fused: the hue h (in sixths) comes from the channel order,
-    value and chroma (max - min) are kept, and channel n of the result is
-    max - chroma * clamp(min(k, 4 - k), 0, 1) with k = (n + h + 6 shift) mod 6, n = 5, 3, 1."""
+    torchvision's HSV round trip, fused and branch-free: value (max) and chroma
+    C = max - min are kept; the hue in sixths h = 2 i + (x[i+1] - x[i+2]) / C comes from the
+    channel i holding the max (r before g before b on ties -- tied channels give the same h);
+    channel n of the result is min + C clamp(d_n - 1, 0, 1), d_n the circular distance
+    (period 6) from h + 6 shift to the channel's centre (R 3, G 5, B 1) -- the same as
+    torchvision's ``v - v s clamp(min(k, 4 - k), 0, 1)``.
+
+    Cost: CPU comparisons and ``torch.where`` on full tensors are slow (bool tensors are
+    not vectorised: 5-25x an add), so the max channel is picked with ``ceil`` and ``lerp``
+    (exact selections: weight 0 or 1), and the period is handled by ``|6 - d|`` instead of
+    ``remainder``.
+    """
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
+    b = x.shape[0]
+    v = x.reshape(b, 3, -1)
+    maxc = v.amax(1, keepdim=True)  # (B, 1, N)
+    minc = v.amin(1, keepdim=True)
     chroma = maxc - minc
-    inv = 1.0 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    h6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
-    h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
-    n = _const((5.0, 3.0, 1.0), x).view(1, 3, 1, 1)
-    k = torch.remainder(n + h6, 6.0)
-    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return (maxc.unsqueeze(1) - chroma.unsqueeze(1) * t).clamp_(0.0, 1.0)
+    # 1 / C; C = 0 gives h = 0 (numerators are 0 there too) and the pixel stays gray for any h
+    inv = chroma.clamp_min(1e-30).reciprocal_()
+    r, g, bl = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    # exactly 0 where r (g) holds the max, else 1 (x in [0, 1]: the difference is in [0, 1])
+    not_max = (maxc - v[:, :2]).ceil_().clamp_(max=1.0)
+    h_r = g - bl
+    h_g = (bl - r).add_(chroma, alpha=2.0)
+    h_b = (r - g).add_(chroma, alpha=4.0)
+    # r if r is max, else g if g is max, else b (lerp with weight 0 / 1 selects exactly)
+    h6 = torch.lerp(h_r, torch.lerp(h_g, h_b, not_max[:, 1:2]), not_max[:, 0:1])
+    h6 = h6.mul_(inv).add_((6.0 * shift).to(x.dtype).view(b, 1, 1))  # in [-4, 8]
+    d = (h6 - _const((3.0, 5.0, 1.0), x).view(1, 3, 1)).abs_()  # (B, 3, N), in [0, 9]
+    circ = torch.minimum(d, (6.0 - d).abs_())  # circular distance, period 6
+    p = circ.sub_(1.0).clamp_(0.0, 1.0)
+    return p.mul_(chroma).add_(minc).clamp_(0.0, 1.0).view_as(x)
 
 
-def _blend_step(x: Tensor, op: Tensor, f: Tensor) -> Tensor:
-    """One jitter position, brightness / contrast / saturation fused: sample b runs op[b]
-    (0 brightness, 1 contrast, 2 saturation, other = none) with factor f[b]. Each is
-    clamp(f x + (1 - f) ref) with ref = 0, the image's mean luma, or the pixel's luma."""
-    one = torch.ones_like(f)
-    a = torch.where(op <= 2, f, one)
-    w_mean = torch.where(op == 1, 1.0 - f, torch.zeros_like(f))
-    w_luma = torch.where(op == 2, 1.0 - f, torch.zeros_like(f)) if x.shape[1] == 3 else torch.zeros_like(f)
-    if x.shape[1] == 1:
-        a = torch.where(op == 2, one, a)  # saturation: identity on gray images
-    luma = _luma(x)
-    mean = luma.mean(dim=(1, 2, 3), keepdim=True)
-    # the reference is one channel: build it there, then one fused multiply-add over C channels
-    ref = torch.addcmul(w_mean.view(-1, 1, 1, 1) * mean, w_luma.view(-1, 1, 1, 1), luma)
-    return torch.addcmul(ref, a.view(-1, 1, 1, 1), x).clamp_(0.0, 1.0)
+def _jitter_coefficients(op: Tensor, f: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Brightness / contrast / saturation as one per-sample colour map, for every step at once.
+
+    op, f: (B, S) op index (0 brightness, 1 contrast, 2 saturation, other = none) and factor
+    of each of S steps. Each op is clamp(a x + w_luma luma(x) + w_mean mean_luma(x)): returns
+    the (B, S, C, C) colour matrices M = a I + w_luma 1 luma^T, the (B, S) weights of the
+    image's mean luma, and the (C,) luma weights."""
+    one, zero = torch.ones_like(f), torch.zeros_like(f)
+    sat = op == 2
+    if channels == 1:  # saturation is the identity on gray images
+        a = torch.where(op <= 1, f, one)
+        w_luma = zero
+        lw = torch.ones(1, dtype=f.dtype, device=f.device)
+    else:
+        a = torch.where(op <= 2, f, one)
+        w_luma = torch.where(sat, 1.0 - f, zero)
+        lw = _const(_LUMA, f)
+    w_mean = torch.where(op == 1, 1.0 - f, zero)
+    eye = torch.eye(channels, dtype=f.dtype, device=f.device)
+    mats = a[..., None, None] * eye + w_luma[..., None, None] * lw.view(1, 1, 1, channels)
+    return mats, w_mean, lw
+
+
+def _blend_step(v: Tensor, mat: Tensor, w_mean: Tensor, lw: Tensor) -> Tensor:
+    """One jitter step for the batch: v (B, C, N) -> clamp(mat @ v + w_mean mean_luma(v)).
+    One reduction and one batched 3x3 matmul over the image: a sample whose op is 'none' gets
+    the identity matrix and a zero weight, which reproduce v exactly."""
+    mean_luma = v.mean(2) @ lw  # (B,): the mean of the luma = the luma of the channel means
+    return torch.baddbmm((w_mean * mean_luma).view(-1, 1, 1), mat, v).clamp_(0.0, 1.0)
 
 
 class ColorJitter(AugmentOpImpl):
@@ -481,8 +528,11 @@ class ColorJitter(AugmentOpImpl):
 
     Cost: the hue (an HSV round trip) is computed once per batch, not once per position:
     each sample runs the cheap ops placed before its hue (positions 0-2), then its hue,
-    then the cheap ops placed after it (positions 1-3); the three cheap ops share one fused
-    blend per position. Same result as applying the four in order.
+    then the cheap ops placed after it (positions 1-3). Brightness, contrast and saturation
+    are each clamp(M x + w mean_luma) with a per-sample 3x3 colour matrix M, so each of the
+    six steps is one channel-mean reduction, one batched matmul and one clamp for the whole
+    batch (identity for samples with nothing at that step). Same result as applying the
+    four in order; the hue's shift is 0 where the jitter is not applied.
     """
 
     def sample(self, batch, height, width, channels, device, generator) -> Params:
@@ -499,22 +549,28 @@ class ColorJitter(AugmentOpImpl):
         return out
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
+        b, c, h, w = x.shape
         order = params["order"]
         factors = torch.stack((params["brightness"], params["contrast"], params["saturation"],
                                torch.ones_like(params["brightness"])), 1).to(x.dtype)  # (B, 4)
-        hue_pos = torch.argmax((order == 3).to(torch.int8), dim=1)  # (B,) position of the hue
-        none = torch.full_like(order[:, 0], 3)
-        # cheap ops before the hue
-        for k in range(3):
-            op = torch.where(hue_pos > k, order[:, k], none)
-            x = _blend_step(x, op, factors.gather(1, order[:, k : k + 1]).squeeze(1))
-        if x.shape[1] == 3 and self.spec.hue > 0:
-            x = _where(params["apply"], adjust_hue(x, params["hue"].to(x.dtype)), x)
-        # cheap ops after the hue
-        for k in range(1, 4):
-            op = torch.where(hue_pos < k, order[:, k], none)
-            x = _blend_step(x, op, factors.gather(1, order[:, k : k + 1]).squeeze(1))
-        return x
+        hue_pos = torch.argmax((order == 3).to(torch.int8), dim=1, keepdim=True)  # (B, 1)
+        k = torch.arange(4, device=x.device).view(1, 4)
+        none = torch.full_like(order, 3)
+        # steps 0-2: the op at position k if it comes before the hue; steps 3-5: position
+        # k = 1..3 if it comes after the hue
+        before = torch.where(k[:, :3] < hue_pos, order[:, :3], none[:, :3])
+        after = torch.where(k[:, 1:] > hue_pos, order[:, 1:], none[:, 1:])
+        ops = torch.cat((before, after), 1)  # (B, 6)
+        f = factors.gather(1, torch.cat((order[:, :3], order[:, 1:]), 1))  # (B, 6)
+        mats, w_mean, lw = _jitter_coefficients(ops, f, c)
+        v = x.reshape(b, c, h * w)
+        for step in range(3):
+            v = _blend_step(v, mats[:, step], w_mean[:, step], lw)
+        if c == 3 and self.spec.hue > 0:
+            v = adjust_hue(v, params["hue"])  # shift 0 where not applied
+        for step in range(3, 6):
+            v = _blend_step(v, mats[:, step], w_mean[:, step], lw)
+        return v.view(b, c, h, w)
 
 
 class Grayscale(AugmentOpImpl):
@@ -523,7 +579,9 @@ class Grayscale(AugmentOpImpl):
     def apply(self, x: Tensor, params: Params) -> Tensor:
         if x.shape[1] == 1:
             return x
-        return _where(params["apply"], _luma(x).expand_as(x), x)
+        # lerp with weight 0 / 1 returns exactly x / the luma; cheaper than torch.where on CPU
+        w = params["apply"].to(x.dtype).view(-1, 1, 1, 1)
+        return torch.lerp(x, _luma(x).expand_as(x), w)
 
 
 class HSVPower(AugmentOpImpl):
@@ -756,6 +814,11 @@ def build_op(spec: Any, out_size: int) -> AugmentOpImpl:
     return OP_CLASSES[spec.op](spec, out_size)
 
 
+# ops that commute with a horizontal mirror (pixel-wise colour ops; a symmetric blur kernel
+# with reflect padding), so a flip after them can be fused into a preceding crop
+_FLIP_EQUIVARIANT = (ColorJitter, Grayscale, GaussianBlur, Solarize)
+
+
 class Pipeline:
     """The ops in order, on a batch. Input (B, C, H, W) uint8 or float in [0, 1] on any device;
     output float32 (B, C, out_size, out_size) in [0, 1].
@@ -780,9 +843,29 @@ class Pipeline:
     def _run(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self._resizes and (x.shape[2], x.shape[3]) != (self.out_size, self.out_size):
             x = resize(x, self.out_size)
-        for op in self.ops:
+        ops, i = self.ops, 0
+        while i < len(ops):
+            op = ops[i]
             b, c, h, w = x.shape
-            x = op.apply(x, op.sample(b, h, w, c, x.device, generator))
+            params = op.sample(b, h, w, c, x.device, generator)
+            j = i + 1
+            if isinstance(op, RandomResizedCrop):
+                while j < len(ops) and type(ops[j]) in _FLIP_EQUIVARIANT:
+                    j += 1
+            if isinstance(op, RandomResizedCrop) and j < len(ops) and type(ops[j]) is HorizontalFlip:
+                # crop, [ops that commute with a mirror,] flip (SimCLR, MoCo v2): the flip is
+                # fused into the crop's column weights. Parameters are drawn in the pipeline's
+                # order, so the generator yields the same values as unfused.
+                s = op.out_size
+                between = [(o, o.sample(b, s, s, c, x.device, generator)) for o in ops[i + 1 : j]]
+                flip = ops[j].sample(b, s, s, c, x.device, generator)["apply"]
+                x = op.apply(x, {**params, "flip": flip})
+                for o, p in between:
+                    x = o.apply(x, p)
+                i = j + 1
+                continue
+            x = op.apply(x, params)
+            i += 1
         if (x.shape[2], x.shape[3]) != (self.out_size, self.out_size):  # a crop that was not last-sized
             x = resize(x, self.out_size)
         return x

@@ -123,6 +123,52 @@ def test_random_resized_crop_matches_torchvision() -> None:
     assert (p["top"] + p["height"] <= 16).all() and (p["left"] + p["width"] <= 16).all()
 
 
+def test_crop_resize_shrinking_averages_sub_samples_and_fuses_the_flip() -> None:
+    """A box larger than the output: each output pixel is the mean of s x s bilinear
+    sub-samples (s = ceil(input / size)); crop_resize's flip mirrors exactly that output."""
+    x = images(b=4, side=20)
+    top, left = torch.tensor([0, 2, 5, 1]), torch.tensor([0, 3, 1, 7])
+    height, width = torch.tensor([20, 15, 12, 9]), torch.tensor([20, 17, 14, 13])
+    y = A.crop_resize(x, top, left, height, width, 8)
+    s, n = 3, 24  # ceil(20 / 8), 8 * 3 sub-samples per axis
+
+    def ref(i, im):
+        crop = im[:, int(top[i]): int(top[i] + height[i]), int(left[i]): int(left[i] + width[i])]
+        pos = (torch.arange(n, dtype=torch.float64) + 0.5) / s  # output-pixel units
+
+        def taps(length):
+            src = (pos * length / 8 - 0.5).clamp(0, length - 1)
+            lo = src.floor().long()
+            hi = (lo + 1).clamp(max=length - 1)
+            return lo, hi, src - lo
+
+        (y0, y1, fy), (x0, x1, fx) = taps(int(height[i])), taps(int(width[i]))
+        c = crop.double()
+        rows = c[:, y0] * (1 - fy).view(1, n, 1) + c[:, y1] * fy.view(1, n, 1)
+        sub = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx  # (C, n, n)
+        return torch.nn.functional.avg_pool2d(sub.unsqueeze(0), s)[0].float()
+
+    torch.testing.assert_close(y, per_image(x, ref), rtol=0, atol=TOL)
+    flip = torch.tensor([True, False, True, False])
+    yf = A.crop_resize(x, top, left, height, width, 8, flip)
+    torch.testing.assert_close(yf, torch.where(flip.view(4, 1, 1, 1), y.flip(-1), y), rtol=0, atol=1e-6)
+
+
+def test_pipeline_fuses_the_flip_into_the_crop_with_the_same_draws() -> None:
+    """SimCLR's crop, flip, jitter, gray (and MoCo v2's crop, jitter, gray, blur, flip): the
+    pipeline folds the flip into the crop and must give what the ops give one by one, with
+    the generator consumed in the pipeline's order."""
+    for m in (specs.SimCLRSpec(), specs.MoCoSpec(version=2)):
+        pipe = A.build_pipeline(specs.default_augment(m, 16), 16)
+        x = (images(b=16, side=20) * 255).to(torch.uint8)
+        g = gen(4)
+        ref = A.to_float(x)
+        for op in pipe.ops:
+            b, c, h, w = ref.shape
+            ref = op.apply(ref, op.sample(b, h, w, c, ref.device, g))
+        torch.testing.assert_close(pipe(x, gen(4)), ref, rtol=0, atol=1e-5)
+
+
 def test_random_resized_crop_resizes_to_out_size() -> None:
     x = images(b=3, side=20)
     y, _ = run(op_with("random_resized_crop", out_size=8, p=1.0), x)
@@ -179,6 +225,26 @@ def test_color_jitter_matches_torchvision_in_per_sample_order(channels: int) -> 
     torch.testing.assert_close(y, per_image(x, ref), rtol=0, atol=TOL)
     orders = {tuple(o) for o in p["order"].tolist()}
     assert len(orders) > 1, "the order is drawn per sample"
+
+
+def test_adjust_hue_matches_torchvision_on_ties_grays_and_extreme_shifts() -> None:
+    """The branch-free hue (channel of the max picked by ceil/lerp, period by |6 - d|) on the
+    cases a branchy formula gets wrong: channels tied at the max or min, gray pixels, black,
+    white, saturated primaries, and shifts up to +-0.5 turn."""
+    g = gen(3)
+    x = (torch.randint(0, 256, (24, 3, 4, 4), generator=g).float() / 255)
+    x[0:4] = x[0:4, :1]  # gray
+    x[4:8, 1] = x[4:8, 0]  # r == g
+    x[8:12, 2] = x[8:12, 1]  # g == b
+    x[12:14] = 0.0
+    x[14:16] = 1.0
+    x[16, :, :, :] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    x[17, :, :, :] = torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1)
+    shift = torch.linspace(-0.5, 0.5, 24)
+    y = A.adjust_hue(x, shift)
+    ref = per_image(x, lambda i, im: TF.adjust_hue(im, float(shift[i])))
+    torch.testing.assert_close(y, ref, rtol=0, atol=TOL)
+    torch.testing.assert_close(A.adjust_hue(x, torch.zeros(24)), x, rtol=0, atol=1e-5)  # shift 0: identity
 
 
 def test_grayscale_matches_torchvision_and_is_identity_on_one_channel() -> None:
