@@ -18,8 +18,9 @@ Sources (torchvision's dataset classes where they exist, always ``download=False
   memory-mapped from ``stl10_binary/unlabeled_X.bin`` instead of read into RAM.
 * image_folder -- class sub-folders (torchvision ``ImageFolder`` finds them), optionally under
   ``train/`` and ``test/``; a flat folder of images is an unlabeled set. Decoded once, in
-  DataLoader workers, resized (shorter side) and centre-cropped; :func:`stream_image_folder`
-  streams folders too big for memory.
+  DataLoader workers, resized (shorter side) and centre-cropped. A folder too big for memory
+  (over PRETEXTLAB_MAX_IN_MEMORY_BYTES decoded) is streamed instead: :func:`streaming_samples`
+  tells the trainer which files, :func:`stream_image_folder` is a ready-made DataLoader.
 * synthetic -- procedurally generated 32x32 shapes (4 classes), for tests and demos.
 
 Downloads happen only when ``PRETEXTLAB_ALLOW_DOWNLOAD=1``; otherwise missing data raises
@@ -398,6 +399,52 @@ def _decode_workers(n: int) -> int:
     return 0 if n < 512 else min(8, os.cpu_count() or 1)
 
 
+def max_in_memory_bytes() -> int:
+    """PRETEXTLAB_MAX_IN_MEMORY_BYTES (default 8 GiB): the largest decoded image folder held in memory."""
+    return int(os.environ.get("PRETEXTLAB_MAX_IN_MEMORY_BYTES", DEFAULT_MAX_IN_MEMORY_BYTES))
+
+
+def loader_workers() -> int:
+    """DataLoader decode workers for the streaming path: PRETEXTLAB_LOADER_WORKERS, else one per
+    usable CPU core but one (the main process feeds the device), at most 16."""
+    env = os.environ.get("PRETEXTLAB_LOADER_WORKERS", "").strip()
+    if env:
+        return max(0, int(env))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores - 1))
+
+
+def subset_indices(n: int, subset: int | None, seed: int) -> Tensor | None:
+    """The seeded random subset of ``subset`` of ``n`` items, in their original order (None: all)."""
+    if subset is None or subset >= n:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:subset].sort().values
+
+
+def streaming_samples(
+    name: str, split: str, *, path: str | None, image_size: int, channels: int,
+    subset: int | None = None, seed: int = 0,
+) -> list[tuple[str, int]] | None:
+    """The (file, label) pairs to stream when an image folder is too big for memory, else None.
+
+    An image folder whose decoded uint8 tensor (every file of the split, C x S x S bytes each)
+    exceeds :func:`max_in_memory_bytes` is refused by :func:`load_dataset`; the trainer streams it
+    instead (DataLoader workers decode each batch, :class:`DecodedImages`). ``subset`` selects the
+    same files :func:`load_dataset` would keep. Other datasets are never streamed: they need no
+    decoding (STL-10's unlabeled split is a memory-mapped uint8 view that is sliced per batch).
+    """
+    if name != "image_folder":
+        return None
+    if path is None:
+        raise DatasetError("dataset image_folder: needs data.path (a folder inside the allowed data roots)")
+    samples, _ = image_folder_files(resolve_path(path), split)
+    if len(samples) * channels * image_size * image_size <= max_in_memory_bytes():
+        return None
+    keep = subset_indices(len(samples), subset, seed)
+    return samples if keep is None else [samples[i] for i in keep.tolist()]
+
+
 def _load_image_folder(
     split: str, path: Path | None, size: int | None, channels: int | None
 ) -> tuple[Tensor, Tensor | None, int | None]:
@@ -406,12 +453,13 @@ def _load_image_folder(
     channels = channels or specs.DATASETS["image_folder"].channels
     samples, classes = image_folder_files(path, split)
     need = len(samples) * channels * size * size
-    limit = int(os.environ.get("PRETEXTLAB_MAX_IN_MEMORY_BYTES", DEFAULT_MAX_IN_MEMORY_BYTES))
+    limit = max_in_memory_bytes()
     if need > limit:
         raise DatasetError(
             f"dataset image_folder: {len(samples)} images at {size} px need {need / 2**30:.1f} GiB decoded, more "
-            f"than PRETEXTLAB_MAX_IN_MEMORY_BYTES ({limit / 2**30:.1f} GiB); use a smaller image_size or subset, "
-            "raise the limit, or stream it with ssl_core.data.stream_image_folder()"
+            f"than PRETEXTLAB_MAX_IN_MEMORY_BYTES ({limit / 2**30:.1f} GiB); use a smaller image_size, "
+            "raise the limit, or stream it with ssl_core.data.stream_image_folder() (pretraining streams "
+            "such folders by itself)"
         )
     images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.long)
@@ -559,9 +607,8 @@ def load_dataset(
     if channels == info.channels:
         channels = None
     x, y, k = _cached(str(data_root()), name, split, resolved, size, channels)
-    if subset is not None and subset < x.shape[0]:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(x.shape[0], generator=g)[:subset].sort().values
+    idx = subset_indices(int(x.shape[0]), subset, seed)
+    if idx is not None:
         x = x[idx]
         y = y[idx] if y is not None else None
     return ImageTensorDataset(images=x, labels=y, num_classes=k, name=name, split=split)
@@ -607,5 +654,6 @@ def clear_cache() -> None:
 __all__ = [
     "DATASET_LOADERS", "DatasetError", "DecodedImages", "ImageTensorDataset", "allowed_roots", "clear_cache",
     "convert_channels", "data_root", "dataset_spec_loader", "image_folder_files", "load_dataset",
-    "load_from_spec", "make_synthetic", "prepare", "resize_images", "resolve_path", "stream_image_folder",
+    "load_from_spec", "loader_workers", "make_synthetic", "max_in_memory_bytes", "prepare", "resize_images",
+    "resolve_path", "stream_image_folder", "streaming_samples", "subset_indices",
 ]

@@ -11,16 +11,39 @@ Determinism: the data order of epoch ``e`` is a permutation drawn from a generat
 epochs of K x its prepared set: the permutation is over N*K, taken mod N); the augmentation
 generator, the global torch RNG (CPU and CUDA), Python's and NumPy's RNGs are saved in the checkpoint. A run stopped at any step
 boundary and resumed produces the same weights as an uninterrupted one (on CPU in fp32).
+
+Resuming continues *the same run*: the checkpoint's spec is compared with the current one and any
+difference raises :class:`ResumeMismatchError` naming the fields (dotted paths), except
+:data:`RESUME_MAY_CHANGE` -- fields that change how the run is executed or reported, not what it
+computes: ``device``, ``precision``, ``compile``, ``channels_last`` (a resumed run on another GPU type is
+legitimate; the numbers then differ in the last bits, as on any other device), ``log_every``,
+``checkpoint_every`` and ``eval`` (the kNN monitor runs in eval mode without gradients; ``eval.after`` is
+read when the run succeeds). ``epochs`` may grow (never shrink): the learning-rate schedule is then
+re-planned over the new total from the current step (so the result differs from a run planned that
+long from the start), and an ``optim`` left to the method's recipe follows the new epochs (e.g. SimCLR's
+warmup of epochs/10, MoCo v1's milestones at 60%/80%).
+
+Data sources (both yield uint8 (B, C, H, W) batches on the device in the same epoch order):
+:class:`TensorBatches` -- the whole (prepared) split as one tensor on the device, indexed per batch;
+STL-10's memory-mapped unlabeled split takes this path too (on CPU it stays a memmap view sliced per
+batch, the page cache holding it; on a GPU its 2.7 GB are copied to the device once).
+:class:`StreamingBatches` -- an image folder whose decoded tensor exceeds PRETEXTLAB_MAX_IN_MEMORY_BYTES
+(``ssl_core.data.streaming_samples``; set it to 0 to force streaming): DataLoader workers
+(PRETEXTLAB_LOADER_WORKERS, default one per core but one; persistent) decode each batch into pinned
+memory, copied with ``non_blocking=True``; an epoch-seeded batch sampler gives the same order as the
+in-memory path, and a mid-epoch resume starts at batch k without decoding the first k. A method whose
+``prepare_data`` builds its own training set from the whole split (Exemplar-CNN's seed selection) needs
+the in-memory path and refuses streaming.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +56,12 @@ from ssl_core.runtime import atomic_write, autocast, resolve_device, resolve_pre
 from ssl_core.specs import PretrainSpec, method_label
 
 CHECKPOINT_VERSION = 1
+# spec fields a resume may change: they alter how the run executes or reports, not its math (see above)
+RESUME_MAY_CHANGE = ("device", "precision", "compile", "channels_last", "log_every", "checkpoint_every", "eval")
+
+
+class ResumeMismatchError(PermanentError):
+    """The out dir holds a checkpoint of a different run (its spec differs beyond RESUME_MAY_CHANGE)."""
 
 
 @dataclass
@@ -52,6 +81,148 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+# ---------------------------------------------------------------------------------------------
+# Resume: the same run only
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ (lists of equal length element-wise)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(a.keys() | b.keys()):
+            path = f"{prefix}.{k}" if prefix else str(k)
+            out += [path] if (k in a) != (k in b) else _diff_paths(a[k], b[k], path)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff_paths(x, y, f"{prefix}.{i}")]
+    return [] if a == b else [prefix or "spec"]
+
+
+def check_resume_spec(stored_json: str, spec: PretrainSpec) -> None:
+    """Raise :class:`ResumeMismatchError` unless ``spec`` continues the checkpoint's run: equal but for
+    :data:`RESUME_MAY_CHANGE` and a grown ``epochs`` (with an ``optim`` that is the method's recipe in
+    both, whatever it derives from the epochs)."""
+    from ssl_core.specs import default_optim
+
+    old, new = json.loads(stored_json), json.loads(spec.model_dump_json())
+    problems: list[str] = []
+    old_epochs = old.get("epochs")
+    if isinstance(old_epochs, int) and spec.epochs < old_epochs:
+        problems.append(f"epochs ({old_epochs} -> {spec.epochs}: a resumed run may add epochs, not remove them)")
+    for key in (*RESUME_MAY_CHANGE, "epochs"):
+        old.pop(key, None), new.pop(key, None)
+    if isinstance(old_epochs, int) and old.get("optim") is not None:
+        recipe = lambda epochs: json.loads(default_optim(spec.method, spec.batch_size, epochs).model_dump_json())  # noqa: E731
+        if old["optim"] == recipe(old_epochs) and new["optim"] == recipe(spec.epochs):
+            old.pop("optim"), new.pop("optim")
+    problems += _diff_paths(old, new)
+    if problems:
+        raise ResumeMismatchError(
+            "the checkpoint in this out dir belongs to a different run; resuming may only grow epochs or change "
+            f"{', '.join(RESUME_MAY_CHANGE)}. Differing: {', '.join(problems)}. "
+            "Use a new out dir for a new run (or the checkpoint's spec to continue it)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources: uint8 (B, C, H, W) batches on the device, an epoch in epoch_permutation order
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Index lists of one epoch's batches (drop_last), from batch ``start`` on: set_epoch() before each
+    iter(). Lives in the main process, so persistent DataLoader workers see the new epoch."""
+
+    def __init__(self, seed: int, n: int, batch: int):
+        self.seed, self.n, self.batch, self.epoch, self.start = seed, n, batch, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = epoch_permutation(self.seed, self.epoch, self.n)
+        for i in range(self.start, self.n // self.batch):
+            yield perm[i * self.batch:(i + 1) * self.batch].tolist()
+
+    def __len__(self) -> int:
+        return self.n // self.batch - self.start
+
+
+class TensorBatches:
+    """The prepared set held on the device; batch i of an epoch indexes it with the epoch's permutation.
+
+    An epoch may visit the prepared set ``repeats`` times (Exemplar-CNN: K samples per surrogate class);
+    the repeats are indices into the same tensors (taken mod N), never copies of the images."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor | None, repeats: int, batch: int, seed: int):
+        self.images, self.targets, self.batch, self.seed = images, targets, batch, seed
+        self.n_prepared = int(images.shape[0])
+        self.n = self.n_prepared * repeats  # samples per epoch
+
+    def __len__(self) -> int:  # steps per epoch (drop_last: contrastive losses want full batches)
+        return self.n // self.batch
+
+    def epoch(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        perm = epoch_permutation(self.seed, epoch, self.n).remainder_(self.n_prepared).to(self.images.device)
+        for i in range(start, len(self)):
+            idx = perm[i * self.batch:(i + 1) * self.batch]
+            yield self.images[idx], (self.targets[idx] if self.targets is not None else None)
+
+    def close(self) -> None:
+        pass
+
+
+class StreamingBatches:
+    """Files decoded by DataLoader workers into pinned uint8 batches, then copied to the device
+    (``non_blocking``: the copy overlaps the previous step). Same epoch order as TensorBatches."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: int, channels: int, batch: int, seed: int,
+                 device: torch.device, workers: int):
+        from ssl_core.data import DecodedImages
+
+        self.n, self.batch, self.device = len(samples), batch, device
+        self.sampler = EpochBatchSampler(seed, self.n, batch)
+        self.loader = torch.utils.data.DataLoader(
+            DecodedImages(samples, size, channels), batch_sampler=self.sampler, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            # the loader's base seed is drawn from this generator, not the global RNG (saved in checkpoints)
+            generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return self.n // self.batch
+
+    def epoch(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, None]]:
+        self.sampler.set_epoch(epoch, start)
+        for x, _ in self.loader:  # labels of a folder are not pretext targets
+            yield x.to(self.device, non_blocking=True), None
+
+    def close(self) -> None:
+        it = getattr(self.loader, "_iterator", None)  # the persistent workers' iterator
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
+
+def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.device) -> TensorBatches | StreamingBatches:
+    """In memory when the split fits (after the method's prepare_data), else streamed from disk."""
+    from ssl_core.data import load_dataset, loader_workers, streaming_samples
+    from ssl_core.methods.base import SSLMethod
+
+    d = spec.data
+    size, channels = d.resolved_image_size, d.resolved_channels
+    samples = streaming_samples(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
+                                subset=d.subset, seed=spec.seed)
+    if samples is None:
+        ds = load_dataset(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
+                          subset=d.subset, seed=spec.seed)
+        prep_gen = torch.Generator(device=device).manual_seed(spec.seed)  # fresh on resume: same result
+        images, targets = method.prepare_data(ds.images.to(device), prep_gen)
+        return TensorBatches(images, targets, int(getattr(method, "epoch_repeats", 1)), spec.batch_size, spec.seed)
+    if type(method).prepare_data is not SSLMethod.prepare_data:
+        raise PermanentError(
+            f"data: {d.path} is too big to hold in memory at {size} px (PRETEXTLAB_MAX_IN_MEMORY_BYTES), and "
+            f"method {spec.method.name} builds its training set from the whole split in memory (prepare_data), "
+            "so it cannot stream it; lower data.image_size or raise PRETEXTLAB_MAX_IN_MEMORY_BYTES")
+    return StreamingBatches(samples, size, channels, spec.batch_size, spec.seed, device, loader_workers())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
 def _numpy_state() -> tuple:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
@@ -90,35 +261,34 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     sink = sink or NullSink()
     stop = should_stop or sink.should_stop
 
+    # -- resume: only the same run (checked before any data is loaded) ---------------------------
+    ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if ck is not None:
+        check_resume_spec(ck["spec"], spec)
+
     # -- setup: seed, device, precision ----------------------------------------------------------
     seed_everything(spec.seed)
     device = resolve_device(spec.device)
     amp_dtype, use_scaler = resolve_precision(spec.precision, device)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
 
-    # -- data: the whole split in memory as uint8, on the device ---------------------------------
+    # -- model and data: uint8 batches on the device, from memory or streamed from disk ----------
     d = spec.data
     size, channels = d.resolved_image_size, d.resolved_channels
-    ds = load_dataset(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
-                      subset=d.subset, seed=spec.seed)
     mean, std = dataset_stats(d.dataset, channels)
-
-    # -- model, data preparation, optimizer ------------------------------------------------------
     method = build_method(spec).to(device).to(memory_format=memory_format)
-    prep_gen = torch.Generator(device=device).manual_seed(spec.seed)  # fresh on resume: same result
-    images, targets = method.prepare_data(ds.images.to(device), prep_gen)
-    # an epoch may visit the prepared set several times (Exemplar-CNN: K samples per surrogate class);
-    # the repeats are indices into the same tensors, never copies of the images
-    n_prepared, repeats = int(images.shape[0]), int(getattr(method, "epoch_repeats", 1))
-    n, batch = n_prepared * repeats, spec.batch_size
+    source = data_source(spec, method, device)
+    n, batch = source.n, spec.batch_size
     if n < batch:
         raise PermanentError(
             f"data: {n} training samples per epoch are fewer than one batch (batch_size {batch}); "
             f"raise data.subset or lower batch_size"
             + (" (Exemplar-CNN: method.num_classes seeds x method.samples_per_class)"
                if spec.method.name == "exemplar" else ""))
-    steps_per_epoch = n // batch  # drop_last: contrastive losses want full batches
+    steps_per_epoch = len(source)
     total_steps = steps_per_epoch * spec.epochs
+
+    # -- optimizer, schedule, augmentation generator ---------------------------------------------
     optimizer = build_optimizer(method, spec.optim)
     schedule = LRSchedule(spec.optim, steps_per_epoch, spec.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -139,11 +309,10 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
         knn_data = (bank.images, bank.labels.to(device), query.images, query.labels.to(device),
                     int(bank.num_classes or int(bank.labels.max()) + 1))
 
-    # -- resume ----------------------------------------------------------------------------------
+    # -- restore the checkpoint's state ----------------------------------------------------------
     epoch, step_in_epoch, step = 0, 0, 0
     epoch_loss_sum, epoch_steps = 0.0, 0
-    if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
+    if ck is not None:
         method.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scaler.load_state_dict(ck["scaler"])
@@ -156,6 +325,7 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
         aug_gen.set_state(rng["aug"])
         random.setstate(rng["python"])
         _set_numpy_state(rng["numpy"])
+        del ck
 
     def checkpoint(at_epoch: int, at_step_in_epoch: int) -> Path:
         check_finite()  # never persist a diverged model
@@ -206,60 +376,60 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     # -- the loop --------------------------------------------------------------------------------
     method.train()
     lr = schedule.lr(step)
-    while epoch < spec.epochs:
-        # sample j of the epoch is prepared item j mod n_prepared (the identity when repeats == 1)
-        perm = epoch_permutation(spec.seed, epoch, n).remainder_(n_prepared).to(device)
-        for i in range(step_in_epoch, steps_per_epoch):
-            if stop():
-                if acc_steps:
+    try:
+        while epoch < spec.epochs:
+            batches = source.epoch(epoch, step_in_epoch)  # resumes at batch step_in_epoch of the epoch
+            for i in range(step_in_epoch, steps_per_epoch):
+                if stop():
+                    if acc_steps:
+                        last_values = read_metrics(lr)
+                    path = checkpoint(epoch, i)
+                    sink.flush()
+                    return TrainResult(False, epoch, step, last_loss, None, path, last_values)
+                x, y = next(batches)
+                lr = schedule.apply(optimizer, step)
+                with autocast(device, amp_dtype):
+                    loss, step_metrics = method.training_step(x, y, aug_gen)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+
+                loss = loss.detach().float()
+                first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+                loss_acc += loss
+                epoch_loss_acc += loss
+                for k, v in step_metrics.items():
+                    metric_acc[k] = metric_acc.get(k, zero()) + v.detach().float()
+                step += 1
+                epoch_steps += 1
+                acc_steps += 1
+                images_since_read += batch
+                if step % spec.log_every == 0:
                     last_values = read_metrics(lr)
-                path = checkpoint(epoch, i)
-                sink.flush()
-                return TrainResult(False, epoch, step, last_loss, None, path, last_values)
-            idx = perm[i * batch:(i + 1) * batch]
-            x = images[idx]
-            y = targets[idx] if targets is not None else None
-            lr = schedule.apply(optimizer, step)
-            with autocast(device, amp_dtype):
-                loss, step_metrics = method.training_step(x, y, aug_gen)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
 
-            loss = loss.detach().float()
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
-            loss_acc += loss
-            epoch_loss_acc += loss
-            for k, v in step_metrics.items():
-                metric_acc[k] = metric_acc.get(k, zero()) + v.detach().float()
-            step += 1
-            epoch_steps += 1
-            acc_steps += 1
-            images_since_read += batch
-            if step % spec.log_every == 0:
+            # end of epoch: epoch metrics, monitor, checkpoint
+            if acc_steps:
                 last_values = read_metrics(lr)
-
-        # end of epoch: epoch metrics, monitor, checkpoint
-        if acc_steps:
-            last_values = read_metrics(lr)
-        epoch_loss = (epoch_loss_sum + float(epoch_loss_acc.item())) / max(1, epoch_steps)
-        epoch += 1
-        step_in_epoch, epoch_loss_sum, epoch_steps = 0, 0.0, 0
-        epoch_loss_acc = zero()
-        epoch_values = {"epoch/loss": epoch_loss}
-        if knn_data is not None and (epoch % monitor.every_epochs == 0 or epoch == spec.epochs):
-            bank_x, bank_y, query_x, query_y, classes = knn_data
-            f_bank = extract_features(method.backbone, bank_x, mean, std, 512, device, amp_dtype)
-            f_query = extract_features(method.backbone, query_x, mean, std, 512, device, amp_dtype)
-            epoch_values["monitor/knn_top1"] = knn_accuracy(
-                f_bank, bank_y, f_query, query_y, monitor.k, monitor.temperature, classes)
-            method.train()
-        sink.metrics(step, epoch_values, epoch=epoch)
-        last_values = {**last_values, **epoch_values}
-        if epoch % spec.checkpoint_every == 0 or epoch == spec.epochs:
-            checkpoint(epoch, 0)
-        sink.flush()
+            epoch_loss = (epoch_loss_sum + float(epoch_loss_acc.item())) / max(1, epoch_steps)
+            epoch += 1
+            step_in_epoch, epoch_loss_sum, epoch_steps = 0, 0.0, 0
+            epoch_loss_acc = zero()
+            epoch_values = {"epoch/loss": epoch_loss}
+            if knn_data is not None and (epoch % monitor.every_epochs == 0 or epoch == spec.epochs):
+                bank_x, bank_y, query_x, query_y, classes = knn_data
+                f_bank = extract_features(method.backbone, bank_x, mean, std, 512, device, amp_dtype)
+                f_query = extract_features(method.backbone, query_x, mean, std, 512, device, amp_dtype)
+                epoch_values["monitor/knn_top1"] = knn_accuracy(
+                    f_bank, bank_y, f_query, query_y, monitor.k, monitor.temperature, classes)
+                method.train()
+            sink.metrics(step, epoch_values, epoch=epoch)
+            last_values = {**last_values, **epoch_values}
+            if epoch % spec.checkpoint_every == 0 or epoch == spec.epochs:
+                checkpoint(epoch, 0)
+            sink.flush()
+    finally:
+        source.close()  # the streaming path's persistent DataLoader workers
 
     # -- export the backbone alone ----------------------------------------------------------------
     check_finite()

@@ -236,3 +236,119 @@ def test_exemplar_stop_and_resume_equals_straight_run(tmp_path):
     second = pretrain(spec, tmp_path / "resumed")
     assert second.completed and second.step == straight.step == 6
     assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "resumed"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume continues the same run only
+def test_resume_refuses_a_different_run_naming_the_fields(tmp_path):
+    from ssl_core.train import ResumeMismatchError
+
+    r = pretrain(tiny_spec("simclr", epochs=1), tmp_path)
+    exported = r.backbone_path.read_bytes()
+    other = tiny_spec("simclr", epochs=1, seed=3, method={"name": "simclr", "temperature": 0.2})
+    with pytest.raises(ResumeMismatchError, match=r"method\.temperature, seed") as err:
+        pretrain(other, tmp_path)
+    assert isinstance(err.value, PermanentError) and "epochs" not in str(err.value).split("Differing:")[1]
+    with pytest.raises(ResumeMismatchError, match=r"optim\.lr"):  # an explicit optimizer that differs
+        pretrain(tiny_spec("simclr", epochs=1, optim={"name": "lars", "lr": 0.5}), tmp_path)
+    with pytest.raises(ResumeMismatchError, match=r"data\.subset"):
+        pretrain(tiny_spec("simclr", epochs=1, data={"dataset": "synthetic", "image_size": 16, "subset": 64}),
+                 tmp_path)
+    assert r.backbone_path.read_bytes() == exported  # nothing re-exported under a foreign spec
+    assert load_checkpoint(r.checkpoint_path)["step"] == 3
+    pretrain(tiny_spec("simclr", epochs=1, seed=3), tmp_path / "fresh", resume=True)  # no checkpoint: a new run
+
+
+def test_resume_refuses_fewer_epochs(tmp_path):
+    from ssl_core.train import ResumeMismatchError
+
+    pretrain(tiny_spec("rotation", epochs=2), tmp_path, should_stop=stop_after(2))
+    with pytest.raises(ResumeMismatchError, match=r"epochs \(2 -> 1"):
+        pretrain(tiny_spec("rotation", epochs=1), tmp_path)
+
+
+def test_resume_allows_execution_settings_and_growing_epochs_with_the_recipe_optimizer(tmp_path):
+    """SimCLR's recipe warmup is epochs/10: 1 -> 2 epochs changes optim.warmup_epochs, yet the optimizer
+    is still the method's recipe in both specs, so the run continues (and device/logging/eval may change)."""
+    first = pretrain(tiny_spec("simclr", epochs=1), tmp_path)
+    assert first.completed and first.step == 3
+    grown = tiny_spec("simclr", epochs=2, device="auto", precision="fp32", log_every=2, checkpoint_every=2,
+                      eval={"monitor": {"every_epochs": 1, "train_subset": 20, "test_subset": 10, "k": 5}})
+    assert grown.optim.warmup_epochs != tiny_spec("simclr", epochs=1).optim.warmup_epochs
+    sink = ListSink()
+    second = pretrain(grown, tmp_path, sink=sink)
+    assert second.completed and (second.step, second.epoch) == (6, 2)
+    assert min(step for step, _, _ in sink.rows) >= 4  # steps 1-3 are not re-run
+    assert any("monitor/knn_top1" in v for _, v, _ in sink.rows)
+    from ssl_core.evaluate import load_backbone
+
+    assert load_backbone(second.backbone_path)[1]["epochs"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming path: an image folder over PRETEXTLAB_MAX_IN_MEMORY_BYTES, decoded by DataLoader workers
+@pytest.fixture
+def folder_env(tmp_path, monkeypatch):
+    """48 16x16 PNGs (2 classes) under a private data root; in-memory limit untouched until a test sets it."""
+    import numpy as np
+    from PIL import Image
+
+    from ssl_core import data as D
+
+    root = tmp_path / "data"
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / "imgs" / c).mkdir(parents=True)
+        for i in range(24):
+            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "imgs" / c / f"{i}.png")
+    monkeypatch.setenv("PRETEXTLAB_DATA_ROOT", str(root))
+    monkeypatch.delenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", raising=False)
+    monkeypatch.setenv("PRETEXTLAB_LOADER_WORKERS", "0")
+    D.clear_cache()
+    yield tmp_path
+    D.clear_cache()
+
+
+FOLDER = {"dataset": "image_folder", "path": "imgs", "split": "all", "image_size": 16}
+
+
+def test_streamed_folder_trains_like_the_in_memory_one(folder_env, monkeypatch):
+    """Same decode, same epoch-seeded order: streaming (limit 0 B) gives the in-memory run's weights."""
+    from ssl_core.data import DatasetError, clear_cache, load_dataset
+
+    spec = tiny_spec("simclr", data=FOLDER)
+    in_memory = pretrain(spec, folder_env / "mem", resume=False)
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", "0")
+    clear_cache()
+    with pytest.raises(DatasetError):  # the folder can no longer be held in memory: the run below streams
+        load_dataset("image_folder", "all", path="imgs", image_size=16)
+    import ssl_core.train as train
+
+    sources = []
+    real = train.data_source
+    monkeypatch.setattr(train, "data_source", lambda *a: sources.append(real(*a)) or sources[-1])
+    streamed = pretrain(spec, folder_env / "stream", resume=False)
+    assert [type(x).__name__ for x in sources] == ["StreamingBatches"]
+    assert streamed.completed and streamed.step == 6
+    assert torch.isfinite(torch.tensor(streamed.final_loss)) and streamed.backbone_path.exists()
+    assert_same_state(model_state(folder_env / "mem"), model_state(folder_env / "stream"))
+    assert in_memory.final_loss == streamed.final_loss
+
+
+def test_streamed_folder_stop_mid_epoch_and_resume_equals_straight_run(folder_env, monkeypatch):
+    """With a persistent DataLoader worker: the resumed epoch starts at batch k of the same order."""
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", "0")
+    monkeypatch.setenv("PRETEXTLAB_LOADER_WORKERS", "1")
+    spec = tiny_spec("rotation", data=FOLDER)
+    straight = pretrain(spec, folder_env / "straight", resume=False)
+    first = pretrain(spec, folder_env / "resumed", should_stop=stop_after(4), resume=False)
+    assert not first.completed and first.step == 4
+    second = pretrain(spec, folder_env / "resumed")
+    assert second.completed and second.step == straight.step == 6
+    assert_same_state(model_state(folder_env / "straight"), model_state(folder_env / "resumed"))
+
+
+def test_streaming_refuses_a_method_that_needs_the_whole_set_in_memory(folder_env, monkeypatch):
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", "0")
+    with pytest.raises(PermanentError, match=r"method exemplar .*cannot stream"):
+        pretrain(tiny_spec("simclr", method=EXEMPLAR, data=FOLDER), folder_env / "ex")
