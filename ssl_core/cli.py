@@ -1,6 +1,6 @@
 """`pretextlab train | evaluate | data`: run the engine locally, no server.
 
-    pretextlab train SPEC.json --out DIR [--set dotted.key=value ...] [--resume | --no-resume]
+    pretextlab train SPEC.json --out DIR [--set dotted.key=value ...] [--resume]
     pretextlab evaluate (--weights PATH | --baseline random_init|raw_pixels) --protocol knn|linear|finetune
                         [--set dotted.key=value ...] [--out DIR]
     pretextlab data prepare NAME | pretextlab data list
@@ -9,6 +9,11 @@
 the result goes through the same spec validation as the API, so an error names the field.
 Validation errors print the field and the problem and exit with status 2 (no traceback); a
 permanent engine error (missing data, diverged loss) exits with status 1.
+
+Resuming is opt-in: ``train`` refuses an out dir that already holds a checkpoint unless ``--resume``
+is given (exit 2), and ``--resume`` continues only the same run -- a spec that differs from the
+checkpoint's in more than epochs (grown) or device/precision/compile/logging/eval settings is refused
+with the differing fields (exit 2; see ssl_core.train).
 """
 
 from __future__ import annotations
@@ -155,8 +160,9 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, backbone, metrics.jsonl)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set epochs=5 --set method.temperature=0.2")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from OUT/checkpoints/last.pt when it exists (default)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT (OUT/checkpoints/last.pt; same spec, epochs may grow); "
+                        "without it an OUT that holds a checkpoint is refused")
     p.add_argument("--no-progress", action="store_true",
                    help="print metric lines (on stderr) instead of a progress bar; stdout gets the result JSON")
     args = p.parse_args(argv)
@@ -170,17 +176,26 @@ def train_main(argv: list[str]) -> int:
     except (ValidationError, ValueError) as e:
         return _fail_validation(e)
 
+    if not args.resume and (args.out / "checkpoints" / "last.pt").exists():
+        print(f"{args.out} already holds a run: pass --resume to continue it, or choose a new --out",
+              file=sys.stderr)
+        return 2
+
     from ssl_core.reporting import JsonlSink
-    from ssl_core.train import pretrain
+    from ssl_core.train import ResumeMismatchError, pretrain
 
     sink = JsonlSink(args.out, echo=True, stream=sys.stderr) if args.no_progress else TqdmSink(args.out)
     try:
         result = pretrain(spec, args.out, sink=sink, resume=args.resume)
+    except ResumeMismatchError as e:  # the command is wrong, not the run: like a validation error
+        print(f"cannot resume {args.out}: {e}", file=sys.stderr)
+        return 2
     except PermanentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print("interrupted; rerun the same command with --resume to continue from the last checkpoint",
+              file=sys.stderr)
         return 130
     finally:
         sink.close()

@@ -60,9 +60,9 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
     assert any(x["type"] == "metrics" and "train/loss" in x["values"] for x in lines)
     captured = capsys.readouterr()
     assert json.loads(captured.out)["completed"] is True and "epoch 1:" in captured.err  # tqdm bar's epoch line
-    # a second run resumes the finished checkpoint: nothing to train, same steps
+    # --resume of the finished checkpoint: nothing to train, same steps
     assert train_main([str(EXAMPLES / "tiny" / "rotation.json"), "--out", str(out), "--set", "epochs=1",
-                       "--no-progress"]) == 0
+                       "--no-progress", "--resume"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 3
     rc = evaluate_main(["--weights", str(out / "backbone.safetensors"), "--protocol", "knn",
                         "--set", "data.dataset=synthetic", "--set", "data.train_subset=20",
@@ -79,3 +79,24 @@ def test_data_list(capsys):
     out = capsys.readouterr().out
     assert "fashion_mnist" in out and "synthetic" in out
     assert data_main(["prepare", "imagenet"]) == 2
+
+
+def test_resuming_is_opt_in_and_only_for_the_same_run(tmp_path, capsys):
+    spec, out = str(EXAMPLES / "tiny" / "simclr.json"), tmp_path / "run"
+    assert train_main([spec, "--out", str(out), "--set", "epochs=1", "--no-progress"]) == 0
+    before = (out / "backbone.safetensors").read_bytes()
+    capsys.readouterr()
+    # the same command again: refused, the run is untouched
+    assert train_main([spec, "--out", str(out), "--set", "epochs=1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a run: pass --resume to continue it, or choose a new --out" in err
+    # --resume with a different run's spec: refused, naming the fields
+    assert train_main([spec, "--out", str(out), "--set", "epochs=1", "--set", "method.temperature=0.2",
+                       "--set", "seed=7", "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "method.temperature, seed" in err and "Traceback" not in err
+    assert (out / "backbone.safetensors").read_bytes() == before
+    # --resume with more epochs continues the run from its global step
+    assert train_main([spec, "--out", str(out), "--set", "epochs=2", "--resume", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["completed"] and (result["epoch"], result["step"]) == (2, 6)
