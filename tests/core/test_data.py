@@ -229,6 +229,25 @@ def test_too_big_image_folder_points_to_streaming(data_env: Path, monkeypatch: p
         D.load_dataset("image_folder", "all", path="pets", image_size=8)
 
 
+def test_streaming_samples_only_over_the_limit_and_same_subset_as_in_memory(
+        data_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(data_env / "pets", {"cat": 4, "dog": 6})
+    kw = dict(path="pets", image_size=8, channels=3)
+    assert D.streaming_samples("image_folder", "all", **kw) is None  # 10 x 192 B fit the 8 GiB default
+    assert D.streaming_samples("synthetic", "train", path=None, image_size=32, channels=3) is None
+    in_memory = D.load_dataset("image_folder", "all", subset=6, seed=3, **kw)
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", str(10 * 3 * 8 * 8 - 1))  # one byte short
+    samples = D.streaming_samples("image_folder", "all", subset=6, seed=3, **kw)
+    assert samples is not None and len(samples) == 6
+    decoded = torch.stack([D.DecodedImages(samples, 8, 3)[i][0] for i in range(6)])
+    assert torch.equal(decoded, in_memory.images)  # the streamed subset is the in-memory one, in order
+    assert len(D.streaming_samples("image_folder", "all", **kw)) == 10
+    monkeypatch.setenv("PRETEXTLAB_LOADER_WORKERS", "3")
+    assert D.loader_workers() == 3
+    monkeypatch.delenv("PRETEXTLAB_LOADER_WORKERS")
+    assert 1 <= D.loader_workers() <= 16
+
+
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["/etc", "../..", "../../etc/passwd", "/"])
 def test_paths_outside_the_allowed_roots_are_refused(bad: str) -> None:
