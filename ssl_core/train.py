@@ -98,8 +98,8 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def check_resume_spec(stored_json: str, spec: PretrainSpec) -> None:
     """Raise :class:`ResumeMismatchError` unless ``spec`` continues the checkpoint's run: equal but for
-    :data:`RESUME_MAY_CHANGE` and a grown ``epochs`` (with an ``optim`` that is the method's recipe in
-    both, whatever it derives from the epochs)."""
+    :data:`RESUME_MAY_CHANGE` and a grown ``epochs`` (``optim`` fields at the method's recipe value in
+    both specs may follow the epochs)."""
     from ssl_core.specs import default_optim
 
     old, new = json.loads(stored_json), json.loads(spec.model_dump_json())
@@ -109,10 +109,14 @@ def check_resume_spec(stored_json: str, spec: PretrainSpec) -> None:
         problems.append(f"epochs ({old_epochs} -> {spec.epochs}: a resumed run may add epochs, not remove them)")
     for key in (*RESUME_MAY_CHANGE, "epochs"):
         old.pop(key, None), new.pop(key, None)
-    if isinstance(old_epochs, int) and old.get("optim") is not None:
+    if isinstance(old_epochs, int) and isinstance(old.get("optim"), dict) and isinstance(new.get("optim"), dict):
+        # an optim field at the method's recipe value in both specs follows the epochs (SimCLR's warmup of
+        # epochs/10, MoCo v1's milestones), even when another field (say optim.lr) was overridden
         recipe = lambda epochs: json.loads(default_optim(spec.method, spec.batch_size, epochs).model_dump_json())  # noqa: E731
-        if old["optim"] == recipe(old_epochs) and new["optim"] == recipe(spec.epochs):
-            old.pop("optim"), new.pop("optim")
+        old_recipe, new_recipe = recipe(old_epochs), recipe(spec.epochs)
+        for k in list(old["optim"]):
+            if old["optim"][k] == old_recipe.get(k) and new["optim"].get(k, ...) == new_recipe.get(k):
+                del old["optim"][k], new["optim"][k]
     problems += _diff_paths(old, new)
     if problems:
         raise ResumeMismatchError(

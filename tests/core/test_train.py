@@ -352,3 +352,17 @@ def test_streaming_refuses_a_method_that_needs_the_whole_set_in_memory(folder_en
     monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", "0")
     with pytest.raises(PermanentError, match=r"method exemplar .*cannot stream"):
         pretrain(tiny_spec("simclr", method=EXEMPLAR, data=FOLDER), folder_env / "ex")
+
+
+def test_check_resume_spec_recipe_fields_follow_epochs_even_with_an_override():
+    from ssl_core.train import ResumeMismatchError, check_resume_spec
+
+    lars = lambda **kw: {"name": "lars", "lr": 0.7, "weight_decay": 1e-6, "warmup_epochs": kw.get("w", 0.1)}  # noqa: E731
+    old = tiny_spec("simclr", epochs=1, optim=lars(w=0.1))  # lr overridden, warmup = the recipe's epochs/10
+    check_resume_spec(old.model_dump_json(), tiny_spec("simclr", epochs=3, optim=lars(w=0.3)))
+    with pytest.raises(ResumeMismatchError, match=r"Differing: optim\.warmup_epochs\."):
+        check_resume_spec(old.model_dump_json(), tiny_spec("simclr", epochs=3, optim=lars(w=0.2)))
+    with pytest.raises(ResumeMismatchError, match=r"Differing: augment\.0\.scale\.0, batch_size\."):
+        check_resume_spec(old.model_dump_json(), tiny_spec(
+            "simclr", epochs=1, batch_size=8, optim=lars(w=0.1),
+            augment=[{"op": "random_resized_crop", "scale": [0.2, 1.0]}] + json.loads(old.model_dump_json())["augment"][1:]))
