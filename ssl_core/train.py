@@ -100,15 +100,22 @@ def check_resume_spec(stored_json: str, spec: PretrainSpec) -> None:
     """Raise :class:`ResumeMismatchError` unless ``spec`` continues the checkpoint's run: equal but for
     :data:`RESUME_MAY_CHANGE` and a grown ``epochs`` (``optim`` fields at the method's recipe value in
     both specs may follow the epochs)."""
+    from pydantic import ValidationError
+
     from ssl_core.specs import default_optim
 
-    old, new = json.loads(stored_json), json.loads(spec.model_dump_json())
+    try:  # re-validated by this code, so a field added to the specs since (with its default) is no difference
+        old = json.loads(PretrainSpec.model_validate_json(stored_json).model_dump_json())
+    except ValidationError:
+        old = json.loads(stored_json)
+    new = json.loads(spec.model_dump_json())
     problems: list[str] = []
     old_epochs = old.get("epochs")
     if isinstance(old_epochs, int) and spec.epochs < old_epochs:
         problems.append(f"epochs ({old_epochs} -> {spec.epochs}: a resumed run may add epochs, not remove them)")
     for key in (*RESUME_MAY_CHANGE, "epochs"):
-        old.pop(key, None), new.pop(key, None)
+        old.pop(key, None)
+        new.pop(key, None)
     if isinstance(old_epochs, int) and isinstance(old.get("optim"), dict) and isinstance(new.get("optim"), dict):
         # an optim field at the method's recipe value in both specs follows the epochs (SimCLR's warmup of
         # epochs/10, MoCo v1's milestones), even when another field (say optim.lr) was overridden

@@ -366,3 +366,8 @@ def test_check_resume_spec_recipe_fields_follow_epochs_even_with_an_override():
         check_resume_spec(old.model_dump_json(), tiny_spec(
             "simclr", epochs=1, batch_size=8, optim=lars(w=0.1),
             augment=[{"op": "random_resized_crop", "scale": [0.2, 1.0]}] + json.loads(old.model_dump_json())["augment"][1:]))
+
+    # a checkpoint written before a field was added to the specs: the field's default is no difference
+    stored = json.loads(old.model_dump_json())
+    del stored["channels_last"], stored["method"]["temperature"]
+    check_resume_spec(json.dumps(stored), tiny_spec("simclr", epochs=2, optim=lars(w=0.2)))
