@@ -3,7 +3,8 @@
 Three measurements, in one run, on the same device and cores (issue 7):
 
 (a) augmentation alone -- two SimCLR views of 32x32 RGB uint8 images, images/s:
-    ours  = ssl_core.augment.build_pipeline(default SimCLR ops) on whole batches on the device;
+    ours  = ssl_core.augment.build_pipeline(default SimCLR ops) on whole batches on the device
+            (on a CPU with several torch threads, also with one thread: "ours_1_thread");
     usual = torchvision per-sample transforms on PIL images (RandomResizedCrop(32, (0.08, 1)),
             flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, ToTensor) in a
             DataLoader with --workers processes (and, for reference, in the main process).
@@ -135,7 +136,23 @@ def bench_augment(images: torch.Tensor, args, device: torch.device) -> dict:
             tf(pil[i % len(pil)]), tf(pil[i % len(pil)])
         return m / (time.perf_counter() - t)
 
-    runs = interleaved({"ours": ours, "usual": usual, "usual_main_process": usual_main_process}, args.rounds)
+    modes = {"ours": ours, "usual": usual, "usual_main_process": usual_main_process}
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1:
+        # the batched ops on 32x32 images are small (0.4 M values per op at batch 128): with
+        # several intra-op threads the fork/join of every op can cost more than it saves on a
+        # shared CPU, so ours is also measured with one thread (one core, against the usual
+        # pipeline's `--workers` processes)
+        def ours_1_thread() -> float:
+            torch.set_num_threads(1)
+            try:
+                return ours()
+            finally:
+                torch.set_num_threads(threads)
+
+        modes["ours_1_thread"] = ours_1_thread
+    out["torch_threads"] = threads
+    runs = interleaved(modes, args.rounds)
     for k, v in runs.items():
         out[f"{k}_images_per_s"] = float(np.median(v))
         out[f"{k}_images_per_s_rounds"] = v
@@ -308,6 +325,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"(a) augmentation, 2 views of 32x32: ours {a['ours_images_per_s']:.0f} img/s | usual "
               f"({args.workers} workers) {a['usual_images_per_s']:.0f} img/s | usual, main process "
               f"{a['usual_main_process_images_per_s']:.0f} img/s | ours/usual {ratios['augment_ours_over_usual']:.2f}x")
+        if "ours_1_thread_images_per_s" in a:
+            ratios["augment_ours_1_thread_over_usual"] = a["ours_1_thread_images_per_s"] / a["usual_images_per_s"]
+            print(f"    ours with 1 torch thread {a['ours_1_thread_images_per_s']:.0f} img/s | ours (1 thread)/usual "
+                  f"{ratios['augment_ours_1_thread_over_usual']:.2f}x")
     if "train" not in args.skip:
         t = bench_train(images, args, device)
         result["train"] = t

@@ -18,16 +18,19 @@ Semantics follow torchvision's transforms, per sample (the tests compare each op
 ``torchvision.transforms.v2.functional`` applied image by image):
 
 * random_resized_crop -- torchvision's box sampling (10 tries, central-crop fallback,
-  integer boxes), crop-and-resize of the whole batch by one ``roi_align`` (bilinear,
-  adaptive sub-sampling when shrinking, which acts as the anti-aliasing filter).
+  integer boxes), crop-and-resize of the whole batch as two batched matmuls with per-sample
+  bilinear weight matrices (sub-sample averaging when shrinking, which acts as the
+  anti-aliasing filter); a horizontal flip that follows it (possibly after colour ops) is
+  folded into its column weights by the Pipeline.
 * random_crop -- zero padding then a random crop of the original size (RotNet's
   ``RandomCrop(32, padding=4)``), one gather.
 * horizontal_flip, rotate, random_affine -- flips by ``torch.where``; rotations and
   affine maps through one ``affine_grid`` + ``grid_sample`` (bilinear, zero fill).
 * color_jitter -- brightness, contrast, saturation, hue in a random order PER SAMPLE
   (torchvision draws one order per call): every sample runs the cheap ops its own
-  permutation puts before the hue, then the hue (one HSV pass for the batch), then the
-  cheap ops after it; brightness/contrast/saturation share one fused blend per position.
+  permutation puts before the hue, then the hue (one branch-free HSV pass for the batch),
+  then the cheap ops after it; brightness/contrast/saturation are per-sample 3x3 colour
+  matrices plus a mean-luma term, one batched matmul per position.
   On 1-channel images brightness and contrast apply; saturation and hue are the identity
   (as in torchvision).
 * grayscale -- ITU-R 601 luma (torchvision's weights); identity on 1-channel images.
@@ -41,7 +44,9 @@ Semantics follow torchvision's transforms, per sample (the tests compare each op
 Random numbers come from ``generator`` (pass one on the batch's device: a CPU generator
 with CUDA data works, but each draw is then a host-to-device copy). On a CPU shared with
 other processes, set OMP_WAIT_POLICY=PASSIVE (see docs/performance.md): these ops are
-small, and spinning OpenMP threads can slow them down more than tenfold.
+small, and spinning OpenMP threads can slow them down more than tenfold. On CPUs, ``torch.where``
+and comparisons over whole images are slow (bool tensors are not vectorised), so exact
+per-sample selections use ``lerp`` with 0/1 weights or per-sample matrices instead.
 """
 
 from __future__ import annotations
@@ -263,9 +268,9 @@ class RandomResizedCrop(AugmentOpImpl):
         ch = torch.round(torch.sqrt(target / aspect))
         ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
         first = torch.argmax(ok.to(torch.int8), dim=1, keepdim=True)  # first True (0 if none)
-        any_ok = ok.any(1)
-        bw = cw.gather(1, first).squeeze(1)
-        bh = ch.gather(1, first).squeeze(1)
+        any_ok = ok.any(1, keepdim=True)
+        bw = cw.gather(1, first)  # (B, 1)
+        bh = ch.gather(1, first)
         # central-crop fallback with the ratio clamped into `ratio`
         in_ratio = width / height
         if in_ratio < self.spec.ratio[0]:
@@ -275,21 +280,15 @@ class RandomResizedCrop(AugmentOpImpl):
         else:
             fw, fh = width, height
         apply = _bernoulli(batch, self.p, device, generator)
-        bw = torch.where(any_ok, bw, torch.full_like(bw, fw))
-        bh = torch.where(any_ok, bh, torch.full_like(bh, fh))
-        u_top, u_left = _rand((batch,), device, generator), _rand((batch,), device, generator)
-        top = torch.floor(u_top * (height - bh + 1))
-        left = torch.floor(u_left * (width - bw + 1))
-        top = torch.where(any_ok, top, torch.div(height - bh, 2, rounding_mode="floor"))
-        left = torch.where(any_ok, left, torch.div(width - bw, 2, rounding_mode="floor"))
-        # not applied: the whole image, resized
-        top = torch.where(apply, top, torch.zeros_like(top))
-        left = torch.where(apply, left, torch.zeros_like(left))
-        bh = torch.where(apply, bh, torch.full_like(bh, height))
-        bw = torch.where(apply, bw, torch.full_like(bw, width))
-        return {
-            "apply": apply, "top": top.long(), "left": left.long(), "height": bh.long(), "width": bw.long(),
-        }
+        u = torch.cat((_rand((batch, 1), device, generator), _rand((batch, 1), device, generator)), 1)  # top, left
+        size = torch.cat((bh, bw), 1)  # (B, 2): height, width of the box
+        box = torch.cat((torch.floor(u * (_const((height + 1.0, width + 1.0), u) - size)), size), 1)
+        # (B, 4) top, left, height, width in 3 selects: no try fits -> the central crop;
+        # not applied -> the whole image, resized (small tensors: a few ops whatever the batch)
+        box = torch.where(any_ok, box, _const(((height - fh) // 2, (width - fw) // 2, fh, fw), box))
+        box = torch.where(apply.view(-1, 1), box, _const((0.0, 0.0, height, width), box)).long()
+        top, left, bh, bw = box.unbind(1)
+        return {"apply": apply, "top": top, "left": left, "height": bh, "width": bw}
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
         """params may carry "flip" (B,) bool: a following horizontal flip fused in (see Pipeline)."""
@@ -499,13 +498,13 @@ def _jitter_coefficients(op: Tensor, f: Tensor, channels: int) -> tuple[Tensor, 
     if channels == 1:  # saturation is the identity on gray images
         a = torch.where(op <= 1, f, one)
         w_luma = zero
-        lw = torch.ones(1, dtype=f.dtype, device=f.device)
+        lw = _const((1.0,), f)
     else:
         a = torch.where(op <= 2, f, one)
         w_luma = torch.where(sat, 1.0 - f, zero)
         lw = _const(_LUMA, f)
     w_mean = torch.where(op == 1, 1.0 - f, zero)
-    eye = torch.eye(channels, dtype=f.dtype, device=f.device)
+    eye = _const(tuple(tuple(float(i == j) for j in range(channels)) for i in range(channels)), f)
     mats = a[..., None, None] * eye + w_luma[..., None, None] * lw.view(1, 1, 1, channels)
     return mats, w_mean, lw
 
