@@ -65,6 +65,16 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def assert_stop_resume_equals_straight(spec, root: Path, stop_at: int = 4, total: int = 6) -> None:
+    """Stopping after ``stop_at`` steps and resuming ends with the weights of a straight run."""
+    straight = pretrain(spec, root / "straight", resume=False)
+    first = pretrain(spec, root / "resumed", should_stop=stop_after(stop_at), resume=False)
+    assert not first.completed and first.step == stop_at
+    second = pretrain(spec, root / "resumed")
+    assert second.completed and second.step == straight.step == total
+    assert_same_state(model_state(root / "straight"), model_state(root / "resumed"))
+
+
 @pytest.mark.parametrize(
     "name,steps_before_stop",
     [("simclr", 3), ("simclr", 1), ("moco_v2", 3), ("moco_v2", 4)],
@@ -229,13 +239,7 @@ def test_exemplar_epoch_is_n_times_k_samples(tmp_path, monkeypatch):
 
 
 def test_exemplar_stop_and_resume_equals_straight_run(tmp_path):
-    spec = tiny_spec("simclr", method=EXEMPLAR)
-    straight = pretrain(spec, tmp_path / "straight", resume=False)
-    first = pretrain(spec, tmp_path / "resumed", should_stop=stop_after(4), resume=False)
-    assert not first.completed and first.step == 4
-    second = pretrain(spec, tmp_path / "resumed")
-    assert second.completed and second.step == straight.step == 6
-    assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "resumed"))
+    assert_stop_resume_equals_straight(tiny_spec("simclr", method=EXEMPLAR), tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,13 +343,7 @@ def test_streamed_folder_stop_mid_epoch_and_resume_equals_straight_run(folder_en
     """With a persistent DataLoader worker: the resumed epoch starts at batch k of the same order."""
     monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", "0")
     monkeypatch.setenv("PRETEXTLAB_LOADER_WORKERS", "1")
-    spec = tiny_spec("rotation", data=FOLDER)
-    straight = pretrain(spec, folder_env / "straight", resume=False)
-    first = pretrain(spec, folder_env / "resumed", should_stop=stop_after(4), resume=False)
-    assert not first.completed and first.step == 4
-    second = pretrain(spec, folder_env / "resumed")
-    assert second.completed and second.step == straight.step == 6
-    assert_same_state(model_state(folder_env / "straight"), model_state(folder_env / "resumed"))
+    assert_stop_resume_equals_straight(tiny_spec("rotation", data=FOLDER), folder_env)
 
 
 def test_streaming_refuses_a_method_that_needs_the_whole_set_in_memory(folder_env, monkeypatch):
