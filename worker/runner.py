@@ -280,12 +280,12 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
         outcome = _execute(sessions, job_id, spec_dict, job_dir, sink)
     except LeaseLost:
         pass
-    except DBAPIError:
-        # The store, not the job, failed: leave the job to its lease (the reconciler requeues it).
-        log.exception("job %s: database error; abandoning this attempt to the reconciler", job_id)
-        return LOST  # (the finally below still stops the sink)
-    except Exception as exc:  # the job's own failure: fail it once, never a retry loop
-        error = exc
+    except Exception as exc:
+        if is_connection_error(exc):
+            # The store, not the job, failed: leave the job to its lease (the reconciler requeues it).
+            log.exception("job %s: database unreachable; abandoning this attempt to the reconciler", job_id)
+            return LOST  # (the finally below still stops the sink)
+        error = exc  # the job's own failure (a refused statement included): fail it once, never a retry loop
     finally:
         try:
             sink.close()
@@ -304,10 +304,10 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
             return LOST
         # Anything else (an OSError registering outputs, an IntegrityError or an invalid spec creating
         # the follow-ups, a bug) would fail again on every retry: fail the job once, saying why.
-        return _fail_finishing(lease, exc)
+        return _fail_finishing(lease, exc, sessions, settings)
 
 
-def _fail_finishing(lease: JobLease, exc: BaseException) -> str:
+def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[Session], settings: Any) -> str:
     job_id = lease.job_id
     detail = f"{type(exc).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else error_message(exc)
     msg = f"the job ran but could not be finished: {detail}"[:MAX_ERROR_CHARS]
@@ -321,6 +321,7 @@ def _fail_finishing(lease: JobLease, exc: BaseException) -> str:
     except Exception:
         log.exception("job %s: could not record the failure; left to the reconciler", job_id)
         return LOST
+    _dispatch_all(sessions, [], settings, dependents_of=job_id)  # evaluations waiting on it now fail, clearly
     return FAILED
 
 

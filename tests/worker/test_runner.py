@@ -125,6 +125,30 @@ def test_nan_loss_fails_once_naming_the_step(sqlite_store, monkeypatch):
     _assert_failed_once(sqlite_store, jid, "non-finite loss at step")
 
 
+def test_a_refused_statement_during_the_run_fails_once(sqlite_store, monkeypatch):
+    """Only an unreachable database leaves the job to its lease; a statement the database refused
+    (here an IntegrityError) would be refused again on every retry, so the job fails once."""
+    import ssl_core.registry as registry
+    from sqlalchemy.exc import IntegrityError
+
+    real = registry.build_method
+
+    def build(spec):
+        method = real(spec)
+
+        def step(images, targets, generator=None):
+            raise IntegrityError("INSERT INTO metrics ...", {}, Exception("duplicate key value"))
+
+        method.training_step = step
+        return method
+
+    monkeypatch.setattr(registry, "build_method", build)
+    jid = add_job(sqlite_store.sessions, tiny_pretrain(epochs=1))
+    assert run_job(jid, worker_id="w", settings=sqlite_store.settings,
+                   session_factory=sqlite_store.sessions) == FAILED
+    _assert_failed_once(sqlite_store, jid, "duplicate key value")
+
+
 def test_invalid_dataset_fails_once(sqlite_store):
     spec = tiny_pretrain(data={"dataset": "image_folder", "path": "no/such/folder", "image_size": 16})
     jid = add_job(sqlite_store.sessions, spec)
