@@ -154,10 +154,11 @@ def test_crop_resize_shrinking_averages_sub_samples_and_fuses_the_flip() -> None
     torch.testing.assert_close(yf, torch.where(flip.view(4, 1, 1, 1), y.flip(-1), y), rtol=0, atol=1e-6)
 
 
-def test_pipeline_fuses_the_flip_into_the_crop_with_the_same_draws() -> None:
+def test_pipeline_fuses_the_flip_into_the_crop_with_the_same_draws(monkeypatch) -> None:
     """SimCLR's crop, flip, jitter, gray (and MoCo v2's crop, jitter, gray, blur, flip): the
     pipeline folds the flip into the crop and must give what the ops give one by one, with
     the generator consumed in the pipeline's order."""
+    real_flip = A.HorizontalFlip.apply
     for m in (specs.SimCLRSpec(), specs.MoCoSpec(version=2)):
         pipe = A.build_pipeline(specs.default_augment(m, 16), 16)
         x = (images(b=16, side=20) * 255).to(torch.uint8)
@@ -166,7 +167,13 @@ def test_pipeline_fuses_the_flip_into_the_crop_with_the_same_draws() -> None:
         for op in pipe.ops:
             b, c, h, w = ref.shape
             ref = op.apply(ref, op.sample(b, h, w, c, ref.device, g))
+
+        def unfused(self, x, params):
+            raise AssertionError("the pipeline applied the flip on its own instead of folding it into the crop")
+
+        monkeypatch.setattr(A.HorizontalFlip, "apply", unfused)  # the fused pipeline never calls it
         torch.testing.assert_close(pipe(x, gen(4)), ref, rtol=0, atol=1e-5)
+        monkeypatch.setattr(A.HorizontalFlip, "apply", real_flip)
 
 
 def test_random_resized_crop_resizes_to_out_size() -> None:
