@@ -28,6 +28,21 @@ class StopAfter(threading.Event):
         return self.n < 0 or super().is_set()
 
 
+def start_in_thread(store, spec: dict) -> tuple[int, threading.Thread, dict]:
+    """Submit ``spec``, run it with run_job in a thread, and return once it has logged metrics:
+    (job id, the thread, a dict whose "out" is run_job's outcome once the thread ends)."""
+    jid = add_job(store.sessions, spec)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "out", run_job(jid, worker_id="w", settings=store.settings, session_factory=store.sessions)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(metric_steps(store.sessions, jid)) < 2:
+        assert time.monotonic() < deadline and t.is_alive(), "job did not start"
+        time.sleep(0.05)
+    return jid, t, result
+
+
 def artifacts(sessions, job_id):
     with sessions() as s:
         return {a.name: a.kind for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
@@ -70,15 +85,7 @@ def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store, monkeypatch
 
     st = sqlite_store
     monkeypatch.setenv("PRETEXTLAB_TEST_STEP_DELAY", "0.05")
-    jid = add_job(st.sessions, tiny_pretrain(epochs=50))
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault(
-        "out", run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions)))
-    t.start()
-    deadline = time.monotonic() + 60
-    while len(metric_steps(st.sessions, jid)) < 2:
-        assert time.monotonic() < deadline, "job did not start"
-        time.sleep(0.05)
+    jid, t, result = start_in_thread(st, tiny_pretrain(epochs=50))
     with st.sessions() as s, s.begin():  # what POST /v1/jobs/{id}/cancel does to a running job
         assert crud.transition(s, jid, ["running"], "cancelling", actor="api", cancel_requested=True)
     t.join(60)
@@ -102,50 +109,45 @@ def _assert_failed_once(st, jid, needle):
     assert job(st.sessions, jid).status == "failed" and len(runs(st.sessions, jid)) == 1
 
 
-def test_nan_loss_fails_once_naming_the_step(sqlite_store, monkeypatch):
+def run_with_training_step(store, monkeypatch, wrap) -> int:
+    """Run a tiny job whose method's training_step is ``wrap(inner_step)``; return the job id."""
     import ssl_core.registry as registry
 
     real = registry.build_method
 
     def build(spec):
         method = real(spec)
-        inner = method.training_step
-
-        def step(images, targets, generator=None):
-            loss, metrics = inner(images, targets, generator)
-            return loss * float("nan"), metrics
-
-        method.training_step = step
+        method.training_step = wrap(method.training_step)
         return method
 
     monkeypatch.setattr(registry, "build_method", build)
-    jid = add_job(sqlite_store.sessions, tiny_pretrain(epochs=1))
-    assert run_job(jid, worker_id="w", settings=sqlite_store.settings,
-                   session_factory=sqlite_store.sessions) == FAILED
+    jid = add_job(store.sessions, tiny_pretrain(epochs=1))
+    assert run_job(jid, worker_id="w", settings=store.settings, session_factory=store.sessions) == FAILED
+    return jid
+
+
+def test_nan_loss_fails_once_naming_the_step(sqlite_store, monkeypatch):
+    def wrap(inner):
+        def step(images, targets, generator=None):
+            loss, metrics = inner(images, targets, generator)
+            return loss * float("nan"), metrics
+        return step
+
+    jid = run_with_training_step(sqlite_store, monkeypatch, wrap)
     _assert_failed_once(sqlite_store, jid, "non-finite loss at step")
 
 
 def test_a_refused_statement_during_the_run_fails_once(sqlite_store, monkeypatch):
     """Only an unreachable database leaves the job to its lease; a statement the database refused
     (here an IntegrityError) would be refused again on every retry, so the job fails once."""
-    import ssl_core.registry as registry
     from sqlalchemy.exc import IntegrityError
 
-    real = registry.build_method
-
-    def build(spec):
-        method = real(spec)
-
+    def wrap(inner):
         def step(images, targets, generator=None):
             raise IntegrityError("INSERT INTO metrics ...", {}, Exception("duplicate key value"))
+        return step
 
-        method.training_step = step
-        return method
-
-    monkeypatch.setattr(registry, "build_method", build)
-    jid = add_job(sqlite_store.sessions, tiny_pretrain(epochs=1))
-    assert run_job(jid, worker_id="w", settings=sqlite_store.settings,
-                   session_factory=sqlite_store.sessions) == FAILED
+    jid = run_with_training_step(sqlite_store, monkeypatch, wrap)
     _assert_failed_once(sqlite_store, jid, "duplicate key value")
 
 
@@ -242,15 +244,8 @@ def test_database_blip_during_a_run_loses_nothing(store, monkeypatch):
             refused.append(1)
             raise OperationalError("(simulated)", {}, ConnectionError("database unreachable"))
 
-    jid = add_job(store.sessions, tiny_pretrain(epochs=10))
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault(
-        "out", run_job(jid, worker_id="w", settings=store.settings, session_factory=store.sessions)))
-    t.start()
+    jid, t, result = start_in_thread(store, tiny_pretrain(epochs=10))
     deadline = time.monotonic() + 60
-    while len(metric_steps(store.sessions, jid)) < 2:
-        assert time.monotonic() < deadline and t.is_alive(), "job did not start"
-        time.sleep(0.05)
     outage.set()
     while len(refused) < 3:  # the writer tried (and failed) a few times
         assert time.monotonic() < deadline
