@@ -3,8 +3,10 @@
 Three measurements, in one run, on the same device and cores (issue 7):
 
 (a) augmentation alone -- two SimCLR views of 32x32 RGB uint8 images, images/s:
-    ours  = ssl_core.augment.build_pipeline(default SimCLR ops) on whole batches on the device
-            (on a CPU with several torch threads, also with one thread: "ours_1_thread");
+    ours  = ssl_core.augment.build_pipeline(default SimCLR ops) on whole batches on the device,
+            both views in one call (as SSLMethod.augment_views); on a CPU with several torch
+            threads, also with one thread ("ours_1_thread"); with --compile, also with
+            Pipeline.compile() ("ours_compiled", what the spec's compile: true runs);
     usual = torchvision per-sample transforms on PIL images (RandomResizedCrop(32, (0.08, 1)),
             flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, ToTensor) in a
             DataLoader with --workers processes (and, for reference, in the main process).
@@ -29,6 +31,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -96,26 +99,31 @@ def usual_loader(pil: list, batch: int, num_samples: int, workers: int, device: 
 # ---------------------------------------------------------------------------
 # (a) augmentation alone
 def bench_augment(images: torch.Tensor, args, device: torch.device) -> dict:
-    pipe = build_pipeline(specs.default_augment(specs.SimCLRSpec(), SIZE), SIZE)
+    ops = specs.default_augment(specs.SimCLRSpec(), SIZE)
+    pipe = build_pipeline(ops, SIZE)
     data = images.to(device)
     g = torch.Generator(device=device).manual_seed(0)
     b, n = args.batch_size, args.aug_images
     pil = to_pil(images)
     out: dict = {"images": n, "views_per_image": 2, "usual_workers": args.workers, "rounds": args.rounds}
 
-    def ours() -> float:
+    def timed(pipeline) -> Callable[[], float]:
         def run(count: int) -> None:
             for i in range(0, count, b):
                 idx = torch.randint(0, data.shape[0], (min(b, count - i),), device=device, generator=g)
                 x = data[idx]
-                pipe(x, g), pipe(x, g)
+                pipeline(x.repeat(2, 1, 1, 1), g)  # both views in one call, as SSLMethod.augment_views
 
-        run(2 * b)  # warm-up
-        sync(device)
-        t = time.perf_counter()
-        run(n)
-        sync(device)
-        return n / (time.perf_counter() - t)
+        def measure() -> float:
+            run(2 * b)  # warm-up (and, compiled, the first compilation)
+            sync(device)
+            t = time.perf_counter()
+            run(n)
+            sync(device)
+            return n / (time.perf_counter() - t)
+        return measure
+
+    ours = timed(pipe)
 
     def usual() -> float:
         """The usual pipeline as people run it: DataLoader worker processes, pinned batches."""
@@ -137,6 +145,8 @@ def bench_augment(images: torch.Tensor, args, device: torch.device) -> dict:
         return m / (time.perf_counter() - t)
 
     modes = {"ours": ours, "usual": usual, "usual_main_process": usual_main_process}
+    if args.compile != "none":  # the spec's compile: true (Pipeline.compile: the pointwise ops fused)
+        modes["ours_compiled"] = timed(build_pipeline(ops, SIZE).compile())
     threads = torch.get_num_threads()
     if device.type == "cpu" and threads > 1:
         # the batched ops on 32x32 images are small (0.4 M values per op at batch 128): with
@@ -183,6 +193,8 @@ def make_method(args, device: torch.device):
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     method = build_method(spec).to(device).to(memory_format=fmt)
     method.train()
+    if args.compile == "all":  # the same model in every mode; the trainer does this for compile: true
+        method.backbone.compile()
     return spec, method, build_optimizer(method, spec.optim)
 
 
@@ -225,6 +237,8 @@ def bench_train(images: torch.Tensor, args, device: torch.device) -> dict:
 
     # ours: uint8 on the device, the method's own training_step (augmentation included)
     _, m_ours, o_ours = make_method(args, device)
+    if args.compile != "none":
+        m_ours.pipeline.compile()
 
     def ours_step(x) -> None:
         with autocast(device, amp_dtype):
@@ -303,6 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--skip", choices=["augment", "train"], action="append", default=[])
+    p.add_argument("--compile", choices=["none", "augment", "all"], default="none",
+                   help="augment: also measure (a) with Pipeline.compile() and compile ours' augmentation in (b); "
+                        "all: also torch.compile the backbone of every (b)/(c) model (the spec's compile: true)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -329,6 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
             ratios["augment_ours_1_thread_over_usual"] = a["ours_1_thread_images_per_s"] / a["usual_images_per_s"]
             print(f"    ours with 1 torch thread {a['ours_1_thread_images_per_s']:.0f} img/s | ours (1 thread)/usual "
                   f"{ratios['augment_ours_1_thread_over_usual']:.2f}x")
+        if "ours_compiled_images_per_s" in a:
+            ratios["augment_ours_compiled_over_usual"] = a["ours_compiled_images_per_s"] / a["usual_images_per_s"]
+            print(f"    ours compiled (Pipeline.compile) {a['ours_compiled_images_per_s']:.0f} img/s | "
+                  f"ours compiled/usual {ratios['augment_ours_compiled_over_usual']:.2f}x")
     if "train" not in args.skip:
         t = bench_train(images, args, device)
         result["train"] = t

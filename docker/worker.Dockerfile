@@ -16,8 +16,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # The default dataset ships inside the image (/usr/share/datasets/fashion-mnist/*.gz): no download
 # at run time; the entrypoint copies it into the datasets volume (`pretextlab data prepare`).
+# g++: a spec's `compile: true` runs torch.compile (inductor), which builds C++ kernels on CPUs
+# and Triton's launcher stubs on GPUs at run time; the runtime base image has no compiler.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist g++ \
  && rm -rf /var/lib/apt/lists/* \
  && ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 

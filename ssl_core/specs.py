@@ -533,7 +533,7 @@ class PretrainSpec(Strict):
     device: Device = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     log_every: int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)

@@ -306,6 +306,7 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     aug_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
     if spec.compile:
         method.backbone.compile()  # in place: state_dict keys stay the same
+        method.pipeline.compile()  # the augmentation's pointwise ops (docs/performance.md)
 
     monitor = spec.eval.monitor
     knn_data = None

@@ -214,8 +214,7 @@ class MoCo(SSLMethod):
         return encoder(x[idx_shuffle])[idx_unshuffle]
 
     def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
-        x_q = self.normalize(self.augment(images, generator))  # two independent views
-        x_k = self.normalize(self.augment(images, generator))
+        x_q, x_k = self.normalize(self.augment_views(images, 2, generator)).chunk(2)  # two independent views
         q = self.encode_query(x_q)
         self.momentum_update()  # before the keys, as in the official code
         k = self.encode_key(x_k, generator)

@@ -27,10 +27,9 @@ class SimCLR(SSLMethod):
 
     def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
         b = images.shape[0]
-        x1 = self.augment(images, generator)  # two independent draws of t ~ T
-        x2 = self.augment(images, generator)
+        x = self.augment_views(images, 2, generator)  # (2N, ...): two independent draws of t ~ T
         # one forward over 2N views: BN sees both views, as the paper's global BN does
-        h = self.backbone(self.normalize(torch.cat([x1, x2], dim=0)))  # (2N, feature_dim)
+        h = self.backbone(self.normalize(x))  # (2N, feature_dim)
         z = self.projection_head(h)  # (2N, projection_dim)
         z1, z2 = z[:b], z[b:]
         loss = nt_xent(z1, z2, self.temperature)

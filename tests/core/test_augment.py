@@ -434,6 +434,57 @@ def test_to_float_and_normalize() -> None:
         A.normalize(torch.ones(1, 3, 2, 2), (0.1, 0.2), (1.0, 1.0))
 
 
+def test_pointwise_jitter_step_equals_the_matrix_step() -> None:
+    # the compiled path's blend step (pointwise) and the eager one (baddbmm) compute the same map
+    g = gen(3)
+    for c in (1, 3):
+        v = torch.rand(5, c, 40, generator=g)
+        ops = torch.tensor([0, 1, 2, 3, 1])[:, None]  # brightness, contrast, saturation, none
+        f = torch.rand(5, 1, generator=g) * 1.6
+        a, w_luma, w_mean, lw = A._jitter_coefficients(ops, f, c)
+        mats = A._colour_matrices(a, w_luma, lw)
+        eager = A._blend_step(v, mats[:, 0], w_mean[:, 0], lw)
+        pointwise = A._blend_step_pointwise(v, a[:, 0], w_luma[:, 0], w_mean[:, 0], lw)
+        torch.testing.assert_close(pointwise, eager, rtol=0, atol=1e-6)
+        assert torch.equal(eager[3], v[3])  # 'none' reproduces the input exactly
+        if c == 3:  # the ops really differ per sample
+            assert not torch.allclose(eager[2], v[2]) and not torch.allclose(eager[1], v[1])
+
+
+def test_compiled_pipeline_matches_eager_with_the_same_draws() -> None:
+    from torch._dynamo.utils import counters
+
+    ops = [specs.RandomResizedCropOp(), specs.HorizontalFlipOp(), specs.ColorJitterOp(p=0.9),
+           specs.GrayscaleOp(p=0.3), specs.SolarizeOp(p=0.5), specs.HSVPowerOp(p=0.7)]
+    eager = A.build_pipeline(ops, 12)
+    compiled = A.build_pipeline(ops, 12).compile()
+    # pointwise ops are compiled; the crop (grid_sample) stays eager; the flip is fused into the crop
+    assert [a == op.apply for a, op in zip(compiled._applies, compiled.ops)] == [True, False, False, False, False, False]
+    x = (images(b=8, side=16) * 255).to(torch.uint8)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    y_eager, y_comp = eager(x, gen(4)), compiled(x, gen(4))
+    assert y_comp.shape == y_eager.shape == (8, 3, 12, 12)
+    # float rounding of the fused arithmetic, amplified where the hue's chroma is tiny
+    torch.testing.assert_close(y_comp, y_eager, rtol=0, atol=1e-3)
+    assert float((y_comp - y_eager).abs().mean()) < 1e-5
+    assert counters["stats"]["unique_graphs"] - before >= 4  # jitter, grayscale, solarize, HSV power
+    assert not torch.equal(compiled(x, gen(5)), compiled(x, gen(4)))
+
+
+def test_augment_views_are_independent_draws_in_one_call() -> None:
+    spec = specs.PretrainSpec(method={"name": "simclr"}, data={"dataset": "synthetic", "image_size": 16})
+    from ssl_core.registry import build_method
+
+    method = build_method(spec)
+    x = (images(b=4, side=16) * 255).to(torch.uint8)
+    v = method.augment_views(x, 2, gen(0))
+    assert v.shape == (8, 3, 16, 16)
+    # row k B + i is view k of image i: the same as the pipeline on the batch repeated
+    torch.testing.assert_close(v, method.pipeline(torch.cat([x, x]), gen(0)), rtol=0, atol=0)
+    assert not torch.allclose(v[:4], v[4:])  # two different views of each image
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_same_code_runs_on_cuda() -> None:
     ops = [specs.RandomResizedCropOp(), specs.HorizontalFlipOp(), specs.ColorJitterOp(), specs.GrayscaleOp(),

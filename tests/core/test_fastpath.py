@@ -396,6 +396,8 @@ def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch) -> 
 def test_channels_last_and_compile_switches_reach_the_model(monkeypatch, tmp_path: Path) -> None:
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    # the real Pipeline.compile is checked in tests/core/test_augment.py
+    monkeypatch.setattr(A.Pipeline, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     for channels_last, compile_ in ((True, True), (False, False)):
         spec = loop_spec(METHOD_CONFIGS["simclr"], log_every=10, channels_last=channels_last, compile=compile_)
         out = tmp_path / f"cl{channels_last}"
@@ -404,4 +406,4 @@ def test_channels_last_and_compile_switches_reach_the_model(monkeypatch, tmp_pat
         conv = state["backbone.features.0.weight"]  # (out, in, 3, 3): saved with the layout it trained in
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert conv.is_contiguous() != channels_last
-    assert compiled == ["ConvNet"]  # the backbone, once, and only when asked
+    assert compiled == ["ConvNet", "Pipeline"]  # the backbone and the augmentation, once, and only when asked
