@@ -41,6 +41,10 @@ Semantics follow torchvision's transforms, per sample (the tests compare each op
   maximum), detexturize (iterated bilateral filter), pca_contrast and hsv_power
   (Exemplar-CNN's 'contrast 1' and 'contrast 2' + hue, Dosovitskiy et al. 2014).
 
+``Pipeline.compile()`` (the spec's ``compile: true``) compiles the ``apply`` of the pointwise
+ops with ``torch.compile``; the draws stay eager, so the same generator gives the same
+parameters, and the values agree with the eager ops to float rounding.
+
 Random numbers come from ``generator`` (pass one on the batch's device: a CPU generator
 with CUDA data works, but each draw is then a host-to-device copy). On a CPU shared with
 other processes, set OMP_WAIT_POLICY=PASSIVE (see docs/performance.md): these ops are
