@@ -58,6 +58,9 @@ class StampSink(NullSink):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.epoch_ends.append(time.perf_counter())
+        prev = self.epoch_ends[-2] if len(self.epoch_ends) > 1 else (self.steps[0] if self.steps else None)
+        if prev is not None:  # as it goes: the numbers survive a crash after training
+            print(f"  flush {len(self.epoch_ends)}: {self.epoch_ends[-1] - prev:.2f} s since the previous one", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:

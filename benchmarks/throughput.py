@@ -103,7 +103,8 @@ def bench_augment(images: torch.Tensor, args, device: torch.device) -> dict:
     pipe = build_pipeline(ops, SIZE)
     data = images.to(device)
     g = torch.Generator(device=device).manual_seed(0)
-    b, n = args.batch_size, args.aug_images
+    b = args.batch_size
+    n = max(b, args.aug_images // b * b)  # whole batches: a smaller last one would recompile inside a timed round
     pil = to_pil(images)
     out: dict = {"images": n, "views_per_image": 2, "usual_workers": args.workers, "rounds": args.rounds}
 

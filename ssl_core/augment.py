@@ -113,6 +113,10 @@ def _const(values: Any, like: Tensor) -> Tensor:
     """A small constant tensor on like's device and dtype, built once per device: creating it
     from Python on every call would be a pageable host-to-device copy, which blocks the host
     until the GPU has caught up."""
+    if torch.compiler.is_compiling():
+        # inside Pipeline.compile()'s graphs: a graph constant (built once, at compile time);
+        # reading the global cache would guard on its contents and recompile once it fills
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
     key = (values, like.device, like.dtype)
     t = _CONSTS.get(key)
     if t is None:
@@ -863,7 +867,7 @@ class Pipeline:
         self.ops = ops
         self.out_size = int(out_size)
         self._resizes = any(op.resizes for op in ops)
-        self._applies: list[Callable[[Tensor, Params], Tensor]] = [op.apply for op in ops]
+        self._compiled: list[Callable[[Tensor, Params], Tensor] | None] = [None] * len(ops)
 
     def compile(self, **kwargs: Any) -> "Pipeline":
         """``torch.compile`` the ``apply`` of every pointwise op (``compilable``: colour
@@ -872,9 +876,16 @@ class Pipeline:
         stays outside the graphs, so the draws are the same as uncompiled); the compiled
         ``apply`` gives the same values up to float rounding (tests/core/test_augment.py).
         The spec's ``compile: true`` turns it on with the backbone's compile. First calls
-        compile (seconds; once more when the batch shape first changes, then dynamic)."""
-        self._applies = [torch.compile(op.apply, **kwargs) if op.compilable else op.apply for op in self.ops]
+        compile (seconds; once more when the batch shape first changes, then dynamic).
+        torch.compile caches per function, so pipelines in one process share each op's cache;
+        past torch's recompile limit (8 variants: other spec values, channel counts, devices)
+        an op falls back to its eager ``apply`` -- same values, without the speed-up."""
+        self._compiled = [torch.compile(op.apply, **kwargs) if op.compilable else None for op in self.ops]
         return self
+
+    def _apply(self, k: int, x: Tensor, params: Params) -> Tensor:
+        fn = self._compiled[k]
+        return self.ops[k].apply(x, params) if fn is None else fn(x, params)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if x.ndim != 4:
@@ -903,12 +914,12 @@ class Pipeline:
                 s = op.out_size
                 between = [(o, o.sample(b, s, s, c, x.device, generator)) for o in ops[i + 1 : j]]
                 flip = ops[j].sample(b, s, s, c, x.device, generator)["apply"]
-                x = self._applies[i](x, {**params, "flip": flip})
+                x = self._apply(i, x, {**params, "flip": flip})
                 for k, (_, p) in enumerate(between, start=i + 1):
-                    x = self._applies[k](x, p)
+                    x = self._apply(k, x, p)
                 i = j + 1
                 continue
-            x = self._applies[i](x, params)
+            x = self._apply(i, x, params)
             i += 1
         if (x.shape[2], x.shape[3]) != (self.out_size, self.out_size):  # a crop that was not last-sized
             x = resize(x, self.out_size)
