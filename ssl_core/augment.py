@@ -47,7 +47,8 @@ parameters, and the values agree with the eager ops to float rounding.
 
 Random numbers come from ``generator`` (pass one on the batch's device: a CPU generator
 with CUDA data works, but each draw is then a host-to-device copy). On a CPU shared with
-other processes, set OMP_WAIT_POLICY=PASSIVE (see docs/performance.md): these ops are
+other processes, set OMP_WAIT_POLICY=PASSIVE (the ``pretextlab`` command does unless told
+otherwise; see docs/performance.md): these ops are
 small, and spinning OpenMP threads can slow them down more than tenfold. On CPUs, ``torch.where``
 and comparisons over whole images are slow (bool tensors are not vectorised), so exact
 per-sample selections use ``lerp`` with 0/1 weights or per-sample matrices instead.

@@ -53,3 +53,18 @@ WORKER_MODULES = ["worker.celery_app", "worker.tasks", "worker.runner", "worker.
 @pytest.mark.parametrize("module", WORKER_MODULES)
 def test_worker_modules_load_torch_only_inside_the_task(module):
     assert loaded_after_import(module, HEAVY_FOR_API) == []
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_console_script_sets_passive_openmp_before_torch_loads(preset, expected):
+    # the policy is read when torch loads its OpenMP runtime: worker.cli (the console script)
+    # must set it at import, and it must not have loaded torch by then (see above)
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sys, worker.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expected, "False"]

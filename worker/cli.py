@@ -13,7 +13,14 @@ Each subcommand imports what it needs when it runs, so `pretextlab db upgrade` n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning. It must be in the environment before torch
+# loads its OpenMP runtime, hence here, before any subcommand imports torch. On a CPU shared
+# with other work (DataLoader workers, the API, another job) spinning threads slowed the
+# batched augmentation more than tenfold (docs/performance.md). An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Subcommands whose own parser lives in ssl_core.cli: their arguments are passed through.
 PASSTHROUGH = {
