@@ -913,10 +913,10 @@ class Pipeline:
                 # fused into the crop's sampling grid. Parameters are drawn in the pipeline's
                 # order, so the generator yields the same values as unfused.
                 s = op.out_size
-                between = [(o, o.sample(b, s, s, c, x.device, generator)) for o in ops[i + 1 : j]]
+                between = [o.sample(b, s, s, c, x.device, generator) for o in ops[i + 1 : j]]
                 flip = ops[j].sample(b, s, s, c, x.device, generator)["apply"]
                 x = self._apply(i, x, {**params, "flip": flip})
-                for k, (_, p) in enumerate(between, start=i + 1):
+                for k, p in enumerate(between, start=i + 1):
                     x = self._apply(k, x, p)
                 i = j + 1
                 continue
