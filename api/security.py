@@ -19,6 +19,8 @@ from typing import Annotated, Any, Awaitable, Callable
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ssl_core.paths import PathOutsideRoots, resolve_inside
+
 MAX_ARTIFACT_NAME = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -188,25 +190,10 @@ def resolve_weights(path: str, roots: list[Path]) -> Path:
 
 
 def resolve_data_path(path: str, roots: list[Path], field: str = "data.path") -> Path:
-    """A dataset folder inside one of ``roots`` (the data root first), the way the worker's
-    ``ssl_core.data.resolve_path`` reads it: relative paths are taken under the data root, ``~`` is
-    not expanded, symlinks are followed. Existence is not checked: the data may be mounted on the
-    workers only; containment is what the API can and must refuse early."""
-    if not path or "\x00" in path or _CONTROL.search(path):
-        raise UnsafePath(f"{field}: empty path or control characters")
-    if "\\" in path or any(p == ".." for p in path.split("/")):
-        raise UnsafePath(f"{field}: '..' and backslashes are not allowed")
-    resolved_roots = [r.resolve() for r in roots]
-    if not resolved_roots:
-        raise UnsafePath(f"{field}: no data root is configured")
-    candidate = Path(path)
-    if not candidate.is_absolute():
-        candidate = resolved_roots[0] / candidate
-    resolved = candidate.resolve()
-    if any(resolved.is_relative_to(r) for r in resolved_roots):
-        return resolved
-    raise UnsafePath(
-        f"{field}: {path!r} resolves to {resolved}, outside the allowed data roots "
-        f"({', '.join(str(r) for r in resolved_roots)}); put the data under PRETEXTLAB_DATA_ROOT or add "
-        "its folder to PRETEXTLAB_ALLOWED_DATA_ROOTS"
-    )
+    """A dataset folder inside one of ``roots`` (the data root first), checked exactly as the worker
+    checks it (:func:`ssl_core.paths.resolve_inside`). Existence is not checked: the data may be
+    mounted on the workers only; containment is what the API can and must refuse early."""
+    try:
+        return resolve_inside(path, roots, field=field)
+    except PathOutsideRoots as e:
+        raise UnsafePath(str(e)) from None

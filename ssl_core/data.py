@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ssl_core import specs
 from ssl_core.errors import DatasetError
+from ssl_core.paths import PathOutsideRoots, resolve_inside
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
@@ -75,22 +76,12 @@ def allowed_roots() -> list[Path]:
 def resolve_path(path: str | os.PathLike[str]) -> Path:
     """A user-given dataset path, relative to the data root or absolute, resolved with symlinks
     followed; it must lie inside one of :func:`allowed_roots` and exist, else DatasetError."""
-    text = os.fspath(path)
-    if not text or "\x00" in text:
-        raise DatasetError("dataset path: empty or contains NUL")
-    p = Path(text)  # no ~ expansion: a user-given name is taken literally
-    if not p.is_absolute():
-        p = data_root() / p
-    real = p.resolve(strict=False)  # follows every symlink that exists
-    roots = [r.resolve(strict=False) for r in allowed_roots()]
-    if not any(real.is_relative_to(r) for r in roots):
-        raise DatasetError(
-            f"dataset path {text!r} resolves to {real}, outside the allowed data roots "
-            f"({', '.join(str(r) for r in roots)}); put the data under PRETEXTLAB_DATA_ROOT or add its "
-            "folder to PRETEXTLAB_ALLOWED_DATA_ROOTS"
-        )
+    try:
+        real = resolve_inside(path, allowed_roots(), field="dataset path")
+    except PathOutsideRoots as e:
+        raise DatasetError(str(e)) from None
     if not real.exists():
-        raise DatasetError(f"dataset path {text!r} does not exist (looked in {real})")
+        raise DatasetError(f"dataset path {os.fspath(path)!r} does not exist (looked in {real})")
     return real
 
 
