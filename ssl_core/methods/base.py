@@ -25,34 +25,6 @@ def dataset_stats(spec: PretrainSpec) -> tuple[tuple[float, ...], tuple[float, .
     return mean, std
 
 
-def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
-    return generator.device if generator is not None else device
-
-
-def randint(high: int | Tensor, size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Integers in [0, high) drawn with ``generator`` (on its device) and returned on ``device``.
-
-    ``high`` may be a tensor (broadcast against ``size``) for per-sample ranges.
-    """
-    u = torch.rand(size, generator=generator, device=_rand_device(generator, device)).to(device)
-    if isinstance(high, Tensor):
-        return torch.minimum((u * high).long(), high.long() - 1)
-    return (u * high).long().clamp_(max=high - 1)
-
-
-def rand(size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Uniform [0, 1) drawn with ``generator`` and returned on ``device``."""
-    return torch.rand(size, generator=generator, device=_rand_device(generator, device)).to(device)
-
-
-def randn(size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.randn(size, generator=generator, device=_rand_device(generator, device)).to(device)
-
-
-def randperm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.randperm(n, generator=generator, device=_rand_device(generator, device)).to(device)
-
-
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     """Top-1 accuracy as a detached 0-d tensor (no host sync)."""
     return (logits.detach().argmax(dim=1) == targets).float().mean()

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_core.augment.sampling import rand, randint
 from ssl_core.heads import ClassifierHead
-from ssl_core.methods.base import SSLMethod, accuracy, rand, randint
+from ssl_core.methods.base import SSLMethod, accuracy
 from ssl_core.methods.patches import extract_patches
 from ssl_core.methods.permutations import make_permutations, permutation_stats
 from ssl_core.specs import PretrainSpec
@@ -71,20 +72,20 @@ class Jigsaw(SSLMethod):
         m = self.spec.method
         b, c, s, _ = x.shape
         cell, t, cj = self.cell, self.tile_size, m.channel_jitter
-        origin = randint(s - 3 * cell + 1, (b, 1, 2), generator, x.device)  # the 3x3-cell crop
+        origin = randint(s - 3 * cell + 1, (b, 1, 2), x.device, generator)  # the 3x3-cell crop
         cells = torch.arange(TILES, device=x.device)
         grid = torch.stack([cells // 3, cells % 3], dim=-1).view(1, TILES, 2)  # (row, col) per cell
-        offset = randint(cell - t + 1, (b, TILES, 2), generator, x.device)  # tile inside its cell
+        offset = randint(cell - t + 1, (b, TILES, 2), x.device, generator)  # tile inside its cell
         corner = origin + grid * cell + offset  # (B, 9, 2)
         # chromatic aberration guard: every channel of every tile shifted on its own
-        shift = randint(2 * cj + 1, (b, TILES, c, 2), generator, x.device) - cj if c > 1 and cj > 0 else 0
+        shift = randint(2 * cj + 1, (b, TILES, c, 2), x.device, generator) - cj if c > 1 and cj > 0 else 0
         corner = (corner[:, :, None, :] + shift).clamp(0, s - t)  # (B, 9, C, 2)
         return extract_patches(x, corner[..., 0], corner[..., 1], t)
 
     def shuffle(self, tiles: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Tiles (B, 9, ...) reordered by a random permutation of the set: out[:, i] = tiles[:, perm[i]]; labels (B,)."""
         b = tiles.shape[0]
-        labels = randint(self.permutations.shape[0], (b,), generator, tiles.device)
+        labels = randint(self.permutations.shape[0], (b,), tiles.device, generator)
         order = self.permutations[labels]  # (B, 9)
         idx = order.view(b, TILES, *([1] * (tiles.dim() - 2))).expand_as(tiles)
         return tiles.gather(1, idx), labels
@@ -95,7 +96,7 @@ class Jigsaw(SSLMethod):
         b, c = x.shape[:2]
         if c == 3 and m.grayscale_p > 0:
             gray = (x * self.luma.to(x.dtype)).sum(1, keepdim=True).expand_as(x)
-            x = torch.where(rand((b, 1, 1, 1), generator, x.device) < m.grayscale_p, gray, x)
+            x = torch.where(rand((b, 1, 1, 1), x.device, generator) < m.grayscale_p, gray, x)
         tiles = self.make_tiles(x, generator)  # (B, 9, C, T, T)
         tiles = normalize_tiles(tiles)  # replaces the dataset mean/std normalisation
         tiles, labels = self.shuffle(tiles, generator)

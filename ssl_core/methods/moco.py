@@ -29,9 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_core.augment.sampling import randperm
 from ssl_core.heads import MoCoProjectionHead
 from ssl_core.losses import info_nce
-from ssl_core.methods.base import SSLMethod, randperm
+from ssl_core.methods.base import SSLMethod
 from ssl_core.specs import PretrainSpec
 
 
@@ -98,13 +99,13 @@ def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, de
     """
     s = effective_splits(batch, splits)
     if s == 1:
-        idx_shuffle = randperm(batch, generator, device)
+        idx_shuffle = randperm(batch, device, generator)
         return idx_shuffle, torch.argsort(idx_shuffle)
     rows = batch // s
-    tau = randperm(s, generator, device)
+    tau = randperm(s, device, generator)
     derange = torch.empty_like(tau)
     derange[tau] = tau.roll(-1)  # d(tau[a]) = tau[a + 1]: a single cycle, no fixed point
-    rho = randperm(rows, generator, device)
+    rho = randperm(rows, device, generator)
     n = torch.arange(batch, device=device)
     dest = rho[n // s] * s + derange[n % s]  # where sample n goes
     return torch.argsort(dest), dest
@@ -124,7 +125,7 @@ def batch_shuffle_ddp(x: Tensor, generator: torch.Generator | None) -> tuple[Ten
     """Official MoCo: gather the batch from all processes, shuffle it with rank 0's permutation, take this rank's share."""
     local = x.shape[0]
     x_all = concat_all_gather(x)
-    idx_shuffle = randperm(x_all.shape[0], generator, x.device)
+    idx_shuffle = randperm(x_all.shape[0], x.device, generator)
     dist.broadcast(idx_shuffle, src=0)
     idx_unshuffle = torch.argsort(idx_shuffle)
     rank = dist.get_rank()

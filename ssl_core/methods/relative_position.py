@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_core.augment.sampling import rand, randint, randn
 from ssl_core.heads import ClassifierHead
-from ssl_core.methods.base import SSLMethod, accuracy, randint, rand, randn
+from ssl_core.methods.base import SSLMethod, accuracy
 from ssl_core.methods.patches import extract_patches
 from ssl_core.specs import PretrainSpec
 
@@ -47,11 +48,11 @@ def sample_pairs(
     """
     extent = 3 * patch + 2 * gap
     room = image_size - extent - 2 * jitter + 1  # number of grid origins per axis
-    origin = randint(room, (batch, 2), generator, device) + jitter  # (B, 2): y, x
-    labels = randint(NUM_POSITIONS, (batch,), generator, device)
+    origin = randint(room, (batch, 2), device, generator) + jitter  # (B, 2): y, x
+    labels = randint(NUM_POSITIONS, (batch,), device, generator)
     neighbours = neighbours if neighbours is not None else NEIGHBOURS.to(device)
     cells = torch.stack([torch.ones_like(neighbours[labels]), neighbours[labels]], 1)  # centre (1, 1) first
-    shift = randint(2 * jitter + 1, (batch, 2, 2), generator, device) - jitter  # per patch, per axis
+    shift = randint(2 * jitter + 1, (batch, 2, 2), device, generator) - jitter  # per patch, per axis
     corners = origin[:, None, :] + cells * (patch + gap) + shift  # (B, 2 patches, 2 axes)
     return corners[..., 0], corners[..., 1], labels
 
@@ -81,14 +82,14 @@ class RelativePosition(SSLMethod):
             side = max(2, round(p * 10 / 96))
             low = F.interpolate(flat, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
             up = F.interpolate(low, size=(p, p), mode="bilinear", align_corners=False)
-            pick = rand((b * k, 1, 1, 1), generator, flat.device) < m.downsample_p
+            pick = rand((b * k, 1, 1, 1), flat.device, generator) < m.downsample_p
             flat = torch.where(pick, up, flat)
         flat = flat - flat.mean(dim=(2, 3), keepdim=True)  # per-patch mean subtraction
         if c > 1 and m.chromatic == "drop":
-            keep = randint(c, (b * k,), generator, flat.device)  # the channel kept per patch
+            keep = randint(c, (b * k,), flat.device, generator)  # the channel kept per patch
             kept = flat[torch.arange(b * k, device=flat.device), keep]  # (B*2, P, P)
             noise_std = kept.flatten(1).std(dim=1).view(-1, 1, 1, 1) / 100
-            noise = randn(tuple(flat.shape), generator, flat.device).to(flat.dtype) * noise_std
+            noise = randn(tuple(flat.shape), flat.device, generator).to(flat.dtype) * noise_std
             is_kept = (torch.arange(c, device=flat.device)[None, :] == keep[:, None]).view(b * k, c, 1, 1)
             flat = torch.where(is_kept, flat, noise)
         elif c > 1 and m.chromatic == "gray":

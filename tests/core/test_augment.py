@@ -16,6 +16,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ssl_core import augment as A
+from ssl_core.augment import colour
 from ssl_core import specs
 
 ALL_OPS = sorted(A.OP_CLASSES)
@@ -441,10 +442,10 @@ def test_pointwise_jitter_step_equals_the_matrix_step() -> None:
         v = torch.rand(5, c, 40, generator=g)
         ops = torch.tensor([0, 1, 2, 3, 1])[:, None]  # brightness, contrast, saturation, none
         f = torch.rand(5, 1, generator=g) * 1.6
-        a, w_luma, w_mean, lw = A._jitter_coefficients(ops, f, c)
-        mats = A._colour_matrices(a, w_luma, lw)
-        eager = A._blend_step(v, mats[:, 0], w_mean[:, 0], lw)
-        pointwise = A._blend_step_pointwise(v, a[:, 0], w_luma[:, 0], w_mean[:, 0], lw)
+        a, w_luma, w_mean, lw = colour._jitter_coefficients(ops, f, c)
+        mats = colour._colour_matrices(a, w_luma, lw)
+        eager = colour._blend_step(v, mats[:, 0], w_mean[:, 0], lw)
+        pointwise = colour._blend_step_pointwise(v, a[:, 0], w_luma[:, 0], w_mean[:, 0], lw)
         torch.testing.assert_close(pointwise, eager, rtol=0, atol=1e-6)
         assert torch.equal(eager[3], v[3])  # 'none' reproduces the input exactly
         if c == 3:  # the ops really differ per sample
