@@ -1,0 +1,141 @@
+"""The datasets: static facts the validators and the API need without touching data, and DataSpec.
+
+:data:`DATASETS` describes each dataset (size, channels, splits, normalisation statistics);
+:data:`DATASET_FOLDERS`, :data:`FASHION_FILES` and :data:`DEBIAN_FASHION_MNIST` say where its
+files live, so the API can report what is present without importing the loaders (which load
+torch) and the loaders in :mod:`ssl_core.data` read the same names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ssl_core.specs.base import MAX_IMAGE_SIZE, MAX_SUBSET, Strict, climbs_or_has_nul
+
+
+class DatasetInfo(Strict):
+    name: str
+    image_size: int | None  # native side in pixels; None = varies (resize required)
+    channels: int
+    num_classes: int | None
+    pretrain_split: str
+    train_split: str  # labelled split used as the kNN bank / probe training set
+    test_split: str
+    splits: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in [
+        DatasetInfo(
+            name="fashion_mnist", image_size=28, channels=1, num_classes=10,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test"), mean=(0.2860,), std=(0.3530,),
+            description="Fashion-MNIST, 70k 28x28 grayscale (Debian dataset-fashion-mnist works offline)",
+        ),
+        DatasetInfo(
+            name="digits", image_size=8, channels=1, num_classes=10,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test"), mean=(0.3050,), std=(0.3786,),
+            description="scikit-learn's bundled 8x8 digits (1797 images; 80/20 split, seeded)",
+        ),
+        DatasetInfo(
+            name="cifar10", image_size=32, channels=3, num_classes=10,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test"), mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+            description="CIFAR-10, 60k 32x32 RGB",
+        ),
+        DatasetInfo(
+            name="cifar100", image_size=32, channels=3, num_classes=100,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test"), mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+            description="CIFAR-100, 60k 32x32 RGB",
+        ),
+        DatasetInfo(
+            name="stl10", image_size=96, channels=3, num_classes=10,
+            pretrain_split="unlabeled", train_split="train", test_split="test",
+            splits=("unlabeled", "train", "test", "train+unlabeled"),
+            mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
+            description="STL-10, 100k unlabeled + 5k/8k labelled 96x96 RGB",
+        ),
+        DatasetInfo(
+            name="image_folder", image_size=None, channels=3, num_classes=None,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test", "all"), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+            description="a folder of class sub-folders (or a split folder holding them); needs data.path and data.image_size",
+        ),
+        DatasetInfo(
+            name="synthetic", image_size=32, channels=3, num_classes=4,
+            pretrain_split="train", train_split="train", test_split="test",
+            splits=("train", "test"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+            description="procedurally generated shapes with labels, for tests only",
+        ),
+    ]
+}
+
+DatasetName = Literal["fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "image_folder", "synthetic"]
+
+# Where each dataset's files live under the data root (the loaders read them there).
+DATASET_FOLDERS = {
+    "fashion_mnist": "FashionMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "stl10": "stl10_binary",
+}
+# Fashion-MNIST's four IDX files; the Debian package dataset-fashion-mnist ships them gzipped here
+# (PRETEXTLAB_FASHION_MNIST_SOURCE points elsewhere), and the loader copies them into the data root.
+FASHION_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataSpec(Strict):
+    dataset: DatasetName = "fashion_mnist"
+    split: str | None = Field(None, description="None = the dataset's pretraining split")
+    path: str | None = Field(
+        None, description="image_folder only: a folder inside the allowed data roots (relative to the data root or absolute)"
+    )
+    image_size: int | None = Field(
+        None, ge=4, le=MAX_IMAGE_SIZE, description="resize side in pixels; None = the dataset's native size"
+    )
+    subset: int | None = Field(None, ge=1, le=MAX_SUBSET, description="use a seeded random subset of this many images")
+    channels: Literal[1, 3] | None = Field(None, description="None = the dataset's own; 3 on a grayscale set repeats it")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSpec":
+        info = DATASETS[self.dataset]
+        if self.split is not None and self.split not in info.splits:
+            raise ValueError(f"data.split: {self.split!r} is not a split of {self.dataset} (one of {list(info.splits)})")
+        if self.dataset == "image_folder":
+            if not self.path:
+                raise ValueError("data.path: image_folder needs a folder path")
+            if self.image_size is None:
+                raise ValueError("data.image_size: image_folder needs an image size to resize to")
+        elif self.path is not None:
+            raise ValueError(f"data.path: only image_folder takes a path, not {self.dataset}")
+        if self.path is not None and climbs_or_has_nul(self.path):
+            raise ValueError("data.path: '..' and NUL are not allowed in a dataset path")
+        return self
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.dataset]
+
+    @property
+    def resolved_split(self) -> str:
+        return self.split or self.info.pretrain_split
+
+    @property
+    def resolved_image_size(self) -> int:
+        return int(self.image_size or self.info.image_size)  # validator guarantees one is set
+
+    @property
+    def resolved_channels(self) -> int:
+        return int(self.channels or self.info.channels)

@@ -1,0 +1,99 @@
+"""Evaluation: the protocols (kNN, linear probe, fine-tuning), their labelled data, and the
+online monitor. Shared by the pretraining spec's ``eval`` and the evaluate job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from ssl_core.specs.base import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_SUBSET, Strict, climbs_or_has_nul
+from ssl_core.specs.data import DATASETS, DatasetName
+
+
+class KnnProtocol(Strict):
+    """Weighted kNN (Wu et al. 2018): cosine similarity, top-k, exp(s/t) votes."""
+
+    protocol: Literal["knn"] = "knn"
+    k: int = Field(200, ge=1, le=10_000)
+    temperature: float = Field(0.1, gt=0.0, le=10.0)
+
+
+class LinearProtocol(Strict):
+    """Linear probe on frozen features: SGD momentum 0.9, wd 0, cosine (solo-learn / lightly recipes)."""
+
+    protocol: Literal["linear"] = "linear"
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(0.1, gt=0.0, le=100.0)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    augment: bool = Field(False, description="crop + flip per epoch; False = features computed once")
+
+
+class FinetuneProtocol(Strict):
+    protocol: Literal["finetune"] = "finetune"
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(0.01, gt=0.0, le=100.0)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    augment: bool = True
+
+
+ProtocolSpec = Annotated[Union[KnnProtocol, LinearProtocol, FinetuneProtocol], Field(discriminator="protocol")]
+
+
+class EvalDataSpec(Strict):
+    """Labelled data for evaluation: a train split (kNN bank / probe training) and a test split."""
+
+    dataset: DatasetName = "fashion_mnist"
+    path: str | None = None
+    train_split: str | None = None
+    test_split: str | None = None
+    train_subset: int | None = Field(None, ge=1, le=MAX_SUBSET)
+    test_subset: int | None = Field(None, ge=1, le=MAX_SUBSET)
+    image_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalDataSpec":
+        info = DATASETS[self.dataset]
+        if info.num_classes is None and self.dataset != "image_folder":
+            raise ValueError(f"eval data.dataset: {self.dataset} has no labels")
+        for fld in ("train_split", "test_split"):
+            v = getattr(self, fld)
+            if v is not None and v not in info.splits:
+                raise ValueError(f"data.{fld}: {v!r} is not a split of {self.dataset} (one of {list(info.splits)})")
+            if v == "unlabeled":
+                raise ValueError(f"data.{fld}: the unlabeled split cannot be used for evaluation")
+        if self.dataset == "image_folder" and not self.path:
+            raise ValueError("data.path: image_folder needs a folder path")
+        if self.dataset != "image_folder" and self.path is not None:
+            raise ValueError(f"data.path: only image_folder takes a path, not {self.dataset}")
+        if self.path is not None and climbs_or_has_nul(self.path):
+            raise ValueError("data.path: '..' and NUL are not allowed in a dataset path")
+        return self
+
+    @property
+    def resolved_train_split(self) -> str:
+        return self.train_split or DATASETS[self.dataset].train_split
+
+    @property
+    def resolved_test_split(self) -> str:
+        return self.test_split or DATASETS[self.dataset].test_split
+
+
+class MonitorSpec(Strict):
+    """Online kNN monitor during pretraining."""
+
+    every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, description="0 = off")
+    train_subset: int = Field(5000, ge=10, le=MAX_SUBSET)
+    test_subset: int = Field(2000, ge=10, le=MAX_SUBSET)
+    k: int = Field(200, ge=1, le=10_000)
+    temperature: float = Field(0.1, gt=0.0, le=10.0)
+
+
+class PretrainEvalSpec(Strict):
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec)
+    after: list[ProtocolSpec] = Field(
+        default_factory=list, description="evaluations queued as jobs when the pretraining succeeds"
+    )
+    data: EvalDataSpec | None = Field(None, description="None = the pretraining dataset's labelled splits")

@@ -1,0 +1,161 @@
+"""The two job kinds, pretraining and evaluation, and the one entry point that validates either.
+
+Each spec value has exactly one default, in the module that declares its field. Where the
+paper's recipe depends on the method (the augmentation pipeline, the optimizer), the field
+defaults to ``None`` and the validator resolves it from :mod:`ssl_core.specs.recipes`, so a
+stored spec is always explicit. Checks that tie several sections together (image size vs.
+backbone, queue vs. batch) live here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from ssl_core.specs.augment import AugmentOp
+from ssl_core.specs.base import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_QUEUE_ELEMENTS, Strict, climbs_or_has_nul
+from ssl_core.specs.data import DataSpec
+from ssl_core.specs.evaluation import EvalDataSpec, KnnProtocol, PretrainEvalSpec, ProtocolSpec
+from ssl_core.specs.method import MethodSpec, SimCLRSpec
+from ssl_core.specs.model import BackboneSpec
+from ssl_core.specs.optim import OptimSpec
+from ssl_core.specs.recipes import default_augment, default_optim
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class PretrainSpec(Strict):
+    kind: Literal["pretrain"] = "pretrain"
+    method: MethodSpec = Field(default_factory=SimCLRSpec)
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    augment: list[AugmentOp] | None = Field(None, description="None = the method's paper pipeline")
+    optim: OptimSpec | None = Field(None, description="None = the method's paper optimizer")
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(256, ge=2, le=MAX_BATCH_SIZE)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Device = "auto"
+    precision: Precision = "auto"
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
+    log_every: int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
+    eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
+
+    @model_validator(mode="after")
+    def _resolve_and_check(self) -> "PretrainSpec":
+        m, size = self.method, self.data.resolved_image_size
+        if self.augment is None:
+            self.augment = default_augment(m, size)
+        if self.optim is None:
+            self.optim = default_optim(m, self.batch_size, self.epochs)
+        min_side = self.backbone.min_input_size()
+        if m.name in ("rotation", "exemplar", "simclr", "moco") and size < min_side:
+            raise ValueError(f"data.image_size: {size} px is too small for backbone {self.backbone.name} (min {min_side})")
+        check = _METHOD_CHECKS.get(m.name)
+        if check is not None:
+            check(self, size, min_side)
+        if self.optim.warmup_epochs > self.epochs:
+            raise ValueError(f"optim.warmup_epochs: {self.optim.warmup_epochs} exceeds epochs {self.epochs}")
+        return self
+
+
+# Checks that tie a method's fields to the rest of the spec: (spec, image size, backbone's minimum side).
+def _check_moco(spec: PretrainSpec, size: int, min_side: int) -> None:
+    m = spec.method
+    if m.queue_size * m.projection_dim > MAX_QUEUE_ELEMENTS:
+        raise ValueError(
+            f"method.queue_size: {m.queue_size} keys of dimension {m.projection_dim} exceed the limit of "
+            f"{MAX_QUEUE_ELEMENTS} queued values ({MAX_QUEUE_ELEMENTS * 4 >> 20} MiB)"
+        )
+    if m.queue_size % spec.batch_size:
+        raise ValueError(f"method.queue_size: {m.queue_size} is not a multiple of batch_size {spec.batch_size}")
+    if m.shuffle_bn == "split" and spec.batch_size % m.bn_splits:
+        raise ValueError(f"method.bn_splits: batch_size {spec.batch_size} is not divisible by {m.bn_splits}")
+
+
+def _check_relative_position(spec: PretrainSpec, size: int, min_side: int) -> None:
+    m = spec.method
+    patch = m.resolved_patch_size(size)
+    if patch < min_side:
+        raise ValueError(
+            f"method.patch_size: {patch} px patches are too small for backbone {spec.backbone.name} "
+            f"(min {min_side}); use larger images or a smaller gap/jitter"
+        )
+    if 3 * patch + 2 * m.gap + 2 * m.jitter > size:
+        raise ValueError(
+            f"method.patch_size: a 3x3 grid of {patch} px patches with gap {m.gap} and jitter {m.jitter} "
+            f"does not fit a {size} px image"
+        )
+
+
+def _check_jigsaw(spec: PretrainSpec, size: int, min_side: int) -> None:
+    m = spec.method
+    tile = m.resolved_tile_size(size)
+    if tile > size // 3:
+        raise ValueError(f"method.tile_size: {tile} px tiles do not fit 3x3 cells of a {size} px image")
+    if tile < min_side:
+        raise ValueError(f"method.tile_size: {tile} px tiles are too small for backbone {spec.backbone.name}")
+    if m.num_permutations > math.factorial(9):
+        raise ValueError("method.num_permutations: more than 9! permutations")
+
+
+def _check_exemplar(spec: PretrainSpec, size: int, min_side: int) -> None:
+    m = spec.method
+    if spec.data.subset is not None and m.num_classes > spec.data.subset:
+        raise ValueError(
+            f"method.num_classes: {m.num_classes} surrogate classes need as many seed images, "
+            f"but data.subset is {spec.data.subset}"
+        )
+
+
+_METHOD_CHECKS = {
+    "moco": _check_moco, "relative_position": _check_relative_position, "jigsaw": _check_jigsaw,
+    "exemplar": _check_exemplar,
+}
+
+class EvaluateSpec(Strict):
+    """An evaluation job: a backbone (weights file, pretraining job, or a baseline) on labelled data."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    weights: str | None = Field(None, description="a backbone .safetensors file written by a pretraining")
+    source_job_id: int | None = Field(None, ge=1, description="the pretraining job whose backbone to evaluate")
+    baseline: Literal["random_init", "raw_pixels"] | None = Field(
+        None, description="evaluate a baseline instead of trained weights"
+    )
+    backbone: BackboneSpec | None = Field(None, description="random_init baseline: the backbone to build")
+    protocol: ProtocolSpec = Field(default_factory=KnnProtocol)
+    data: EvalDataSpec = Field(default_factory=EvalDataSpec)
+    batch_size: int = Field(512, ge=1, le=MAX_BATCH_SIZE, description="feature extraction batch")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Device = "auto"
+    precision: Precision = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateSpec":
+        given = [n for n in ("weights", "source_job_id", "baseline") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"weights: give exactly one of weights, source_job_id, baseline (got {given or 'none'})")
+        if self.baseline == "random_init" and self.backbone is None:
+            self.backbone = BackboneSpec()
+        if self.baseline != "random_init" and self.backbone is not None:
+            raise ValueError("backbone: only the random_init baseline takes a backbone (weights carry their own)")
+        if self.weights is not None and climbs_or_has_nul(self.weights):
+            raise ValueError("weights: '..' and NUL are not allowed in a weights path")
+        if self.baseline == "raw_pixels" and self.protocol.protocol == "finetune":
+            raise ValueError("protocol: raw pixels have nothing to fine-tune")
+        return self
+
+
+JobSpec = Annotated[Union[PretrainSpec, EvaluateSpec], Field(discriminator="kind")]
+JOB_SPEC_ADAPTER: TypeAdapter[PretrainSpec | EvaluateSpec] = TypeAdapter(JobSpec)
+
+
+def parse_job_spec(data: dict[str, Any]) -> PretrainSpec | EvaluateSpec:
+    """Validate a job spec dict (``kind`` defaults to pretrain)."""
+    if isinstance(data, dict) and "kind" not in data:
+        data = {**data, "kind": "pretrain"}
+    return JOB_SPEC_ADAPTER.validate_python(data)

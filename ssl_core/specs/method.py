@@ -1,0 +1,139 @@
+"""The methods: a discriminated union on ``name``; defaults are the papers' (scaled where noted)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from ssl_core.specs.base import MAX_IMAGE_SIZE, MAX_PERMUTATIONS, MAX_QUEUE_SIZE, Strict
+
+if TYPE_CHECKING:
+    from ssl_core.specs.job import PretrainSpec
+
+
+class RotationSpec(Strict):
+    """RotNet (Gidaris et al., ICLR 2018): all four rotations of every image in the batch, 4-way CE."""
+
+    name: Literal["rotation"] = "rotation"
+
+
+class ExemplarSpec(Strict):
+    """Exemplar-CNN (Dosovitskiy et al., NIPS 2014): N surrogate classes of heavily augmented seed images."""
+
+    name: Literal["exemplar"] = "exemplar"
+    num_classes: int = Field(8000, ge=2, le=100_000, description="N: seed images = surrogate classes")
+    samples_per_class: int = Field(
+        100, ge=1, le=10_000,
+        description="K: transformed samples per surrogate class in one epoch (an epoch is N*K samples; "
+        "paper sweeps K 1-300, saturating near 100)",
+    )
+    seed_selection: Literal["gradient", "random"] = Field(
+        "gradient", description="gradient: sample seeds in proportion to mean squared gradient magnitude (paper)"
+    )
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    hidden_dim: int = Field(512, ge=8, le=8192, description="FC layer before the N-way softmax (paper: 128-1024)")
+
+
+class RelativePositionSpec(Strict):
+    """Context prediction (Doersch et al., ICCV 2015), scaled to small images.
+
+    Paper: 96 px patches, 48 px gap, +-7 px jitter. Defaults here are for 28-32 px images:
+    the patch side is derived from the image (``None``), gap and jitter in pixels.
+    """
+
+    name: Literal["relative_position"] = "relative_position"
+    patch_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE, description="None = (side - 2*gap - 2*jitter) // 3")
+    gap: int = Field(2, ge=0, le=128)
+    jitter: int = Field(1, ge=0, le=64)
+    chromatic: Literal["drop", "gray", "none"] = Field(
+        "drop", description="per-patch guard against chromatic aberration: drop 2 of 3 channels to noise, or grayscale"
+    )
+    downsample_p: float = Field(0.0, ge=0.0, le=1.0, description="paper: some patches downsampled and upsampled back")
+    hidden_dim: int = Field(512, ge=8, le=8192, description="fc7/fc8 width (paper 4096)")
+
+    def resolved_patch_size(self, image_size: int) -> int:
+        return self.patch_size or (image_size - 2 * self.gap - 2 * self.jitter) // 3
+
+
+class JigsawSpec(Strict):
+    """Jigsaw puzzle (Noroozi & Favaro, ECCV 2016), scaled to small images.
+
+    Paper: 225 px crop, 75 px cells, 64 px tiles placed at random inside each cell (gap + jitter).
+    """
+
+    name: Literal["jigsaw"] = "jigsaw"
+    num_permutations: int = Field(100, ge=2, le=MAX_PERMUTATIONS)
+    permutation_seed: int = Field(0, ge=0)
+    tile_size: int | None = Field(None, ge=3, le=MAX_IMAGE_SIZE, description="None = round(cell * 64/75)")
+    grayscale_p: float = Field(0.3, ge=0.0, le=1.0)
+    channel_jitter: int = Field(2, ge=0, le=8, description="per-channel shift in pixels (paper: 0-2 px)")
+    tile_dim: int = Field(256, ge=8, le=8192, description="fc6 per tile (paper 1024)")
+    hidden_dim: int = Field(512, ge=8, le=8192, description="fc7 (paper 4096)")
+
+    def resolved_tile_size(self, image_size: int) -> int:
+        cell = image_size // 3
+        return self.tile_size or max(3, round(cell * 64 / 75))
+
+
+class SimCLRSpec(Strict):
+    """SimCLR (Chen et al., ICML 2020): NT-Xent over 2N views; the projection g is discarded after training."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.5, gt=0.0, le=10.0, description="paper CIFAR: 0.5")
+    projection_dim: int = Field(128, ge=2, le=8192)
+    projection_hidden_dim: int | None = Field(None, ge=2, le=16384, description="None = the backbone's feature dim")
+
+
+class MoCoSpec(Strict):
+    """MoCo v1 (He et al., CVPR 2020) and v2 (Chen et al., 2020)."""
+
+    name: Literal["moco"] = "moco"
+    version: Literal[1, 2] = 2
+    queue_size: int = Field(65536, ge=1, le=MAX_QUEUE_SIZE, description="K")
+    momentum: float = Field(0.999, ge=0.0, le=1.0, description="m in theta_k <- m*theta_k + (1-m)*theta_q")
+    temperature: float | None = Field(None, gt=0.0, le=10.0, description="None = 0.07 (v1) / 0.2 (v2)")
+    mlp_head: bool | None = Field(None, description="None = linear for v1, 2-layer MLP for v2")
+    projection_dim: int = Field(128, ge=2, le=8192)
+    shuffle_bn: Literal["auto", "split", "shuffle", "off"] = Field(
+        "auto",
+        description="auto: all-gather shuffle under multi-process training, split-batch BN on one device",
+    )
+    bn_splits: int = Field(8, ge=1, le=256, description="sub-batches for single-device split BN")
+    symmetric: bool = Field(False, description="symmetric loss (MoCo CIFAR demo); papers use the asymmetric one")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "MoCoSpec":
+        if self.temperature is None:
+            self.temperature = 0.07 if self.version == 1 else 0.2
+        if self.mlp_head is None:
+            self.mlp_head = self.version == 2
+        return self
+
+
+MethodSpec = Annotated[
+    Union[RotationSpec, ExemplarSpec, RelativePositionSpec, JigsawSpec, SimCLRSpec, MoCoSpec],
+    Field(discriminator="name"),
+]
+METHOD_NAMES = ("rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moco")
+
+
+def method_schemas() -> dict[str, dict[str, Any]]:
+    """Each method's JSON Schema and defaults (served by GET /v1/methods)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cls in (RotationSpec, ExemplarSpec, RelativePositionSpec, JigsawSpec, SimCLRSpec, MoCoSpec):
+        name = cls.model_fields["name"].default
+        out[name] = {
+            "name": name,
+            "description": (cls.__doc__ or "").strip().splitlines()[0],
+            "schema": cls.model_json_schema(),
+            "defaults": json.loads(cls().model_dump_json()),
+        }
+    return out
+
+
+def method_label(spec: PretrainSpec) -> str:
+    """'moco_v2', 'simclr', ...: the name used on the leaderboard."""
+    m = spec.method
+    return f"moco_v{m.version}" if m.name == "moco" else m.name
