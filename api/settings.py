@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     artifact_root: Path = Field(Path("./artifacts"), description="each job writes under ARTIFACT_ROOT/jobs/<id>/")
     data_root: Path = Field(Path("./data"), description="where datasets live")
     allowed_data_roots: str = Field("", description="extra data roots, os.pathsep- or comma-separated")
+    fashion_mnist_source: Path | None = Field(None, description="Fashion-MNIST .gz files; unset = the Debian package's")
     # SecretStr: its repr and str are '**********', so a logged Settings object leaks nothing.
     api_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; unset = no auth")
     host: str = Field("127.0.0.1", description="bind address of `pretextlab serve` (loopback by default)")
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
     metric_flush_seconds: float = Field(2.0, gt=0)
     log_level: str = Field("INFO")
 
-    @field_validator("broker_url", mode="before")
+    @field_validator("broker_url", "fashion_mnist_source", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Depends
 from api.deps import SettingsDep
 from api.schemas import ERROR_RESPONSES, DatasetOut, MethodOut
 from api.security import require_token
-from ssl_core.specs import DATASETS, method_schemas
+from ssl_core.specs import DATASET_FOLDERS, DATASETS, DEBIAN_FASHION_MNIST, method_schemas
 
 router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
@@ -22,16 +21,6 @@ def methods() -> list[MethodOut]:
     return [MethodOut(**m) for m in method_schemas().values()]
 
 
-# Where ssl_core.data looks for each dataset's files (it cannot be imported here: it loads torch).
-DATASET_FOLDERS = {
-    "fashion_mnist": "FashionMNIST/raw",
-    "cifar10": "cifar-10-batches-py",
-    "cifar100": "cifar-100-python",
-    "stl10": "stl10_binary",
-}
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # the loader copies it from there itself
-
-
 def _has_files(folder: Path) -> bool:
     try:
         return folder.is_dir() and any(p.is_file() for p in folder.iterdir())
@@ -39,8 +28,10 @@ def _has_files(folder: Path) -> bool:
         return False
 
 
-def dataset_available(name: str, data_root: Path) -> bool | None:
-    """Whether a dataset's files are present, by looking at files only (no loading, no torch)."""
+def dataset_available(name: str, data_root: Path, fashion_mnist_source: Path = DEBIAN_FASHION_MNIST) -> bool | None:
+    """Whether a dataset's files are present, by looking at files only (no loading, no torch):
+    in its folder under the data root (where ssl_core.data reads it), or for Fashion-MNIST in
+    the folder the loader copies it from by itself."""
     if name == "synthetic":
         return True  # generated on the fly
     if name == "digits":
@@ -53,15 +44,17 @@ def dataset_available(name: str, data_root: Path) -> bool | None:
     if _has_files(data_root / folder):
         return True
     if name == "fashion_mnist":
-        return _has_files(Path(os.environ.get("PRETEXTLAB_FASHION_MNIST_SOURCE") or DEBIAN_FASHION_MNIST))
+        return _has_files(fashion_mnist_source)
     return False
 
 
 @router.get("/datasets", response_model=list[DatasetOut], summary="Datasets and whether they are present")
 def datasets(settings: SettingsDep) -> list[DatasetOut]:
     root = Path(settings.data_root).expanduser()
+    source = settings.fashion_mnist_source or DEBIAN_FASHION_MNIST
     return [
         DatasetOut(name=d.name, description=d.description, image_size=d.image_size, channels=d.channels,
-                   num_classes=d.num_classes, splits=list(d.splits), available=dataset_available(d.name, root))
+                   num_classes=d.num_classes, splits=list(d.splits),
+                   available=dataset_available(d.name, root, source))
         for d in DATASETS.values()
     ]

@@ -50,18 +50,34 @@ def test_catalog(client):
     assert datasets["cifar10"]["available"] is False and datasets["cifar10"]["num_classes"] == 10
 
 
-def test_catalog_sees_prepared_datasets(client, settings, tmp_path, monkeypatch):
-    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", str(tmp_path / "no-debian-package"))
+def test_catalog_sees_prepared_datasets(settings, tmp_path):
+    # the Debian package may be installed here: point the Fashion-MNIST source somewhere empty
+    source = tmp_path / "no-debian-package"
+    settings = settings.model_copy(update={"fashion_mnist_source": source})
 
-    def available():
-        return {d["name"]: d["available"] for d in client.get("/v1/datasets").json()}
+    with TestClient(create_app(settings)) as client:
+        def available():
+            return {d["name"]: d["available"] for d in client.get("/v1/datasets").json()}
 
-    assert available()["cifar10"] is False and available()["fashion_mnist"] is False
-    for folder in ("cifar-10-batches-py", "FashionMNIST/raw"):  # where ssl_core.data reads them
-        (settings.data_root / folder).mkdir(parents=True)
-        (settings.data_root / folder / "data").write_bytes(b"x")
-    assert available()["cifar10"] is True and available()["fashion_mnist"] is True
-    assert available()["cifar100"] is False and available()["stl10"] is False
+        assert available()["cifar10"] is False and available()["fashion_mnist"] is False
+        for folder in ("cifar-10-batches-py", "FashionMNIST/raw"):  # where ssl_core.data reads them
+            (settings.data_root / folder).mkdir(parents=True)
+            (settings.data_root / folder / "data").write_bytes(b"x")
+        assert available()["cifar10"] is True and available()["fashion_mnist"] is True
+        assert available()["cifar100"] is False and available()["stl10"] is False
+        # the source folder the loader copies from counts too
+        (settings.data_root / "FashionMNIST/raw" / "data").unlink()
+        assert available()["fashion_mnist"] is False
+        source.mkdir()
+        (source / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+        assert available()["fashion_mnist"] is True
+
+
+def test_fashion_mnist_source_is_a_setting(make_settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", str(tmp_path / "src"))
+    assert make_settings("sqlite://").fashion_mnist_source == tmp_path / "src"
+    monkeypatch.setenv("PRETEXTLAB_FASHION_MNIST_SOURCE", "")
+    assert make_settings("sqlite://").fashion_mnist_source is None  # unset: the Debian package's folder
 
 
 def test_create_app_touches_no_database(make_settings):

@@ -249,6 +249,39 @@ def test_streaming_samples_only_over_the_limit_and_same_subset_as_in_memory(
 
 
 # ---------------------------------------------------------------------------
+def test_data_settings_read_the_six_variables_and_their_defaults(tmp_path: Path) -> None:
+    defaults = D.DataSettings.from_env({})
+    assert defaults.data_root == Path("data").absolute() and defaults.extra_roots == ()
+    assert defaults.allow_download is False and defaults.fashion_mnist_source == DEBIAN
+    assert defaults.max_in_memory_bytes == 8 << 30 and defaults.loader_workers is None
+    env = {
+        "PRETEXTLAB_DATA_ROOT": str(tmp_path / "d"), "PRETEXTLAB_ALLOWED_DATA_ROOTS": f"/a,{os.pathsep}/b ",
+        "PRETEXTLAB_ALLOW_DOWNLOAD": "Yes", "PRETEXTLAB_FASHION_MNIST_SOURCE": "/src",
+        "PRETEXTLAB_MAX_IN_MEMORY_BYTES": "123", "PRETEXTLAB_LOADER_WORKERS": "-2",
+    }
+    s = D.DataSettings.from_env(env)
+    assert s.allowed_roots == [tmp_path / "d", Path("/a"), Path("/b")]
+    assert s.allow_download and s.fashion_mnist_source == Path("/src")
+    assert s.max_in_memory_bytes == 123 and s.loader_workers == 0 and D.loader_workers(s) == 0
+    with pytest.raises(DatasetError, match="PRETEXTLAB_MAX_IN_MEMORY_BYTES"):
+        D.DataSettings.from_env({"PRETEXTLAB_MAX_IN_MEMORY_BYTES": "8G"})
+
+
+def test_explicit_settings_win_over_the_environment(data_env: Path, tmp_path: Path) -> None:
+    # the environment names data_env; settings passed in name another root, and are the only thing read
+    other = tmp_path / "other"
+    write_folder(other / "pets", {"cat": 2})
+    settings = D.DataSettings(data_root=other, max_in_memory_bytes=10)
+    assert D.resolve_path("pets", settings) == (other / "pets").resolve()
+    with pytest.raises(DatasetError, match="stream_image_folder"):
+        D.load_dataset("image_folder", "all", path="pets", image_size=8, settings=settings)
+    assert D.streaming_samples("image_folder", "all", path="pets", image_size=8, channels=3,
+                               settings=settings) is not None
+    with pytest.raises(DatasetError, match="does not exist"):
+        D.resolve_path("pets")  # not under the environment's data root
+
+
+# ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["/etc", "../..", "../../etc/passwd", "/"])
 def test_paths_outside_the_allowed_roots_are_refused(bad: str) -> None:
     # '..' is refused by spelling before resolution, the rest by containment after it

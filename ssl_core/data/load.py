@@ -1,0 +1,138 @@
+"""One entry point per task: :func:`load_dataset` (cached in-process) and :func:`prepare`.
+
+Decoded tensors are memoised on (data root, name, split, path, size, channels), so the
+trainer's kNN monitor and a following evaluation do not read files again. The settings do not
+select a cache entry beyond the data root: a changed memory limit, for instance, does not
+reload a set already decoded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from ssl_core.data.archives import archive_dir, load_cifar10, load_cifar100, load_stl10, torchvision_set
+from ssl_core.data.bundled import load_digits, load_synthetic
+from ssl_core.data.dataset import ImageTensorDataset, Raw, RawLoader, convert_channels, resize_images, subset_indices
+from ssl_core.data.fashion_mnist import load_fashion_mnist, prepare_fashion_mnist
+from ssl_core.data.folders import folder_help, load_image_folder
+from ssl_core.data.settings import DataSettings, resolve_path
+from ssl_core.errors import DatasetError
+from ssl_core.specs import DATASETS
+
+DATASET_LOADERS: dict[str, RawLoader] = {
+    "fashion_mnist": load_fashion_mnist,
+    "digits": load_digits,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "stl10": load_stl10,
+    "image_folder": load_image_folder,
+    "synthetic": load_synthetic,
+}
+
+CACHE_SIZE = 8
+_cache: OrderedDict[tuple[Any, ...], Raw] = OrderedDict()
+_cache_lock = threading.Lock()  # local workers may load from several threads
+
+
+def _decode(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
+            channels: int | None) -> Raw:
+    """The loader's tensors, converted to ``channels`` and resized to ``size`` (None = native)."""
+    x, y, k = DATASET_LOADERS[name](settings, split, Path(path) if path else None, size, channels)
+    if channels is not None:
+        x = convert_channels(x, channels)
+    if size is not None and size != x.shape[-1]:
+        x = resize_images(x, size)
+    return x, y, k
+
+
+def _cached(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
+            channels: int | None) -> Raw:
+    """:func:`_decode`, memoised (least recently used of :data:`CACHE_SIZE` entries dropped first)."""
+    key = (str(settings.data_root), name, split, path, size, channels)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    value = _decode(settings, name, split, path, size, channels)
+    with _cache_lock:
+        _cache[key] = value
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return value
+
+
+def load_dataset(
+    name: str, split: str, *, path: str | None = None, image_size: int | None = None,
+    channels: int | None = None, subset: int | None = None, seed: int = 0, settings: DataSettings | None = None,
+) -> ImageTensorDataset:
+    """Load a dataset split as uint8 tensors (cached in-process).
+
+    path: image_folder only (see :func:`~ssl_core.data.settings.resolve_path`); image_size: resize
+    side (None = native); channels: 1 or 3 (None = native; 3 on a gray set repeats it); subset: a
+    seeded random subset of that many images (in their original order); settings: default read
+    from the environment, once, here.
+    """
+    if name not in DATASET_LOADERS:
+        raise DatasetError(f"unknown dataset {name!r} (one of {sorted(DATASET_LOADERS)})")
+    info = DATASETS[name]
+    if split not in info.splits:
+        raise DatasetError(f"dataset {name}: no split {split!r} (one of {list(info.splits)})")
+    if path is not None and name != "image_folder":
+        raise DatasetError(f"dataset {name}: only image_folder takes a path")
+    settings = settings or DataSettings.from_env()
+    resolved = str(resolve_path(path, settings)) if path is not None else None
+    if name == "image_folder" and resolved is None:
+        raise DatasetError("dataset image_folder: needs data.path (a folder inside the allowed data roots)")
+    # native size / channels asked explicitly: the same cache entry as None
+    size = image_size if (image_size != info.image_size or name == "image_folder") else None
+    if channels == info.channels:
+        channels = None
+    x, y, k = _cached(settings, name, split, resolved, size, channels)
+    idx = subset_indices(int(x.shape[0]), subset, seed)
+    if idx is not None:
+        x = x[idx]
+        y = y[idx] if y is not None else None
+    return ImageTensorDataset(images=x, labels=y, num_classes=k, name=name, split=split)
+
+
+def load_from_spec(data: Any, seed: int = 0, settings: DataSettings | None = None) -> ImageTensorDataset:
+    """load_dataset for a specs.DataSpec (the pretraining data)."""
+    return load_dataset(
+        data.dataset, data.resolved_split, path=data.path, image_size=data.image_size,
+        channels=data.channels, subset=data.subset, seed=seed, settings=settings,
+    )
+
+
+dataset_spec_loader = load_from_spec
+
+
+def prepare(name: str, settings: DataSettings | None = None) -> Path:
+    """Make a dataset available under the data root without the network where possible
+    (`pretextlab data prepare NAME`). Returns the folder that holds it."""
+    settings = settings or DataSettings.from_env()
+    if name == "fashion_mnist":
+        return prepare_fashion_mnist(settings)
+    if name in ("digits", "synthetic"):
+        return settings.data_root  # bundled with scikit-learn / generated: nothing to fetch
+    if name in ("cifar10", "cifar100"):
+        torchvision_set(name, settings, train=True)
+        torchvision_set(name, settings, train=False)
+        return archive_dir(name, settings)
+    if name == "stl10":
+        torchvision_set("stl10", settings, split="train")
+        return archive_dir(name, settings)
+    if name == "image_folder":
+        raise DatasetError(
+            "dataset image_folder: nothing to prepare; " + folder_help(settings.data_root / "<folder>", "place the images")
+        )
+    raise DatasetError(f"unknown dataset {name!r} (one of {sorted(DATASET_LOADERS)})")
+
+
+def clear_cache() -> None:
+    """Forget the decoded tensors (tests; a long-lived worker after a dataset changed on disk)."""
+    with _cache_lock:
+        _cache.clear()
