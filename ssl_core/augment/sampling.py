@@ -6,7 +6,7 @@ can only draw on its own device: with a CPU generator and CUDA data the draw hap
 CPU and is copied over (correct, but a host-to-device copy per draw; pass a generator on the
 batch's device for speed).
 
-Every helper takes ``(shape or bound, device, generator)`` in that order.
+Every helper takes ``device, generator`` last, in that order (``rand(shape, device, generator)``).
 """
 
 from __future__ import annotations
