@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.services import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 WORKER_HOST = ROOT / "docker" / "worker-host.compose.yml"
@@ -53,15 +55,6 @@ DUMMY_ENV = {
 # ssl_core reads these two straight from the environment (it must not import api).
 SSL_CORE_ENV = {"PRETEXTLAB_DATA_ROOT", "PRETEXTLAB_ALLOWED_DATA_ROOTS"}
 THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}}
-
-
-def _service_missing(what: str) -> None:
-    """tests/conftest.py's rule (skip locally, fail when CI=true), loaded by path: the name
-    ``conftest`` is shared by several conftest files in this tree."""
-    spec = importlib.util.spec_from_file_location("_pretextlab_root_conftest", ROOT / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.service_missing(what)
 
 
 # -- reading the files ------------------------------------------------------------------------
@@ -175,7 +168,7 @@ def settings_env_names() -> set[str]:
 def docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        _service_missing("docker-compose (Debian package docker-compose; .ci/run installs it)")
+        unavailable("docker-compose is not installed (Debian package docker-compose; .ci/run installs it)")
     return exe
 
 

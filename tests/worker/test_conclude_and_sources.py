@@ -8,7 +8,8 @@ import time
 
 import pytest
 from sqlalchemy import func, select
-from worker_testlib import add_job, job, runs, tiny_pretrain
+from worker_testlib import add_job, job, runs
+from tests.support.specs import tiny_pretrain
 
 from api.db.models import Job
 from worker.reconciler import reconcile_once
