@@ -1,9 +1,9 @@
-"""The GPU deployment (issue 5), checked without a Docker engine.
+"""The GPU deployment, checked without a Docker engine.
 
 * the compose files are YAML and valid Compose: Debian's ``docker-compose`` (v1.29, installed by
   .ci/run) validates them against the Compose Specification JSON schema it ships (profiles,
   ``deploy.resources.reservations.devices`` and ``service_completed_successfully`` included);
-* the services the issue names are there, with their healthchecks, dependency conditions, GPU
+* the services of the deployment are there, with their healthchecks, dependency conditions, GPU
   reservation (exactly one GPU per worker, each worker on its own GPU), persistent Redis and a
   required API token;
 * every command, entrypoint and healthcheck in the compose files and the Dockerfiles names a real
@@ -223,7 +223,7 @@ def test_worker_host_needs_remote_database_broker_and_shared_artifacts(tmp_path)
         interpolate(load(WORKER_HOST), {k: v for k, v in DUMMY_ENV.items() if k != "ARTIFACTS_DIR"})
 
 
-# -- the services the issue names --------------------------------------------------------------
+# -- the services of the deployment ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def main() -> dict:
     return rendered(COMPOSE)
@@ -234,7 +234,7 @@ def services(main) -> dict:
     return main["services"]
 
 
-def test_every_service_of_the_issue_is_there(services):
+def test_every_service_of_the_deployment_is_there(services):
     assert {"postgres", "redis", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
     assert services["worker-cpu"].get("profiles") == ["cpu"]  # optional
     for name, gpu in EXTRA_GPU_WORKERS.items():  # optional: the other GPUs of the host

@@ -1,4 +1,4 @@
-"""Issue 7 §2 and its Tests: the fast training step is the plain one, only faster.
+"""The fast training step is the plain one, only faster.
 
 * No host-device synchronisation inside a training step, for every method, through the real
   loop (``ssl_core.train.pretrain``): every op that blocks the host on CUDA is caught at the
@@ -381,7 +381,7 @@ def test_fused_cuda_optimizer_matches_a_for_loop() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the switches of issue 7 §2 reach the loop
+# the fast path's switches (precision, channels_last, compile) reach the loop
 
 def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu(monkeypatch) -> None:
     from ssl_core.runtime import resolve_precision
