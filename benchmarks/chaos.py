@@ -22,14 +22,9 @@ import json
 import os
 import platform
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,17 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
+from tests.support.net import free_port, wait_for_http  # noqa: E402
+from tests.support.processes import Proc, RedisServer, service_env  # noqa: E402
+from tests.support.specs import tiny_pretrain  # noqa: E402
 
 
 def now() -> datetime:
@@ -56,38 +44,6 @@ def now() -> datetime:
 
 def as_utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
-
-
-def job_spec(epochs: int) -> dict[str, Any]:
-    return {
-        "kind": "pretrain", "method": {"name": "rotation"}, "backbone": {"name": "convnet", "width": 4},
-        "data": {"dataset": "synthetic", "subset": 32, "image_size": 16}, "epochs": epochs, "batch_size": 8,
-        "device": "cpu", "precision": "fp32", "channels_last": False, "log_every": 1, "checkpoint_every": 1,
-    }
-
-
-class Proc:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log = open(log_dir / f"{name}.log", "ab")
-        self.popen = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive():
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        self.log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-attempts", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pg-admin-url", default=os.environ.get(
-        "PRETEXTLAB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
+                    help="an existing database to connect to for CREATE DATABASE")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
@@ -115,32 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     from api.db.session import make_engine, session_factory, upgrade
 
     work = Path(tempfile.mkdtemp(prefix="pretextlab-chaos-"))
-    db_name = f"pretextlab_chaos_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    db_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}"
+    db_url = create_database(args.pg_admin_url, prefix="pretextlab_chaos")
+    db_name = db_url.rsplit("/", 1)[1]
     upgrade(db_url)
     engine = make_engine(db_url)
     sessions = session_factory(engine)
 
-    redis_port, api_port = free_port(), free_port()
-    redis_proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not port_open(redis_port):
-        time.sleep(0.05)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETEXTLAB_")}
-    env.update({
-        "PYTHONUNBUFFERED": "1", "PRETEXTLAB_DATABASE_URL": db_url,
-        "PRETEXTLAB_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PRETEXTLAB_ARTIFACT_ROOT": str(work / "artifacts"), "PRETEXTLAB_PORT": str(api_port),
-        "PRETEXTLAB_LEASE_SECONDS": str(args.lease), "PRETEXTLAB_HEARTBEAT_SECONDS": str(args.lease / 6),
-        "PRETEXTLAB_RECONCILE_SECONDS": "1", "PRETEXTLAB_REDISPATCH_AFTER_SECONDS": "5",
-        "PRETEXTLAB_METRIC_FLUSH_SECONDS": "0.5", "PRETEXTLAB_MAX_ATTEMPTS": str(args.max_attempts),
-        "PRETEXTLAB_LOG_LEVEL": "INFO", "PRETEXTLAB_TEST_STEP_DELAY": str(args.step_delay),
-    })
+    api_port = free_port()
+    redis_server = RedisServer(work)
+    redis_server.start()
+    env = service_env(
+        database_url=db_url, broker_url=redis_server.url, artifact_root=work / "artifacts", port=api_port,
+        lease_seconds=args.lease, heartbeat_seconds=args.lease / 6, reconcile_seconds=1,
+        redispatch_after_seconds=5, metric_flush_seconds=0.5, max_attempts=args.max_attempts, log_level="INFO",
+        test_step_delay=args.step_delay)
     py = sys.executable
     procs: list[Proc] = []
     workers: dict[str, Proc] = {}
@@ -161,20 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.workers):
             start_worker()
         base = f"http://127.0.0.1:{api_port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("API did not start; see " + str(work / "serve.log"))
-            time.sleep(0.2)
+        wait_for_http(base + "/healthz", 60, "the API to answer /healthz",
+                      on_timeout=lambda: "see " + str(work / "serve.log"))
         with httpx.Client(base_url=base, timeout=10) as http:
             ids = []
             for i in range(args.jobs):
-                r = http.post("/v1/jobs", json={"spec": job_spec(args.epochs), "name": f"chaos-{i}"})
+                r = http.post("/v1/jobs", json={"spec": tiny_pretrain(args.epochs), "name": f"chaos-{i}"})
                 r.raise_for_status()
                 ids.append(r.json()["id"])
         print(f"submitted {len(ids)} jobs to {args.workers} workers; db {db_name}; logs {work}", flush=True)
@@ -197,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if done == len(ids):
                 break
             if flushed_at is None and done >= len(ids) * 0.3:
-                redis.Redis(port=redis_port).flushall()  # every queued and unacked message: gone
+                redis.Redis.from_url(redis_server.url).flushall()  # every queued and unacked message: gone
                 flushed_at = now()
                 print(f"FLUSHALL at {done}/{len(ids)} done", flush=True)
             # spread the kills over the batch: kill k waits until k/(kills+1) of the jobs are done
@@ -291,13 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         for p in procs:
-            p.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+            p.stop(timeout=30)
+        redis_server.stop()
         engine.dispose()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(db_url, args.pg_admin_url)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""Wall time of one SimCLR pretraining epoch through the real trainer (issue 7's GPU target).
+"""Wall time of one SimCLR pretraining epoch through the real trainer.
 
 Runs ``ssl_core.train.pretrain`` -- the loop jobs run: data on the device, augmentation in
 the step (``SSLMethod.augment_views``), channels_last, the precision ``auto`` picks (bf16 on

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements in one prepared run, for a session that is lent a GPU machine (the
+# The GPU measurements in one prepared run, for a session that is lent a GPU machine (the
 # workplace's `device` tool: about 15 minutes of device time, no internet there, an image with
 # python3 3.12 + torch + torchvision + triton + pytest but without pydantic / SQLAlchemy):
 #

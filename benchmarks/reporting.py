@@ -1,4 +1,4 @@
-"""Reporting overhead (issue 7 §3): what the service's reporting costs the training loop.
+"""Reporting overhead: what the service's reporting costs the training loop.
 
 The same small SimCLR pretraining runs through ``ssl_core.train.pretrain`` with
 
@@ -39,13 +39,14 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PG_ADMIN_URL = os.environ.get("PRETEXTLAB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.support.databases import sqlite_file_url, throwaway_database  # noqa: E402
+
 IN_STEP_CALLS = ("metrics", "progress", "should_stop")
 SYNTHETIC_TRAIN = 2000  # ssl_core.data.SYNTHETIC_SIZES["train"]
 
@@ -94,22 +95,6 @@ class TimedSink:
 
 
 # -- stores ------------------------------------------------------------------------------------------
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    import sqlalchemy as sa
-
-    name = f"pretextlab_reporting_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 class Store:
     """A migrated database and a session factory; each run gets its own claimed job."""
 
@@ -319,12 +304,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="pretextlab-reporting-") as tmp, \
-            (postgres_database() if "postgres" in stores else _nothing()) as pg_url:
+            (throwaway_database(prefix="pretextlab_reporting") if "postgres" in stores else nullcontext()) as pg_url:
         tmp_path = Path(tmp)
         os.environ.setdefault("PRETEXTLAB_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
         backends: dict[str, Store | None] = {"null": None}
         if "sqlite" in stores:
-            backends["sqlite"] = Store(f"sqlite:///{tmp_path / 'bench.sqlite'}")
+            backends["sqlite"] = Store(sqlite_file_url(tmp_path, "bench.sqlite"))
         if "postgres" in stores:
             backends["postgres"] = Store(pg_url)
         # warm-up (imports, allocator, first-call caches), not recorded
@@ -355,11 +340,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
     return out
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 if __name__ == "__main__":

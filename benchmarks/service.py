@@ -1,4 +1,4 @@
-"""Service latency on PostgreSQL: job submission, metric history, job listing (issue 7).
+"""Service latency on PostgreSQL: job submission, metric history, job listing.
 
 Against a real ``uvicorn api.main:app`` server process on 127.0.0.1 and a PostgreSQL database
 this script creates (and drops at the end):
@@ -27,13 +27,11 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -46,6 +44,9 @@ sys.path.insert(0, str(ROOT))
 from api.db.models import Job  # noqa: E402
 from api.db.session import make_engine, upgrade  # noqa: E402
 from ssl_core.specs import method_label, parse_job_spec  # noqa: E402
+from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
+from tests.support.net import free_port, wait_for_http  # noqa: E402
+from tests.support.processes import service_env  # noqa: E402
 
 SPEC = {"method": {"name": "simclr"}, "backbone": {"name": "resnet18"},
         "data": {"dataset": "fashion_mnist", "subset": 10000}, "epochs": 5, "batch_size": 256}
@@ -71,30 +72,6 @@ def proc_cpu_ms(pid: int) -> float:
         return float("nan")
     ticks = sum(int(f) for f in fields[11:15])
     return ticks * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# -- database ---------------------------------------------------------------------------------
-def create_database(admin_url: str) -> str:
-    name = f"pretextlab_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def seed(url: str, n_jobs: int, n_points: int) -> int:
@@ -137,27 +114,19 @@ def seed(url: str, n_jobs: int, n_points: int) -> int:
 
 # -- server -----------------------------------------------------------------------------------
 def start_server(url: str, port: int, workers: int, artifacts: Path) -> subprocess.Popen:
-    env = {**os.environ, "PRETEXTLAB_DATABASE_URL": url, "PRETEXTLAB_ARTIFACT_ROOT": str(artifacts),
-           "PRETEXTLAB_MAX_ACTIVE_JOBS": "1000000", "PRETEXTLAB_LOG_LEVEL": "WARNING"}
-    env.pop("PRETEXTLAB_BROKER_URL", None)
-    env.pop("PRETEXTLAB_API_TOKENS", None)
+    env = service_env(database_url=url, artifact_root=artifacts, max_active_jobs=1000000, log_level="WARNING")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
         cwd=ROOT, env=env,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("the API server exited during start-up")
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the API server did not become ready")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", 60, "the API server to become ready",
+                      alive=lambda: proc.poll() is None)
+    except AssertionError:
+        proc.terminate()
+        raise
+    return proc
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -208,8 +177,7 @@ def timed_gets(c: httpx.Client, paths: list[str], check) -> list[float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pg-url", default=os.environ.get("PRETEXTLAB_TEST_PG_URL",
-                                                      "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    p.add_argument("--pg-url", default=PG_ADMIN_URL,
                    help="an existing database to connect to for CREATE DATABASE")
     p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--metric-points", type=int, default=1_000_000)
@@ -225,7 +193,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    url = create_database(args.pg_url)
+    url = create_database(args.pg_url, prefix="pretextlab_bench")
     proc = None
     try:
         upgrade(url)
@@ -294,7 +262,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(15)
         if not args.keep:
-            drop_database(args.pg_url, url)
+            drop_database(url, args.pg_url)
 
     with make_engine(args.pg_url).connect() as conn:
         pg_version = conn.execute(sa.text("SHOW server_version")).scalar()

@@ -1,6 +1,6 @@
 """Input-pipeline and SimCLR training throughput: pretextlab's device-side pipeline vs the usual one.
 
-Three measurements, in one run, on the same device and cores (issue 7):
+Three measurements, in one run, on the same device and cores:
 
 (a) augmentation alone -- two SimCLR views of 32x32 RGB uint8 images, images/s:
     ours  = ssl_core.augment.build_pipeline(default SimCLR ops) on whole batches on the device,

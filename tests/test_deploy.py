@@ -1,9 +1,9 @@
-"""The GPU deployment (issue 5), checked without a Docker engine.
+"""The GPU deployment, checked without a Docker engine.
 
 * the compose files are YAML and valid Compose: Debian's ``docker-compose`` (v1.29, installed by
   .ci/run) validates them against the Compose Specification JSON schema it ships (profiles,
   ``deploy.resources.reservations.devices`` and ``service_completed_successfully`` included);
-* the services the issue names are there, with their healthchecks, dependency conditions, GPU
+* the services of the deployment are there, with their healthchecks, dependency conditions, GPU
   reservation (exactly one GPU per worker, each worker on its own GPU), persistent Redis and a
   required API token;
 * every command, entrypoint and healthcheck in the compose files and the Dockerfiles names a real
@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.services import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 WORKER_HOST = ROOT / "docker" / "worker-host.compose.yml"
@@ -53,15 +55,6 @@ DUMMY_ENV = {
 # ssl_core reads these two straight from the environment (it must not import api).
 SSL_CORE_ENV = {"PRETEXTLAB_DATA_ROOT", "PRETEXTLAB_ALLOWED_DATA_ROOTS"}
 THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}}
-
-
-def _service_missing(what: str) -> None:
-    """tests/conftest.py's rule (skip locally, fail when CI=true), loaded by path: the name
-    ``conftest`` is shared by several conftest files in this tree."""
-    spec = importlib.util.spec_from_file_location("_pretextlab_root_conftest", ROOT / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.service_missing(what)
 
 
 # -- reading the files ------------------------------------------------------------------------
@@ -175,7 +168,7 @@ def settings_env_names() -> set[str]:
 def docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        _service_missing("docker-compose (Debian package docker-compose; .ci/run installs it)")
+        unavailable("docker-compose is not installed (Debian package docker-compose; .ci/run installs it)")
     return exe
 
 
@@ -230,7 +223,7 @@ def test_worker_host_needs_remote_database_broker_and_shared_artifacts(tmp_path)
         interpolate(load(WORKER_HOST), {k: v for k, v in DUMMY_ENV.items() if k != "ARTIFACTS_DIR"})
 
 
-# -- the services the issue names --------------------------------------------------------------
+# -- the services of the deployment ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def main() -> dict:
     return rendered(COMPOSE)
@@ -241,7 +234,7 @@ def services(main) -> dict:
     return main["services"]
 
 
-def test_every_service_of_the_issue_is_there(services):
+def test_every_service_of_the_deployment_is_there(services):
     assert {"postgres", "redis", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
     assert services["worker-cpu"].get("profiles") == ["cpu"]  # optional
     for name, gpu in EXTRA_GPU_WORKERS.items():  # optional: the other GPUs of the host

@@ -3,76 +3,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from tests.support.net import free_port, wait_for, wait_for_http
+from tests.support.processes import Proc, service_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))  # worker_testlib
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
-             on_timeout: Callable[[], str] | None = None) -> Any:
-    """Poll ``cond`` until it returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = on_timeout() if on_timeout else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{extra}")
-        time.sleep(interval)
-
-
-class Proc:
-    """A child process we started (stopped by its own pid only), with its log in a file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._fh = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=self._fh, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.kill(self.popen.pid, sig)
-
-    def kill9(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        self._fh.close()
 
 
 class Cluster:
@@ -85,23 +24,11 @@ class Cluster:
         self.database_url = database_url
         self.port = free_port()
         self.procs: list[Proc] = []
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PRETEXTLAB_")}
-        self.env.update({
-            "PYTHONUNBUFFERED": "1",
-            "PRETEXTLAB_DATABASE_URL": database_url,
-            "PRETEXTLAB_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-            "PRETEXTLAB_DATA_ROOT": str(tmp_path / "data"),
-            "PRETEXTLAB_PORT": str(self.port),
-            "PRETEXTLAB_LEASE_SECONDS": "3",
-            "PRETEXTLAB_HEARTBEAT_SECONDS": "0.5",
-            "PRETEXTLAB_RECONCILE_SECONDS": "1",
-            "PRETEXTLAB_REDISPATCH_AFTER_SECONDS": "3",
-            "PRETEXTLAB_METRIC_FLUSH_SECONDS": "0.2",
-            "PRETEXTLAB_LOG_LEVEL": "INFO",
-        })
-        if broker_url:
-            self.env["PRETEXTLAB_BROKER_URL"] = broker_url
-        self.env.update({f"PRETEXTLAB_{k.upper()}": str(v) for k, v in env.items()})
+        settings: dict[str, Any] = dict(
+            database_url=database_url, broker_url=broker_url, artifact_root=tmp_path / "artifacts",
+            data_root=tmp_path / "data", port=self.port, lease_seconds=3, heartbeat_seconds=0.5,
+            reconcile_seconds=1, redispatch_after_seconds=3, metric_flush_seconds=0.2, log_level="INFO")
+        self.env = service_env(**{**settings, **env})
         upgrade(database_url)
         from api.db.session import make_engine, session_factory
 
@@ -121,16 +48,8 @@ class Cluster:
         p = Proc(name, [sys.executable, "-m", "worker.cli", "serve"], self.env, self.tmp)
         self.procs.append(p)
 
-        def up() -> bool:
-            import httpx
-
-            assert p.alive(), f"{name} exited:\n{p.log()[-3000:]}"
-            try:
-                return httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 60, f"{name} to answer /healthz", on_timeout=lambda: p.log()[-3000:])
+        wait_for_http(self.base_url + "/healthz", 60, f"{name} to answer /healthz", alive=p.alive,
+                      on_timeout=lambda: p.log()[-3000:])
         return p
 
     def start(self, *workers: str) -> list[Proc]:

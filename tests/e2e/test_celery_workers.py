@@ -11,11 +11,12 @@ import signal
 import time
 
 import pytest
-from e2e_harness import wait_for
 from sqlalchemy import select
-from worker_testlib import metric_steps, runs, tiny_pretrain
+from worker_testlib import metric_steps, runs
 
 from api.db.models import Artifact, JobEvent, Metric
+from tests.support.net import wait_for
+from tests.support.specs import tiny_pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(300)]
 STEPS_PER_EPOCH = 4

@@ -7,7 +7,8 @@ import threading
 import time
 
 from sqlalchemy import select, update
-from worker_testlib import add_job, events, job, metric_steps, runs, tiny_pretrain
+from worker_testlib import add_job, events, job, metric_steps, runs
+from tests.support.specs import tiny_pretrain
 
 from api.db.models import Artifact, Job
 from worker.reconciler import reconcile_once

@@ -1,4 +1,4 @@
-"""Issue 7 §3: the SqlSink never makes the training loop wait for the database.
+"""The SqlSink never makes the training loop wait for the database.
 
 A writer stuck inside the database (a slow fsync, a lock) must not hold up metrics, progress,
 flush or artifact calls from the loop; close() then writes everything, synchronously.

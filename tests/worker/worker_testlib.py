@@ -1,4 +1,4 @@
-"""Tiny job specs and SQL helpers shared by the worker and end-to-end tests."""
+"""SQL helpers shared by the worker and end-to-end tests: add a job, read it, its runs, events, metrics."""
 
 from __future__ import annotations
 
@@ -6,19 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-
-def tiny_pretrain(epochs: int = 2, **over: Any) -> dict[str, Any]:
-    """Rotation on 16 px synthetic images with a 4-channel convnet: a few hundred ms per epoch."""
-    spec: dict[str, Any] = {
-        "kind": "pretrain",
-        "method": {"name": "rotation"},
-        "backbone": {"name": "convnet", "width": 4},
-        "data": {"dataset": "synthetic", "subset": 32, "image_size": 16},
-        "epochs": epochs, "batch_size": 8, "device": "cpu", "precision": "fp32", "channels_last": False,
-        "log_every": 1, "checkpoint_every": 1,
-    }
-    spec.update(over)
-    return spec
+from tests.support.specs import tiny_pretrain
 
 
 def add_job(sessions: Any, spec: dict[str, Any] | None = None, **kw: Any) -> int:
