@@ -3,10 +3,11 @@
 For each of rotation, exemplar, relative_position, jigsaw, simclr, moco_v1, moco_v2: pretrain from
 ``examples/<name>.json`` with the budget given here, then evaluate the exported backbone with the
 weighted kNN (k=200, t=0.1) and the linear probe, exactly as an evaluation job would
-(``ssl_core.evaluate``'s extract_features, knn_accuracy, linear_probe; features extracted once
-per backbone and shared by the two protocols). Beside them: the same backbone at random init, raw pixels, and
-a supervised model (the same backbone + a linear head trained with cross-entropy on the same
-labelled subset for the same number of epochs, crop + flip), evaluated the same way.
+(``ssl_core.features.extract_features``, ``ssl_core.evaluate``'s knn_accuracy and linear_probe;
+features extracted once per backbone and shared by the two protocols). Beside them: the same
+backbone at random init, raw pixels, and a supervised model (the same backbone + a linear head
+trained with cross-entropy on the same labelled subset for the same number of epochs, crop + flip),
+evaluated the same way.
 
     .venv/bin/python benchmarks/quality.py                      # CPU budget (9-15 min on 2 shared cores)
     .venv/bin/python benchmarks/quality.py --device cuda --epochs 200 --train-subset 60000 \
@@ -96,8 +97,10 @@ def evaluate_backbone(args, data, *, weights: Path | None = None, baseline: str 
     import torch
 
     from ssl_core.backbones import build_backbone
-    from ssl_core.evaluate import dataset_stats, extract_features, knn_accuracy, linear_probe, load_backbone, \
-        raw_pixel_features
+    from ssl_core.backbone_file import load_backbone
+    from ssl_core.evaluate import knn_accuracy, linear_probe
+    from ssl_core.features import extract_features, raw_pixel_features
+    from ssl_core.normalization import dataset_stats
     from ssl_core.runtime import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
@@ -121,7 +124,7 @@ def evaluate_backbone(args, data, *, weights: Path | None = None, baseline: str 
     res["knn_s"] = round(time.time() - t, 1)
     t = time.time()
     res["linear"] = linear_probe(f_train, y_train, f_test, y_test, epochs=args.linear_epochs, lr=0.1,
-                                 batch_size=256, weight_decay=0.0, num_classes=10, seed=args.seed)["top1"]
+                                 batch_size=256, weight_decay=0.0, num_classes=10, seed=args.seed).top1
     res["linear_s"] = round(time.time() - t, 1)
     return res
 
@@ -138,9 +141,10 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
 
     from ssl_core.backbones import build_backbone
     from ssl_core.data import load_dataset
-    from ssl_core.evaluate import backbone_metadata, dataset_stats, finetune
+    from ssl_core.backbone_file import backbone_metadata, export_backbone
+    from ssl_core.evaluate import finetune
+    from ssl_core.normalization import dataset_stats
     from ssl_core.runtime import resolve_device, resolve_precision, seed_everything
-    from ssl_core.train import export_backbone
 
     seed_everything(args.seed)
     device = resolve_device(args.device)
@@ -159,7 +163,7 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
     meta = backbone_metadata("{}", bspec, backbone.feature_dim, channels, size, mean, std, "supervised",
                              args.epochs, "fashion_mnist")
     path = export_backbone(out / "backbone.safetensors", backbone, meta)
-    return path, wall, r["top1"]
+    return path, wall, r.top1
 
 
 def markdown(rows: list[dict], args, machine: str) -> str:

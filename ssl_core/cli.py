@@ -13,7 +13,7 @@ permanent engine error (missing data, diverged loss) exits with status 1.
 Resuming is opt-in: ``train`` refuses an out dir that already holds a checkpoint unless ``--resume``
 is given (exit 2), and ``--resume`` continues only the same run -- a spec that differs from the
 checkpoint's in more than epochs (grown) or device/precision/compile/logging/eval settings is refused
-with the differing fields (exit 2; see ssl_core.train).
+with the differing fields (exit 2; see ssl_core.checkpoint).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ssl_core.errors import PermanentError
+from ssl_core.reporting import JsonlSink
+from ssl_core.specs import DATASETS, EvaluateSpec, PretrainSpec
 
 
 # ---------------------------------------------------------------------------
@@ -76,15 +78,13 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid spec:\n" + "\n".join(lines)
 
 
-def build_pretrain_spec(raw: dict, sets: list[str]):
+def build_pretrain_spec(raw: dict, sets: list[str]) -> PretrainSpec:
     """Apply --set overrides to a spec dict and validate it as a PretrainSpec.
 
     A section the file leaves to the method's recipe (``optim``, ``augment``) is first filled with
     the recipe resolved after the other overrides, so ``--set optim.lr=0.1`` changes the lr of the
     paper's optimizer instead of replacing it with a default one.
     """
-    from ssl_core.specs import PretrainSpec
-
     raw = json.loads(json.dumps(raw))
     raw.setdefault("kind", "pretrain")
     if raw["kind"] != "pretrain":
@@ -114,9 +114,7 @@ class TqdmSink:
     """A progress bar on stderr plus metrics.jsonl (through JsonlSink, not echoed)."""
 
     def __init__(self, out_dir: Path):
-        from tqdm import tqdm
-
-        from ssl_core.reporting import JsonlSink
+        from tqdm import tqdm  # a training-only dependency (the ml extra), like torch
 
         self.jsonl = JsonlSink(out_dir, echo=False)
         self.bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr)
@@ -181,8 +179,8 @@ def train_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
 
-    from ssl_core.reporting import JsonlSink
-    from ssl_core.train import ResumeMismatchError, pretrain
+    from ssl_core.checkpoint import ResumeMismatchError  # torch: loaded only for the commands that train
+    from ssl_core.train import pretrain
 
     sink = JsonlSink(args.out, echo=True, stream=sys.stderr) if args.no_progress else TqdmSink(args.out)
     try:
@@ -215,9 +213,6 @@ def evaluate_main(argv: list[str]) -> int:
                    help="override an evaluate-spec field, e.g. --set protocol.epochs=10 --set data.train_subset=5000")
     p.add_argument("--out", type=Path, default=None, help="where result.json goes (default: beside the weights)")
     args = p.parse_args(argv)
-
-    from ssl_core.specs import EvaluateSpec
-
     raw: dict[str, Any] = {"kind": "evaluate", "protocol": {"protocol": args.protocol}}
     if args.weights is not None:
         raw["weights"] = str(args.weights.resolve())
@@ -232,15 +227,15 @@ def evaluate_main(argv: list[str]) -> int:
     out = args.out or (args.weights.resolve().parent / f"eval_{args.protocol}" if args.weights
                        else Path(f"eval_{args.baseline}_{args.protocol}"))
 
-    from ssl_core.evaluate import evaluate
+    from ssl_core.evaluate import evaluate  # torch
 
     try:
         result = evaluate(spec, out, weights_path=Path(spec.weights) if spec.weights else None)
     except PermanentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    return 0
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.completed else 1
 
 
 def data_main(argv: list[str]) -> int:
@@ -250,9 +245,6 @@ def data_main(argv: list[str]) -> int:
     prep.add_argument("name")
     sub.add_parser("list", help="the datasets pretextlab knows")
     args = p.parse_args(argv)
-
-    from ssl_core.specs import DATASETS
-
     if args.action == "list":
         for info in DATASETS.values():
             print(f"{info.name:14s} {info.description}")
@@ -260,7 +252,7 @@ def data_main(argv: list[str]) -> int:
     if args.name not in DATASETS:
         print(f"unknown dataset {args.name!r}; one of {sorted(DATASETS)}", file=sys.stderr)
         return 2
-    from ssl_core.data import prepare
+    from ssl_core.data import prepare  # torch
 
     try:
         path = prepare(args.name)

@@ -15,3 +15,7 @@ class DatasetError(PermanentError):
 
 class NonFiniteLossError(PermanentError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class SpecError(PermanentError):
+    """The spec asks for something this data, backbone or method cannot do; the message starts with the field."""

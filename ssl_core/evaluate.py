@@ -1,5 +1,7 @@
 """Evaluation protocols for a frozen or fine-tuned backbone: weighted kNN, linear probe, fine-tuning.
 
+    evaluate(spec, out_dir, sink, should_stop, weights_path) -> EvalResult
+
 Needs only backbones and data (never the pretraining code), so a ``backbone.safetensors`` file
 is all an evaluation job reads. Accuracies are fractions in [0, 1].
 
@@ -12,9 +14,12 @@ is all an evaluation job reads. Accuracies are fractions in [0, 1].
   (the role BatchNorm-without-affine plays before the probe in MAE's protocol).
 * Fine-tune: the whole backbone plus a linear head, crop + flip augmentation.
 
-Progress (``sink.progress``) counts the whole protocol as one run of steps: feature-extraction
-batches, then probe / fine-tuning optimizer steps, then scoring; a stop request is honoured
-between any two of them (the job returns ``completed=False`` and writes nothing).
+:func:`evaluate` reads top to bottom: what is evaluated (:func:`load_subject`: a backbone file or a
+baseline), the labelled splits, the protocol (:func:`run_protocol`), the result. Progress
+(``sink.progress``) counts the whole protocol as one run of steps: feature-extraction batches, then
+probe / fine-tuning optimizer steps, then scoring; a stop request is honoured between any two of
+them (:class:`StopRequested` unwinds the protocol; the job returns ``completed=False`` and writes
+nothing).
 """
 
 from __future__ import annotations
@@ -22,26 +27,63 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_core.augment import build_pipeline, normalize
+from ssl_core.backbone_file import load_backbone
+from ssl_core.backbones import build_backbone
+from ssl_core.data import load_dataset
+from ssl_core.errors import DatasetError, SpecError
+from ssl_core.features import OnStep, StopRequested, extract_features, num_batches, raw_pixel_features, to_input
+from ssl_core.normalization import dataset_stats
 from ssl_core.reporting import NullSink, Sink
 from ssl_core.runtime import atomic_write_text, autocast, resolve_device, resolve_precision, seed_everything
-from ssl_core.specs import DATASETS, BackboneSpec, EvaluateSpec
+from ssl_core.specs import DATASETS, EvaluateSpec, HorizontalFlipOp, RandomCropOp
 
 # bound the (test rows x bank) similarity matrix of one kNN chunk to ~64 MiB of fp32
 _KNN_CHUNK_ELEMENTS = 1 << 24
 
-# a callback after each unit of work: (epoch, images in it) -> None
-OnStep = Callable[[int, int], None]
+
+@dataclass
+class EvalResult:
+    """One evaluation; :meth:`to_dict` is ``result.json`` and the job's stored result."""
+
+    completed: bool                  # False: stopped by should_stop, nothing written
+    protocol: str                    # knn | linear | finetune
+    dataset: str
+    top1: float | None               # None unless completed
+    top5: float | None
+    num_train: int                   # labelled rows used (kNN bank / probe or fine-tuning training set)
+    num_test: int
+    feature_dim: int
+    method: str | None               # what produced the backbone, or the baseline's name
+    backbone: dict[str, Any] | None  # the backbone spec (None for raw pixels)
+    epochs: int | None               # pretraining epochs of the backbone (0 for a baseline)
+    baseline: str | None
+    wall_s: float
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The metric rows an evaluation reports (empty when stopped)."""
+        return {"eval/top1": self.top1, "eval/top5": self.top5} if self.completed else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-class StopRequested(Exception):
-    """Raised between feature-extraction batches when ``should_stop`` fires; the protocol unwinds."""
+@dataclass
+class Scores:
+    """What a protocol measured on the test split."""
+
+    top1: float
+    top5: float
+    train_loss: float | None = None  # the linear probe's last-epoch mean cross-entropy
 
 
 class ProgressMeter:
@@ -114,64 +156,24 @@ def knn_top5(train_features: Tensor, train_labels: Tensor, test_features: Tensor
 
 
 # ---------------------------------------------------------------------------
-# Features
-def to_input(images_uint8: Tensor, mean, std) -> Tensor:
-    """uint8 (B, C, H, W) -> normalised float, the way every method feeds its backbone."""
-    from ssl_core.augment import normalize, to_float
-
-    return normalize(to_float(images_uint8), mean, std)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / max(1, batch_size))
-
-
-@torch.no_grad()
-def extract_features(backbone: nn.Module, images_uint8: Tensor, mean, std, batch_size: int = 512,
-                     device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None, *,
-                     should_stop: Callable[[], bool] | None = None, on_batch: OnStep | None = None,
-                     epoch: int = 0) -> Tensor:
-    """Backbone features (N, D) in fp32 on ``device`` (eval mode, no grad, autocast if amp_dtype).
-
-    ``should_stop`` is asked before every batch (raises :class:`StopRequested`); ``on_batch(epoch,
-    images)`` is called after each one (ceil(N / batch_size) calls).
-    """
-    device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
-    feats = []
-    try:
-        for start in range(0, images_uint8.shape[0], batch_size):
-            if should_stop is not None and should_stop():
-                raise StopRequested
-            x = to_input(images_uint8[start:start + batch_size].to(device, non_blocking=True), mean, std)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                feats.append(backbone(x).float())
-            if on_batch is not None:
-                on_batch(epoch, x.shape[0])
-    finally:
-        backbone.train(was_training)
-    return torch.cat(feats)
-
-
-def raw_pixel_features(images_uint8: Tensor, mean, std, device=None) -> Tensor:
-    """The raw-pixels baseline: flattened normalised pixels (N, C*H*W)."""
-    x = images_uint8.to(device) if device is not None else images_uint8
-    return to_input(x, mean, std).flatten(1)
-
-
+# Linear probe and fine-tuning
 def _crop_flip(image_size: int):
-    from ssl_core.augment import build_pipeline
-    from ssl_core.specs import HorizontalFlipOp, RandomCropOp
-
+    """The evaluation's training augmentation: a padded random crop and a horizontal flip."""
     return build_pipeline([RandomCropOp(padding=max(1, image_size // 8)), HorizontalFlipOp()], image_size)
 
 
-# ---------------------------------------------------------------------------
-# Linear probe and fine-tuning
 def _cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
+def _crop_flip_views(pipeline, images: Tensor, generator: torch.Generator, batch_size: int,
+                     device: torch.device) -> Tensor:
+    """One crop + flip view of every image, back to uint8 so the backbone's input path is unchanged."""
+    views = []
+    for s in range(0, images.shape[0], batch_size):
+        x = images[s:s + batch_size].to(device)
+        views.append(pipeline(x, generator=generator).mul_(255).round_().to(torch.uint8))
+    return torch.cat(views)
 
 
 def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, *,
@@ -179,14 +181,17 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
                  num_classes: int | None = None, seed: int = 0, augment: bool = False,
                  backbone: nn.Module | None = None, train_images: Tensor | None = None, mean=None, std=None,
                  feature_batch_size: int = 512, amp_dtype: torch.dtype | None = None,
-                 should_stop: Callable[[], bool] | None = None, on_step: OnStep | None = None) -> dict[str, Any]:
-    """Train a linear classifier on frozen features; returns {top1, top5, train_loss, completed}.
+                 should_stop: Callable[[], bool] | None = None, on_step: OnStep | None = None) -> Scores:
+    """Train a linear classifier on frozen features; score it on the test features.
 
     Features (N, D) are precomputed; with ``augment`` (needs backbone, train_images, mean, std) the
     training features are recomputed each epoch from crop + flip views of the uint8 images.
-    ``on_step(epoch, images)`` follows every optimizer step and every re-extraction batch:
-    :func:`linear_probe_steps` of them in all.
+    ``on_step(epoch, images)`` follows every optimizer step and every re-extraction batch
+    (:func:`linear_probe_steps` of them in all); ``should_stop`` is asked before every epoch and
+    every re-extraction batch (raises :class:`StopRequested`).
     """
+    if augment and (backbone is None or train_images is None or mean is None or std is None):
+        raise SpecError("protocol.augment: the augmented linear probe needs a backbone (not raw pixels)")
     device = train_feats.device
     c = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max()).item()) + 1
     mu = train_feats.mean(0, keepdim=True)
@@ -203,19 +208,12 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
     aug_gen = torch.Generator(device=device).manual_seed(seed) if augment else None
     for epoch in range(epochs):
         if should_stop is not None and should_stop():
-            return {"completed": False}
+            raise StopRequested
         feats = train_feats
         if augment:
-            assert backbone is not None and train_images is not None
-            views = []
-            for s in range(0, n, feature_batch_size):
-                x = train_images[s:s + feature_batch_size].to(device)
-                views.append(pipeline(x, generator=aug_gen).mul_(255).round_().to(torch.uint8))
-            try:
-                feats = extract_features(backbone, torch.cat(views), mean, std, feature_batch_size, device,
-                                         amp_dtype, should_stop=should_stop, on_batch=on_step, epoch=epoch)
-            except StopRequested:
-                return {"completed": False}
+            views = _crop_flip_views(pipeline, train_images, aug_gen, feature_batch_size, device)
+            feats = extract_features(backbone, views, mean, std, feature_batch_size, device, amp_dtype,
+                                     should_stop=should_stop, on_batch=on_step, epoch=epoch)
         feats = (feats - mu) / sigma
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum.zero_()
@@ -233,8 +231,8 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
                 on_step(epoch, idx.shape[0])
     with torch.no_grad():
         scores = head((test_feats - mu) / sigma)
-    return {"completed": True, "top1": topk_accuracy(scores, test_labels, 1),
-            "top5": topk_accuracy(scores, test_labels, 5), "train_loss": float(loss_sum.item() / steps_per_epoch)}
+    return Scores(topk_accuracy(scores, test_labels, 1), topk_accuracy(scores, test_labels, 5),
+                  float(loss_sum.item() / steps_per_epoch))
 
 
 def linear_probe_steps(n: int, epochs: int, batch_size: int, augment: bool = False,
@@ -254,11 +252,15 @@ def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, te
              batch_size: int = 256, weight_decay: float = 5e-4, augment: bool = True, seed: int = 0,
              device: torch.device | None = None, amp_dtype: torch.dtype | None = None, use_scaler: bool = False,
              eval_batch_size: int = 512, should_stop: Callable[[], bool] | None = None,
-             on_step: OnStep | None = None) -> dict[str, Any]:
+             on_step: OnStep | None = None) -> Scores:
     """Fine-tune backbone + a linear head end to end (SGD momentum 0.9, cosine, crop + flip).
 
-    ``on_step(epoch, images)`` follows every optimizer step (:func:`finetune_steps` in all).
+    ``on_step(epoch, images)`` follows every optimizer step (:func:`finetune_steps` in all);
+    ``should_stop`` is asked before every epoch (raises :class:`StopRequested`).
     """
+    n = train_images.shape[0]
+    if n < 2:
+        raise SpecError(f"data.train_subset: fine-tuning needs at least 2 training images, got {n}")
     device = device or next(backbone.parameters()).device
     torch.manual_seed(seed)
     head = nn.Linear(backbone.feature_dim, num_classes)
@@ -269,22 +271,17 @@ def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, te
     gen = torch.Generator(device="cpu").manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     images, y = train_images.to(device), train_labels.to(device).long()
-    n = images.shape[0]
-    if n < 2:
-        raise ValueError("finetune needs at least 2 training images")
     steps_per_epoch = finetune_steps(n, 1, batch_size)
     total, step = epochs * steps_per_epoch, 0
     model.train()
     for epoch in range(epochs):
         if should_stop is not None and should_stop():
-            return {"completed": False}
+            raise StopRequested
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x = images[idx]
             x = pipeline(x, generator=aug_gen) if pipeline is not None else x.float().div(255)
-            from ssl_core.augment import normalize
-
             x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(lr, step, total)
@@ -297,192 +294,175 @@ def finetune(backbone: nn.Module, train_images: Tensor, train_labels: Tensor, te
             step += 1
             if on_step is not None:
                 on_step(epoch, idx.shape[0])
+    scores = _classify(model, test_images, mean, std, eval_batch_size, device, amp_dtype)
+    return Scores(topk_accuracy(scores, test_labels, 1), topk_accuracy(scores, test_labels, 5))
+
+
+@torch.no_grad()
+def _classify(model: nn.Module, images_uint8: Tensor, mean, std, batch_size: int, device: torch.device,
+              amp_dtype: torch.dtype | None) -> Tensor:
+    """Class scores (N, C) of a backbone + head in eval mode."""
     model.eval()
-    with torch.no_grad():
-        scores = []
-        for s in range(0, test_images.shape[0], eval_batch_size):
-            x = to_input(test_images[s:s + eval_batch_size].to(device), mean, std)
-            with autocast(device, amp_dtype):
-                scores.append(model(x.contiguous(memory_format=torch.channels_last)).float())
-        scores = torch.cat(scores)
-    return {"completed": True, "top1": topk_accuracy(scores, test_labels, 1),
-            "top5": topk_accuracy(scores, test_labels, 5)}
+    scores = []
+    for s in range(0, images_uint8.shape[0], batch_size):
+        x = to_input(images_uint8[s:s + batch_size].to(device), mean, std)
+        with autocast(device, amp_dtype):
+            scores.append(model(x.contiguous(memory_format=torch.channels_last)).float())
+    return torch.cat(scores)
 
 
 # ---------------------------------------------------------------------------
-# Backbone files
-def load_backbone(weights_path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a backbone from a ``backbone.safetensors`` file (never unpickles).
+# One evaluation job
+@dataclass
+class Subject:
+    """What an evaluation measures: a backbone (trained or random init) or raw pixels, and its input."""
 
-    Returns the module (eval mode) and the parsed metadata: spec (dict), backbone (dict),
-    feature_dim, in_channels, image_size, mean, std, method, epochs, dataset.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    backbone: nn.Module | None       # None: the raw-pixels baseline
+    channels: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    method: str | None
+    epochs: int | None
+    backbone_spec: dict[str, Any] | None
 
-    from ssl_core.backbones import build_backbone
-    from ssl_core.errors import PermanentError
+    @property
+    def feature_dim(self) -> int:
+        if self.backbone is not None:
+            return int(self.backbone.feature_dim)
+        return self.channels * self.image_size * self.image_size
 
-    path = Path(weights_path)
-    if not path.is_file():
-        raise PermanentError(f"weights: no backbone file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = dict(f.metadata() or {})
-        state = load_file(str(path), device=str(device))
-    except Exception as e:  # a truncated or foreign file
-        raise PermanentError(f"weights: {path} is not a readable safetensors file ({e})") from e
-    if "backbone" not in raw:
-        raise PermanentError(f"weights: {path} has no pretextlab backbone metadata")
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            meta[key] = value
-    spec = BackboneSpec.model_validate(meta["backbone"])
-    module = build_backbone(spec, int(meta["in_channels"]), int(meta["image_size"]))
-    module.load_state_dict(state)
-    return module.to(device).eval(), meta
-
-
-def backbone_metadata(spec_json: str, backbone: BackboneSpec, feature_dim: int, in_channels: int, image_size: int,
-                      mean, std, method: str, epochs: int, dataset: str) -> dict[str, str]:
-    """String-valued safetensors metadata (JSON-encoded values) that :func:`load_backbone` parses."""
-    return {
-        "format": "pretextlab-backbone/1", "spec": spec_json, "backbone": backbone.model_dump_json(),
-        "feature_dim": str(int(feature_dim)), "in_channels": str(int(in_channels)), "image_size": str(int(image_size)),
-        "mean": json.dumps([float(m) for m in mean]), "std": json.dumps([float(s) for s in std]),
-        "method": json.dumps(method), "epochs": str(int(epochs)), "dataset": json.dumps(dataset),
-    }
+    def features(self, images: Tensor, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None,
+                 should_stop: Callable[[], bool], on_batch: OnStep) -> Tensor:
+        """Features (N, D) batch by batch, asking ``should_stop`` before and reporting after each batch."""
+        if self.backbone is not None:
+            return extract_features(self.backbone, images, self.mean, self.std, batch_size, device, amp_dtype,
+                                    should_stop=should_stop, on_batch=on_batch)
+        out = []  # raw pixels: cheap, but batched like the backbone path so progress and stop behave alike
+        for start in range(0, images.shape[0], batch_size):
+            if should_stop():
+                raise StopRequested
+            out.append(raw_pixel_features(images[start:start + batch_size], self.mean, self.std, device))
+            on_batch(0, out[-1].shape[0])
+        return torch.cat(out)
 
 
-def dataset_stats(dataset: str, channels: int) -> tuple[list[float], list[float]]:
-    """The dataset's mean/std, repeated to ``channels`` (a gray set read as 3 channels)."""
-    info = DATASETS[dataset]
-    reps = channels // len(info.mean) if channels % len(info.mean) == 0 else 1
-    return list(info.mean) * reps, list(info.std) * reps
+def load_subject(spec: EvaluateSpec, weights_path: Path | str | None, device: torch.device) -> Subject:
+    """The backbone file (``weights_path`` over ``spec.weights``) or the baseline the spec names."""
+    d = spec.data
+    if spec.baseline is None:
+        weights = weights_path if weights_path is not None else spec.weights
+        if weights is None:
+            raise SpecError("source_job_id: must be resolved to a backbone file (weights_path) before evaluating")
+        backbone, meta = load_backbone(weights, device)
+        # the backbone's own input size unless the spec asks for another (adaptive pooling allows it)
+        return Subject(backbone, int(meta["in_channels"]), int(d.image_size or meta["image_size"]),
+                       meta["mean"], meta["std"], meta.get("method"), meta.get("epochs"), meta["backbone"])
+    info = DATASETS[d.dataset]
+    image_size = int(d.image_size or info.image_size or 0)
+    if not image_size:
+        raise SpecError(f"data.image_size: {d.dataset} has no native image size; a baseline needs one")
+    mean, std = dataset_stats(d.dataset, info.channels)
+    backbone = None
+    if spec.baseline == "random_init":
+        torch.manual_seed(spec.seed)
+        backbone = build_backbone(spec.backbone, info.channels, image_size).to(device)
+    return Subject(backbone, info.channels, image_size, mean, std, spec.baseline, 0,
+                   spec.backbone.model_dump() if spec.backbone is not None else None)
 
 
-# ---------------------------------------------------------------------------
+@dataclass
+class LabelledSplits:
+    train_images: Tensor             # uint8 (N, C, H, W) on the CPU
+    train_labels: Tensor             # on the device
+    test_images: Tensor
+    test_labels: Tensor
+    num_classes: int
+
+
+def load_labelled(spec: EvaluateSpec, subject: Subject, device: torch.device) -> LabelledSplits:
+    """The train and test splits, read at the subject's channels and size."""
+    d = spec.data
+    kw = dict(path=d.path, image_size=subject.image_size, channels=subject.channels, seed=spec.seed)
+    train = load_dataset(d.dataset, d.resolved_train_split, subset=d.train_subset, **kw)
+    test = load_dataset(d.dataset, d.resolved_test_split, subset=d.test_subset, **kw)
+    if train.labels is None or test.labels is None:
+        raise DatasetError(f"data.dataset: {d.dataset} ({d.path or 'built in'}) has no labels to evaluate against")
+    num_classes = int(train.num_classes or int(max(train.labels.max(), test.labels.max())) + 1)
+    return LabelledSplits(train.images, train.labels.to(device), test.images, test.labels.to(device), num_classes)
+
+
+def protocol_work(spec: EvaluateSpec, n_train: int, n_test: int, augment: bool) -> int:
+    """Units of work :func:`run_protocol` reports: feature batches, probe / fine-tuning steps."""
+    proto, fb = spec.protocol, spec.batch_size
+    if proto.protocol == "finetune":
+        return finetune_steps(n_train, proto.epochs, proto.batch_size)
+    work = num_batches(n_train, fb) + num_batches(n_test, fb)
+    if proto.protocol == "linear":
+        work += linear_probe_steps(n_train, proto.epochs, proto.batch_size, augment, fb)
+    return work
+
+
+def run_protocol(spec: EvaluateSpec, subject: Subject, data: LabelledSplits, device: torch.device,
+                 amp_dtype: torch.dtype | None, use_scaler: bool, should_stop: Callable[[], bool],
+                 meter: ProgressMeter) -> Scores:
+    """The spec's protocol on the subject; raises :class:`StopRequested` when ``should_stop`` fires."""
+    proto, fb = spec.protocol, spec.batch_size
+    if proto.protocol == "finetune":
+        if subject.backbone is None:
+            raise SpecError("protocol: raw pixels have nothing to fine-tune")
+        return finetune(subject.backbone, data.train_images, data.train_labels, data.test_images, data.test_labels,
+                        mean=subject.mean, std=subject.std, num_classes=data.num_classes, epochs=proto.epochs,
+                        lr=proto.lr, batch_size=proto.batch_size, weight_decay=proto.weight_decay,
+                        augment=proto.augment, seed=spec.seed, device=device, amp_dtype=amp_dtype,
+                        use_scaler=use_scaler, eval_batch_size=fb, should_stop=should_stop, on_step=meter.step)
+    f_train = subject.features(data.train_images, fb, device, amp_dtype, should_stop, meter.step)
+    f_test = subject.features(data.test_images, fb, device, amp_dtype, should_stop, meter.step)
+    if proto.protocol == "knn":
+        scores = knn_predict(f_train, data.train_labels, f_test, proto.k, proto.temperature, data.num_classes)
+        return Scores(topk_accuracy(scores, data.test_labels, 1), topk_accuracy(scores, data.test_labels, 5))
+    return linear_probe(
+        f_train, data.train_labels, f_test, data.test_labels, epochs=proto.epochs, lr=proto.lr,
+        batch_size=proto.batch_size, weight_decay=proto.weight_decay, num_classes=data.num_classes,
+        seed=spec.seed, augment=proto.augment and subject.backbone is not None, backbone=subject.backbone,
+        train_images=data.train_images, mean=subject.mean, std=subject.std, feature_batch_size=fb,
+        amp_dtype=amp_dtype, should_stop=should_stop, on_step=meter.step)
+
+
 def evaluate(spec: EvaluateSpec, out_dir: Path, sink: Sink | None = None,
-             should_stop: Callable[[], bool] | None = None, weights_path: Path | None = None) -> dict[str, Any]:
+             should_stop: Callable[[], bool] | None = None, weights_path: Path | None = None) -> EvalResult:
     """Run one evaluation job and write ``out_dir/result.json`` (atomically).
 
     ``weights_path`` overrides ``spec.weights`` (the worker resolves ``source_job_id`` to a file).
-    Returns the result dict (protocol, dataset, top1, top5, num_train, num_test, feature_dim, method,
-    backbone, epochs, baseline, completed); if ``should_stop`` fires mid-protocol it returns
-    ``completed=False`` and writes nothing.
+    If ``should_stop`` fires mid-protocol the result has ``completed=False`` and nothing is written.
     """
-    from ssl_core.backbones import build_backbone
-    from ssl_core.data import load_dataset
-
     sink = sink or NullSink()
-    stop = should_stop or sink.should_stop
-    out_dir = Path(out_dir)
+    should_stop = should_stop or sink.should_stop
     t0 = time.time()
     seed_everything(spec.seed)
     device = resolve_device(spec.device)
     amp_dtype, use_scaler = resolve_precision(spec.precision, device)
-    d = spec.data
-    info = DATASETS[d.dataset]
-    proto = spec.protocol
 
-    weights = Path(weights_path) if weights_path is not None else (Path(spec.weights) if spec.weights else None)
-    meta: dict[str, Any] = {}
-    backbone: nn.Module | None = None
-    if spec.baseline is None:
-        if weights is None:
-            raise ValueError("evaluate: source_job_id must be resolved to weights_path by the caller")
-        backbone, meta = load_backbone(weights, device)
-        # the backbone's own input size unless the spec asks for another (adaptive pooling allows it)
-        channels, image_size = int(meta["in_channels"]), int(d.image_size or meta["image_size"])
-        mean, std = meta["mean"], meta["std"]
-        method, epochs, bspec = meta.get("method"), meta.get("epochs"), meta["backbone"]
-    else:
-        channels = info.channels
-        image_size = int(d.image_size or info.image_size or 0) or None
-        if image_size is None:
-            raise ValueError("data.image_size: this dataset needs an image size for a baseline")
-        mean, std = dataset_stats(d.dataset, channels)
-        method, epochs = spec.baseline, 0
-        bspec = spec.backbone.model_dump() if spec.backbone is not None else None
-        if spec.baseline == "random_init":
-            torch.manual_seed(spec.seed)
-            backbone = build_backbone(spec.backbone, channels, image_size).to(device)
-
-    load = dict(path=d.path, image_size=image_size, channels=channels, seed=spec.seed)
-    train = load_dataset(d.dataset, d.resolved_train_split, subset=d.train_subset, **load)
-    test = load_dataset(d.dataset, d.resolved_test_split, subset=d.test_subset, **load)
-    if train.labels is None or test.labels is None:
-        raise ValueError(f"data.dataset: {d.dataset} split has no labels to evaluate against")
-    num_classes = int(train.num_classes or int(max(train.labels.max(), test.labels.max())) + 1)
-    y_train, y_test = train.labels.to(device), test.labels.to(device)
-
-    # progress over the whole protocol: feature batches (train + test), probe / fine-tune steps, scoring
-    n_train, n_test, fb = int(train.images.shape[0]), int(test.images.shape[0]), spec.batch_size
-    augment = proto.protocol == "linear" and proto.augment and backbone is not None
-    if proto.protocol == "knn":
-        work = num_batches(n_train, fb) + num_batches(n_test, fb)
-    elif proto.protocol == "linear":
-        work = num_batches(n_train, fb) + num_batches(n_test, fb) + linear_probe_steps(
-            n_train, proto.epochs, proto.batch_size, augment, fb)
-    else:
-        work = finetune_steps(n_train, proto.epochs, proto.batch_size)
-    meter = ProgressMeter(sink, work + 1)  # + 1: scoring the test set
-
-    def features(images: Tensor) -> Tensor:
-        if backbone is not None:
-            return extract_features(backbone, images, mean, std, fb, device, amp_dtype, should_stop=stop,
-                                    on_batch=meter.step)
-        out = []  # raw pixels: cheap, but batched like the backbone path so progress and stop behave alike
-        for start in range(0, images.shape[0], fb):
-            if stop():
-                raise StopRequested
-            out.append(raw_pixel_features(images[start:start + fb], mean, std, device))
-            meter.step(0, out[-1].shape[0])
-        return torch.cat(out)
-
-    feature_dim: int | None = None
+    subject = load_subject(spec, weights_path, device)
+    data = load_labelled(spec, subject, device)
+    n_train, n_test = int(data.train_images.shape[0]), int(data.test_images.shape[0])
+    augment = spec.protocol.protocol == "linear" and spec.protocol.augment and subject.backbone is not None
+    meter = ProgressMeter(sink, protocol_work(spec, n_train, n_test, augment) + 1)  # + 1: scoring the test set
     try:
-        if proto.protocol == "knn":
-            f_train, f_test = features(train.images), features(test.images)
-            feature_dim = f_train.shape[1]
-            scores = knn_predict(f_train, y_train, f_test, proto.k, proto.temperature, num_classes)
-            out = {"completed": True, "top1": topk_accuracy(scores, y_test, 1),
-                   "top5": topk_accuracy(scores, y_test, 5)}
-        elif proto.protocol == "linear":
-            f_train, f_test = features(train.images), features(test.images)
-            feature_dim = f_train.shape[1]
-            out = linear_probe(
-                f_train, y_train, f_test, y_test, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
-                weight_decay=proto.weight_decay, num_classes=num_classes, seed=spec.seed, augment=augment,
-                backbone=backbone, train_images=train.images, mean=mean, std=std, feature_batch_size=fb,
-                amp_dtype=amp_dtype, should_stop=stop, on_step=meter.step)
-        else:
-            assert backbone is not None  # the spec refuses raw_pixels + finetune
-            feature_dim = backbone.feature_dim
-            out = finetune(backbone, train.images, train.labels, test.images, test.labels, mean=mean, std=std,
-                           num_classes=num_classes, epochs=proto.epochs, lr=proto.lr, batch_size=proto.batch_size,
-                           weight_decay=proto.weight_decay, augment=proto.augment, seed=spec.seed, device=device,
-                           amp_dtype=amp_dtype, use_scaler=use_scaler, eval_batch_size=fb, should_stop=stop,
-                           on_step=meter.step)
+        scores: Scores | None = run_protocol(spec, subject, data, device, amp_dtype, use_scaler, should_stop, meter)
+        meter.step(max(0, getattr(spec.protocol, "epochs", 1) - 1))
     except StopRequested:
-        out = {"completed": False}
-    if out["completed"]:
-        meter.step(max(0, getattr(proto, "epochs", 1) - 1))
+        scores = None
 
-    result: dict[str, Any] = {
-        "protocol": proto.protocol, "dataset": d.dataset, "top1": out.get("top1"), "top5": out.get("top5"),
-        "num_train": n_train, "num_test": n_test,
-        "feature_dim": int(feature_dim) if feature_dim is not None else None, "method": method, "backbone": bspec,
-        "epochs": epochs,
-        "baseline": spec.baseline, "completed": bool(out["completed"]), "wall_s": round(time.time() - t0, 3),
-    }
-    if not result["completed"]:
-        return result
-    path = atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2))
-    sink.metrics(0, {"eval/top1": result["top1"], "eval/top5": result["top5"]})
-    sink.artifact("result", path, "result")
-    sink.flush()
+    result = EvalResult(
+        completed=scores is not None, protocol=spec.protocol.protocol, dataset=spec.data.dataset,
+        top1=scores.top1 if scores else None, top5=scores.top5 if scores else None,
+        num_train=n_train, num_test=n_test, feature_dim=subject.feature_dim, method=subject.method,
+        backbone=subject.backbone_spec, epochs=subject.epochs, baseline=spec.baseline,
+        wall_s=round(time.time() - t0, 3))
+    if result.completed:
+        path = atomic_write_text(Path(out_dir) / "result.json", json.dumps(result.to_dict(), indent=2))
+        sink.metrics(0, result.metrics)
+        sink.artifact("result", path, "result")
+        sink.flush()
     return result

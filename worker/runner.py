@@ -170,27 +170,12 @@ def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, 
         from ssl_core.train import pretrain
 
         res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
-        if not res.completed:
-            return Outcome(False)
-        result = {
-            "epoch": res.epoch, "step": res.step, "final_loss": res.final_loss,
-            "backbone": "backbone.safetensors" if res.backbone_path else None,
-            "metrics": {k: v for k, v in (res.metrics or {}).items() if _is_number(v)},
-        }
-        return Outcome(True, result)
-    from ssl_core.evaluate import evaluate
+    else:
+        from ssl_core.evaluate import evaluate
 
-    weights = _source_weights(sessions, spec.source_job_id) if spec.source_job_id is not None else None
-    res = evaluate(spec, job_dir, sink=sink, should_stop=sink.should_stop, weights_path=weights)
-    if not res.get("completed", True):
-        return Outcome(False)
-    return Outcome(True, res)
-
-
-def _is_number(v: Any) -> bool:
-    import math
-
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        weights = _source_weights(sessions, spec.source_job_id) if spec.source_job_id is not None else None
+        res = evaluate(spec, job_dir, sink=sink, should_stop=sink.should_stop, weights_path=weights)
+    return Outcome(True, res.to_dict()) if res.completed else Outcome(False)
 
 
 def error_message(exc: BaseException) -> str:

@@ -12,17 +12,8 @@ from torch import Tensor, nn
 
 from ssl_core.augment import build_pipeline, normalize
 from ssl_core.backbones import build_backbone
+from ssl_core.normalization import dataset_stats
 from ssl_core.specs import PretrainSpec
-
-
-def dataset_stats(spec: PretrainSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The dataset's per-channel mean/std, repeated to 3 channels when a gray set is fed as RGB."""
-    info = spec.data.info
-    channels = spec.data.resolved_channels
-    mean, std = tuple(info.mean), tuple(info.std)
-    if len(mean) != channels:
-        mean, std = mean[:1] * channels, std[:1] * channels
-    return mean, std
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -42,7 +33,7 @@ class SSLMethod(nn.Module):
         # must be the one evaluation rebuilds from (backbone spec, channels, image size)
         self.backbone = build_backbone(spec.backbone, self.in_channels, self.image_size)
         self.pipeline = build_pipeline(list(spec.augment or []), self.image_size)
-        self.mean, self.std = dataset_stats(spec)
+        self.mean, self.std = dataset_stats(spec.data.dataset, self.in_channels)
 
     def prepare_data(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """The training set the loop iterates over: by default the images, without targets."""

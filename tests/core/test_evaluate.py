@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ssl_core.evaluate import knn_accuracy, knn_predict, knn_top5, linear_probe, topk_accuracy
+from ssl_core.features import StopRequested
 
 BANK = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 BANK_Y = torch.tensor([0, 1, 1])
@@ -63,9 +64,9 @@ def test_linear_probe_separable_features():
     xt = torch.randn(300, 20, generator=g)
     yt = (xt @ w.T).argmax(1)
     out = linear_probe(x, y, xt, yt, epochs=30, lr=0.1, batch_size=64, weight_decay=0.0, num_classes=3)
-    assert out["completed"] and out["top1"] >= 0.95
-    stopped = linear_probe(x, y, xt, yt, epochs=3, should_stop=lambda: True)
-    assert stopped == {"completed": False}
+    assert out.top1 >= 0.95 and out.top1 <= out.top5
+    with pytest.raises(StopRequested):
+        linear_probe(x, y, xt, yt, epochs=3, should_stop=lambda: True)
 
 
 # ---------------------------------------------------------------------------
@@ -87,12 +88,12 @@ EVAL_DATA = {"dataset": "synthetic", "train_subset": 40, "test_subset": 20}
 
 
 def _check_result(result, out_dir, protocol, feature_dim=None):
-    assert result["protocol"] == protocol and result["dataset"] == "synthetic"
-    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
-    assert (result["num_train"], result["num_test"]) == (40, 20)
+    assert result.completed and result.protocol == protocol and result.dataset == "synthetic"
+    assert 0.0 <= result.top1 <= result.top5 <= 1.0
+    assert (result.num_train, result.num_test) == (40, 20)
     if feature_dim is not None:
-        assert result["feature_dim"] == feature_dim
-    assert json.loads((out_dir / "result.json").read_text())["top1"] == result["top1"]
+        assert result.feature_dim == feature_dim
+    assert json.loads((out_dir / "result.json").read_text()) == result.to_dict()
 
 
 @pytest.mark.parametrize("protocol", [
@@ -102,7 +103,8 @@ def _check_result(result, out_dir, protocol, feature_dim=None):
     {"protocol": "finetune", "epochs": 1, "batch_size": 16},
 ], ids=["knn", "linear", "linear-augment", "finetune"])
 def test_evaluate_pretrained_backbone(tiny_backbone, tmp_path, protocol):
-    from ssl_core.evaluate import evaluate, load_backbone
+    from ssl_core.backbone_file import load_backbone
+    from ssl_core.evaluate import evaluate
     from ssl_core.specs import EvaluateSpec
 
     _, meta = load_backbone(tiny_backbone)
@@ -119,8 +121,8 @@ def test_evaluate_pretrained_backbone(tiny_backbone, tmp_path, protocol):
 
     result = evaluate(spec, tmp_path, sink=Sink(), weights_path=tiny_backbone)  # weights_path wins
     _check_result(result, tmp_path, protocol["protocol"], meta["feature_dim"])
-    assert result["method"] == "simclr" and result["epochs"] == 1 and result["baseline"] is None
-    assert result["backbone"]["name"] == "convnet" and artifacts == ["result"]
+    assert result.method == "simclr" and result.epochs == 1 and result.baseline is None
+    assert result.backbone["name"] == "convnet" and artifacts == ["result"]
 
 
 @pytest.mark.parametrize("baseline,protocol", [("raw_pixels", "knn"), ("raw_pixels", "linear"),
@@ -137,12 +139,62 @@ def test_baselines(tmp_path, baseline, protocol):
         raw["backbone"] = {"name": "convnet", "width": 4}
     result = evaluate(EvaluateSpec.model_validate(raw), tmp_path)
     _check_result(result, tmp_path, protocol, 3 * 16 * 16 if baseline == "raw_pixels" else 32)
-    assert result["baseline"] == baseline and result["epochs"] == 0
+    assert result.baseline == baseline and result.epochs == 0
+
+
+def test_dataset_stats_follow_the_channels_read():
+    from ssl_core.normalization import dataset_stats
+
+    assert dataset_stats("cifar10", 3) == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert dataset_stats("cifar10", 1) == ((0.4914,), (0.2470,))  # an RGB set read as grayscale
+    assert dataset_stats("fashion_mnist", 3) == ((0.2860,) * 3, (0.3530,) * 3)  # a gray set read as RGB
+
+
+def test_rgb_dataset_read_as_grayscale_trains_monitors_and_evaluates(tmp_path):
+    """data.channels: 1 on an RGB set: training, the kNN monitor, the export and both evaluations agree
+    on one channel of statistics."""
+    from pathlib import Path
+
+    from ssl_core.backbone_file import load_backbone
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec, PretrainSpec
+    from ssl_core.train import pretrain
+
+    raw = json.loads((Path(__file__).resolve().parents[2] / "examples" / "tiny" / "rotation.json").read_text())
+    raw.update(epochs=1, data={"dataset": "synthetic", "image_size": 16, "subset": 48, "channels": 1},
+               eval={"monitor": {"every_epochs": 1, "train_subset": 20, "test_subset": 10, "k": 5}})
+    run = pretrain(PretrainSpec.model_validate(raw), tmp_path / "run")
+    assert run.completed and 0.0 <= run.metrics["monitor/knn_top1"] <= 1.0
+    _, meta = load_backbone(run.backbone_path)
+    assert meta["in_channels"] == 1 and len(meta["mean"]) == len(meta["std"]) == 1
+    for protocol in ({"protocol": "knn", "k": 5}, {"protocol": "linear", "epochs": 1, "batch_size": 16}):
+        out = tmp_path / protocol["protocol"]
+        spec = EvaluateSpec.model_validate({"weights": str(run.backbone_path), "protocol": protocol,
+                                            "data": EVAL_DATA, "device": "cpu", "batch_size": 16})
+        _check_result(evaluate(spec, out), out, protocol["protocol"], meta["feature_dim"])
+
+
+def test_evaluation_errors_are_permanent_and_name_the_field(tiny_backbone, tmp_path):
+    """A spec the data cannot satisfy fails the job once (PermanentError) with the field first."""
+    from ssl_core.errors import PermanentError, SpecError
+    from ssl_core.evaluate import evaluate
+    from ssl_core.specs import EvaluateSpec
+
+    one_image = EvaluateSpec.model_validate({
+        "weights": "unused.safetensors", "protocol": {"protocol": "finetune", "epochs": 1}, "device": "cpu",
+        "data": {"dataset": "synthetic", "train_subset": 1, "test_subset": 4}})
+    with pytest.raises(SpecError, match=r"^data\.train_subset: fine-tuning needs at least 2") as err:
+        evaluate(one_image, tmp_path, weights_path=tiny_backbone)
+    assert isinstance(err.value, PermanentError)
+    no_size = EvaluateSpec.model_validate({"baseline": "raw_pixels", "device": "cpu",
+                                           "data": {"dataset": "image_folder", "path": "imgs"}})
+    with pytest.raises(SpecError, match=r"^data\.image_size: "):
+        evaluate(no_size, tmp_path)
 
 
 def test_load_backbone_refuses_a_non_safetensors_file(tmp_path):
+    from ssl_core.backbone_file import load_backbone
     from ssl_core.errors import PermanentError
-    from ssl_core.evaluate import load_backbone
 
     bad = tmp_path / "weights.safetensors"
     bad.write_bytes(b"\x80\x04not safetensors")
@@ -190,7 +242,7 @@ def test_evaluate_reports_progress_over_the_whole_protocol(tiny_backbone, tmp_pa
                                         "device": "cpu", "batch_size": 16})
     sink = RecordingSink()
     result = evaluate(spec, tmp_path, sink=sink, weights_path=tiny_backbone)
-    assert result["completed"]
+    assert result.completed
     calls = sink.progress_calls
     assert [c["step"] for c in calls] == list(range(1, total + 1))  # monotonic, one per unit of work
     assert {c["total_steps"] for c in calls} == {total}
@@ -216,7 +268,7 @@ def test_stop_during_feature_extraction_returns_promptly(tiny_backbone, tmp_path
     t = time.perf_counter()
     result = evaluate(EvaluateSpec.model_validate(raw), tmp_path, sink=sink, weights_path=tiny_backbone)
     elapsed = time.perf_counter() - t
-    assert result["completed"] is False and result["top1"] is None
+    assert result.completed is False and result.top1 is None and result.metrics == {}
     assert not (tmp_path / "result.json").exists() and sink.artifacts == []
     assert len(sink.progress_calls) == 1 and sink.progress_calls[0]["step"] == 1  # one of 100 + 50 batches
     assert sink.progress_calls[0]["total_steps"] > 150

@@ -11,7 +11,8 @@ import torch
 
 from ssl_core.errors import NonFiniteLossError, PermanentError
 from ssl_core.specs import PretrainSpec
-from ssl_core.train import load_checkpoint, pretrain
+from ssl_core.checkpoint import load_checkpoint
+from ssl_core.train import pretrain
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tiny"
 
@@ -161,7 +162,8 @@ def test_should_stop_from_sink_and_metrics(tmp_path):
 
 
 def test_backbone_export_loads_with_metadata(tmp_path):
-    from ssl_core.evaluate import extract_features, load_backbone
+    from ssl_core.backbone_file import load_backbone
+    from ssl_core.features import extract_features
 
     spec = tiny_spec("rotation", epochs=1, eval={"monitor": {"every_epochs": 1, "train_subset": 20,
                                                             "test_subset": 10, "k": 5}})
@@ -245,7 +247,7 @@ def test_exemplar_stop_and_resume_equals_straight_run(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Resume continues the same run only
 def test_resume_refuses_a_different_run_naming_the_fields(tmp_path):
-    from ssl_core.train import ResumeMismatchError
+    from ssl_core.checkpoint import ResumeMismatchError
 
     r = pretrain(tiny_spec("simclr", epochs=1), tmp_path)
     exported = r.backbone_path.read_bytes()
@@ -264,7 +266,7 @@ def test_resume_refuses_a_different_run_naming_the_fields(tmp_path):
 
 
 def test_resume_refuses_fewer_epochs(tmp_path):
-    from ssl_core.train import ResumeMismatchError
+    from ssl_core.checkpoint import ResumeMismatchError
 
     pretrain(tiny_spec("rotation", epochs=2), tmp_path, should_stop=stop_after(2))
     with pytest.raises(ResumeMismatchError, match=r"epochs \(2 -> 1"):
@@ -284,7 +286,7 @@ def test_resume_allows_execution_settings_and_growing_epochs_with_the_recipe_opt
     assert second.completed and (second.step, second.epoch) == (6, 2)
     assert min(step for step, _, _ in sink.rows) >= 4  # steps 1-3 are not re-run
     assert any("monitor/knn_top1" in v for _, v, _ in sink.rows)
-    from ssl_core.evaluate import load_backbone
+    from ssl_core.backbone_file import load_backbone
 
     assert load_backbone(second.backbone_path)[1]["epochs"] == 2
 
@@ -353,7 +355,7 @@ def test_streaming_refuses_a_method_that_needs_the_whole_set_in_memory(folder_en
 
 
 def test_check_resume_spec_recipe_fields_follow_epochs_even_with_an_override():
-    from ssl_core.train import ResumeMismatchError, check_resume_spec
+    from ssl_core.checkpoint import ResumeMismatchError, check_resume_spec
 
     lars = lambda **kw: {"name": "lars", "lr": 0.7, "weight_decay": 1e-6, "warmup_epochs": kw.get("w", 0.1)}  # noqa: E731
     old = tiny_spec("simclr", epochs=1, optim=lars(w=0.1))  # lr overridden, warmup = the recipe's epochs/10
