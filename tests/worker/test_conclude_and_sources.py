@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import func, select
 from worker_testlib import add_job, job, runs, tiny_pretrain
 
+from api.db.jobs import next_queued
+from api.db.leases import claim
 from api.db.models import Job
 from worker.reconciler import reconcile_once
-from worker.runner import FAILED, LOST, SKIPPED, SUCCEEDED, claim, run_job
+from worker.runner import FAILED, LOST, SKIPPED, SUCCEEDED, run_job
 
 EVAL_DATA = {"dataset": "synthetic", "train_subset": 32, "test_subset": 16, "image_size": 16}
 
@@ -96,18 +98,21 @@ def test_connection_error_while_concluding_still_leaves_the_job_to_its_lease(sql
 
 # -- evaluations waiting for their source ----------------------------------------------------------------
 def test_waiting_evaluation_is_skipped_by_the_poll_and_the_claim(sqlite_store):
-    from worker.local import next_queued
-
     st = sqlite_store
+
+    def poll(queues):  # what the local worker's poll asks the store
+        with st.sessions() as s:
+            return next_queued(s, queues)
+
     src = add_job(st.sessions, tiny_pretrain(epochs=1))
     ev = add_job(st.sessions, evaluate_of(src), priority=9)  # would be served first
     other = add_job(st.sessions, tiny_pretrain(epochs=1))
-    assert next_queued(st.sessions, ["gpu", "cpu"]) == src
+    assert poll(["gpu", "cpu"]) == src
     assert claim(st.sessions, ev, "w", 30) is None
     assert claim(st.sessions, src, "w", 30) is not None  # the source is running now
     # the evaluation neither blocks the queue nor gets picked again and again
-    assert next_queued(st.sessions, ["gpu", "cpu"]) == other
-    assert next_queued(st.sessions, ["cpu"]) is None
+    assert poll(["gpu", "cpu"]) == other
+    assert poll(["cpu"]) is None
     assert _run(st, ev) == SKIPPED
     j = job(st.sessions, ev)
     assert (j.status, j.attempt) == ("queued", 0) and runs(st.sessions, ev) == []
