@@ -28,6 +28,7 @@ def celery_client(broker_url: str, settings: Settings | None = None) -> Any:
     with _lock:
         client = _clients.get(broker_url)
         if client is None:
+            # Imported here: an API without a broker (embedded mode) never loads Celery.
             from celery import Celery
 
             s = settings or get_settings()

@@ -1,4 +1,4 @@
-"""Reporting overhead (issue 7 §3): what the service's reporting costs the training loop.
+"""Reporting overhead: what the service's reporting costs the training loop.
 
 The same small SimCLR pretraining runs through ``ssl_core.train.pretrain`` with
 

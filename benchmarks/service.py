@@ -1,4 +1,4 @@
-"""Service latency on PostgreSQL: job submission, metric history, job listing (issue 7).
+"""Service latency on PostgreSQL: job submission, metric history, job listing.
 
 Against a real ``uvicorn api.main:app`` server process on 127.0.0.1 and a PostgreSQL database
 this script creates (and drops at the end):

@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+import api.dispatch
 from api.db.clock import as_utc, utcnow
 from api.db.jobs import mark_dispatched, queued_for_redispatch, queues_of
 from api.db.leases import ExpiredLease, earlier_losses, expire, expired_leases
 from api.db.models import ACTIVE_STATUSES
-from api import dispatch as broker
 from api.settings import Settings
 
 log = logging.getLogger("pretextlab.reconciler")
@@ -78,7 +78,7 @@ def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], se
     if dispatch is None:
         if settings.broker_url is None:
             return []
-        dispatch = lambda jid, queue: broker.dispatch(jid, settings, queue=queue)  # noqa: E731
+        dispatch = lambda jid, queue: api.dispatch.dispatch(jid, settings, queue=queue)  # noqa: E731
     with session_factory() as s:
         queues = queues_of(s, job_ids)
     sent = []

@@ -41,7 +41,7 @@ def _failed_once(st, jid, *needles):
     assert job(st.sessions, jid).status == "failed" and len(runs(st.sessions, jid)) == 1
 
 
-# -- issue: a poisoned follow-up key / errors while concluding ----------------------------------------
+# -- a poisoned follow-up key / errors while concluding ----------------------------------------
 def test_followup_key_taken_by_another_job_fails_the_pretraining_once(store):
     st = store
     spec = tiny_pretrain(epochs=1, eval={"after": [{"protocol": "knn", "k": 5}], "data": EVAL_DATA})
