@@ -34,8 +34,9 @@ class SqlSink:
 
     ``metrics``/``progress``/``artifact`` only buffer and ``flush`` only wakes the writer: once
     ``start()`` has run, the training loop never waits for the database (a commit is an fsync,
-    tens of ms on a busy disk, and the loop calls ``flush`` and ``artifact`` at every epoch end). A background thread writes the buffers every ``flush_seconds`` (or when woken) and renews
-    the lease at least every ``heartbeat_seconds``; ``close()`` writes what is left, synchronously.
+    tens of ms on a busy disk, and the loop calls ``flush`` and ``artifact`` at every epoch end).
+    A background thread writes the buffers every ``flush_seconds`` (or when woken) and renews the
+    lease at least every ``heartbeat_seconds``; ``close()`` writes what is left, synchronously.
     Without a started thread every call writes at once. Metrics are upserted on (job, name, step),
     so a resumed run that logs a step again overwrites it instead of duplicating it.
 

@@ -134,7 +134,8 @@ def query_metrics(
 
     Downsampling happens in SQL by step ranges: the step span [lo, hi] is cut into
     ``max_points - 1`` equal buckets and the first stored point of each bucket is taken with one
-    index probe (``ORDER BY step LIMIT 1`` on the primary key), plus the last point. The cost is O(max_points log n), whatever the number of stored points.
+    index probe (``ORDER BY step LIMIT 1`` on the primary key), plus the last point. The cost is
+    O(max_points log n), whatever the number of stored points.
     """
     max_points = max(2, int(max_points))
     base = [Metric.job_id == job_id, Metric.name == name]
