@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from api.db import jobs as store
+from api.db import jobs as job_store
 from api.db.artifacts import artifact_count, artifact_counts
 from api.db.clock import as_utc
 from api.db.listing import BadCursor, list_jobs as page_of_jobs
@@ -60,7 +60,7 @@ def _check_key(key: str | None) -> None:
 
 
 def job_or_404(session: Session, job_id: int) -> Job:
-    job = store.get_job(session, job_id)
+    job = job_store.get_job(session, job_id)
     if job is None:
         raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
     return job
@@ -77,7 +77,7 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
     except ValidationError as exc:
         details = validation_details(exc.errors())
         for d in details:  # 'pretrain.method.temperature' -> 'spec.method.temperature'
-            d["loc"] = ".".join(["spec", *store.spec_error_path(d["loc"].split("."))])
+            d["loc"] = ".".join(["spec", *job_store.spec_error_path(d["loc"].split("."))])
         shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 
@@ -87,7 +87,7 @@ def _check_source(session: Session, spec: EvaluateSpec) -> None:
     if spec.source_job_id is None:
         return
     sid = spec.source_job_id
-    src = store.get_job(session, sid) if sid <= MAX_ID else None
+    src = job_store.get_job(session, sid) if sid <= MAX_ID else None
     if src is None:
         raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
     if src.kind != "pretrain":
@@ -156,31 +156,31 @@ def submit_job(
     if isinstance(spec, EvaluateSpec):
         spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:
-        existing = store.get_job_by_idempotency_key(session, idempotency_key)
+        existing = job_store.get_job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
             return _replay(existing, spec, body, idempotency_key, response)
     if isinstance(spec, EvaluateSpec):
         _check_source(session, spec)
-    active = store.count_active(session)
+    active = job_store.count_active(session)
     if active >= settings.max_active_jobs:
         raise ApiError(429, "queue_full",
                        f"{active} jobs are queued or running (limit PRETEXTLAB_MAX_ACTIVE_JOBS={settings.max_active_jobs})",
                        {"active": active, "limit": settings.max_active_jobs}, headers={"Retry-After": "30"})
     try:
-        job = store.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
-                              idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
+        job = job_store.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
+                                   idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
         session.commit()
     except IntegrityError:
         # Two requests with one Idempotency-Key raced (the INSERT fails at flush or commit): the
         # other one committed first, so this is a replay of it.
         session.rollback()
-        existing = store.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
+        existing = job_store.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return _replay(existing, spec, body, idempotency_key, response)
     if dispatch(job, settings):
         try:
-            store.mark_dispatched(session, job.id)
+            job_store.mark_dispatched(session, job.id)
             session.commit()
         except SQLAlchemyError:  # the job is stored; a lost timestamp only means an earlier re-dispatch
             session.rollback()
@@ -219,7 +219,8 @@ def read_job(job_id: JobId, session: SessionDep) -> Response:
 def job_events(job_id: JobId, session: SessionDep) -> EventList:
     job_or_404(session, job_id)
     items = [EventOut(id=e.id, from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
-                      actor=e.actor, reason=e.reason, at=as_utc(e.at)) for e in store.job_events(session, job_id)]
+                      actor=e.actor, reason=e.reason, at=as_utc(e.at))
+             for e in job_store.job_events(session, job_id)]
     return EventList(job_id=job_id, items=items)
 
 
@@ -237,11 +238,11 @@ def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobOut
             response.status_code = 202
             return JobOut.from_row(job)
         if job.status == "queued":
-            ok = store.transition(session, job_id, "queued", "cancelled", actor="api", reason="cancelled by user",
-                                 cancel_requested=True)
+            ok = job_store.transition(session, job_id, "queued", "cancelled", actor="api",
+                                      reason="cancelled by user", cancel_requested=True)
         else:
-            ok = store.transition(session, job_id, "running", "cancelling", actor="api", reason="cancelled by user",
-                                 cancel_requested=True)
+            ok = job_store.transition(session, job_id, "running", "cancelling", actor="api",
+                                      reason="cancelled by user", cancel_requested=True)
         if ok:
             session.commit()
             job = job_or_404(session, job_id)
