@@ -28,6 +28,7 @@ def celery_client(broker_url: str, settings: Settings | None = None) -> Any:
     with _lock:
         client = _clients.get(broker_url)
         if client is None:
+            # Imported here: an API without a broker (embedded mode) never loads Celery.
             from celery import Celery
 
             s = settings or get_settings()
@@ -52,7 +53,7 @@ def dispatch(job: Any, settings: Settings | None = None, *, queue: str | None = 
 
     Returns True when a message was published, False in embedded mode or when the broker failed
     (logged; the reconciler will retry). Never raises for broker trouble. The caller records
-    ``dispatched_at`` (``crud.mark_dispatched``) when this returns True.
+    ``dispatched_at`` (``api.db.jobs.mark_dispatched``) when this returns True.
     """
     settings = settings or get_settings()
     if settings.broker_url is None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from api.db.clock import as_utc
 from api.db.models import STATUSES, Job
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -18,12 +19,6 @@ SafeText = r"^[^\x00-\x1f\x7f]*$"
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SafeText)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=SafeText)]
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, refuse them before the database does
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 def as_json(model: BaseModel, status_code: int = 200) -> Response:
@@ -135,9 +130,9 @@ class JobOut(BaseModel):
             cancel_requested=bool(job.cancel_requested),
             progress=Progress(**job.progress) if isinstance(job.progress, dict) else None,
             result=job.result, error=job.error, top1=job.top1, top5=job.top5, artifacts=artifacts,
-            created_at=_utc(job.created_at), started_at=_utc(job.started_at), finished_at=_utc(job.finished_at),
-            updated_at=_utc(job.updated_at), heartbeat_at=_utc(job.heartbeat_at),
-            lease_expires_at=_utc(job.lease_expires_at),
+            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at), updated_at=as_utc(job.updated_at),
+            heartbeat_at=as_utc(job.heartbeat_at), lease_expires_at=as_utc(job.lease_expires_at),
         )
 
 

@@ -4,29 +4,23 @@
   configured token (no early exit on the first match, so timing says nothing) and never logged.
 - The body limit is a pure ASGI middleware that counts bytes as they arrive, so a chunked body
   without ``Content-Length`` is cut off at the limit too.
-- Artifact names and weights paths are resolved and must stay inside their folders (symlinks
-  that point outside are refused after resolution).
+- Artifact names (checked by ``api.db.artifacts.check_artifact_name``) and weights paths are
+  resolved and must stay inside their folders (symlinks that point outside are refused after
+  resolution).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.db.artifacts import CONTROL_CHARS, UnsafePath, check_artifact_name
 from ssl_core.paths import PathOutsideRoots, resolve_inside
-
-MAX_ARTIFACT_NAME = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class UnsafePath(ValueError):
-    """A name or path that would leave its allowed folder."""
 
 
 # -- authentication ---------------------------------------------------------------------------
@@ -133,28 +127,6 @@ class BodySizeLimitMiddleware:
 
 
 # -- paths ------------------------------------------------------------------------------------
-def check_artifact_name(name: str) -> str:
-    """A relative POSIX path of plain components, or :class:`UnsafePath` saying what is wrong."""
-    if not isinstance(name, str) or not name:
-        raise UnsafePath("artifact name is empty")
-    if len(name) > MAX_ARTIFACT_NAME:
-        raise UnsafePath(f"artifact name is longer than {MAX_ARTIFACT_NAME} characters")
-    if "\x00" in name:
-        raise UnsafePath("artifact name contains a NUL byte")
-    if _CONTROL.search(name):
-        raise UnsafePath("artifact name contains control characters")
-    if "\\" in name:
-        raise UnsafePath("artifact name contains a backslash")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UnsafePath("artifact name is an absolute path")
-    parts = name.split("/")
-    if any(p == ".." for p in parts):
-        raise UnsafePath("artifact name contains '..': it may not leave the job's folder")
-    if any(p in ("", ".") for p in parts):
-        raise UnsafePath("artifact name has empty or '.' components")
-    return str(PurePosixPath(name))
-
-
 def resolve_artifact(job_dir: Path, name: str) -> Path:
     """The file ``name`` inside ``job_dir``, after resolving symlinks; UnsafePath if it escapes."""
     name = check_artifact_name(name)
@@ -167,7 +139,7 @@ def resolve_artifact(job_dir: Path, name: str) -> Path:
 
 def resolve_weights(path: str, roots: list[Path]) -> Path:
     """A weights file path inside one of ``roots`` (relative paths are tried against each root)."""
-    if not path or "\x00" in path or _CONTROL.search(path):
+    if not path or "\x00" in path or CONTROL_CHARS.search(path):
         raise UnsafePath("weights: empty path or control characters")
     if "\\" in path or any(p == ".." for p in path.split("/")):
         raise UnsafePath("weights: '..' and backslashes are not allowed")

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(10_000, ge=1, description="queued + running + cancelling jobs allowed at once")
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(3, ge=1, le=100, description="worker losses before a job fails (every new job's limit)")
     reconcile_seconds: float = Field(15.0, gt=0)
     redispatch_after_seconds: float = Field(60.0, gt=0)
     visibility_timeout: int = Field(3600, ge=1, description="Celery Redis transport visibility timeout (s)")
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     local_workers: int = Field(1, ge=0, le=64)
     metric_flush_seconds: float = Field(2.0, gt=0)
     log_level: str = Field("INFO")
+    # Seconds a worker sleeps at each step boundary: the fault-injection tests hold a job open long
+    # enough to kill its worker (kill -9 mid-job, SIGTERM). 0 in every real deployment.
+    test_step_delay: float = Field(0.0, ge=0, description="test knob: seconds slept per training step")
 
     @field_validator("broker_url", "fashion_mnist_source", mode="before")
     @classmethod

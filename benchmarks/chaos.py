@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     import redis
     import sqlalchemy as sa
 
-    from api.db.models import Job, JobEvent, JobRun, Metric
+    from api.db.jobs import events_of, get_jobs
+    from api.db.leases import runs_of
+    from api.db.metrics import step_ranges
+    from api.db.models import JobRun
     from api.db.session import make_engine, session_factory, upgrade
 
     work = Path(tempfile.mkdtemp(prefix="pretextlab-chaos-"))
@@ -117,12 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def statuses() -> dict[int, str]:
             with sessions() as s:
-                return dict(s.execute(sa.select(Job.id, Job.status).where(Job.id.in_(ids))).all())
+                return {j.id: j.status for j in get_jobs(s, ids)}
 
         def running_owners() -> list[str]:
             with sessions() as s:
-                rows = s.execute(sa.select(Job.owner).where(Job.id.in_(ids), Job.status == "running")).scalars()
-                return [o for o in rows if o]
+                return [j.owner for j in get_jobs(s, ids) if j.status == "running" and j.owner]
 
         kills_left = args.kills
         next_chaos = time.monotonic() + rng.uniform(3, 6)
@@ -157,14 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- the verdict, from SQL -------------------------------------------------------------
         with sessions() as s:
-            jobs = {j.id: j for j in s.scalars(sa.select(Job).where(Job.id.in_(ids)))}
-            all_runs = list(s.scalars(sa.select(JobRun).where(JobRun.job_id.in_(ids)).order_by(JobRun.job_id,
-                                                                                             JobRun.attempt)))
-            events = list(s.scalars(sa.select(JobEvent).where(JobEvent.job_id.in_(ids)).order_by(JobEvent.id)))
-            steps = s.execute(sa.select(Metric.job_id, sa.func.count(), sa.func.min(Metric.step),
-                                        sa.func.max(Metric.step))
-                              .where(Metric.job_id.in_(ids), Metric.name == "train/loss")
-                              .group_by(Metric.job_id)).all()
+            jobs = {j.id: j for j in get_jobs(s, ids)}
+            all_runs = runs_of(s, ids)
+            events = events_of(s, ids)
+            steps = [(jid, *r) for jid, r in step_ranges(s, ids, "train/loss").items()]
         by_job: dict[int, list[JobRun]] = {}
         for r in all_runs:
             by_job.setdefault(r.job_id, []).append(r)

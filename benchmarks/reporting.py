@@ -107,22 +107,21 @@ class Store:
         self.sessions = session_factory(self.engine)
 
     def new_lease(self, spec_json: dict, job_dir: Path):
-        from api import crud
-        from worker.runner import claim
+        from api.db.jobs import create_job
+        from api.db.leases import claim
+        from api.settings import Settings
 
         with self.sessions() as s, s.begin():
-            job_id = crud.create_job(s, spec_json, name="reporting benchmark").id
+            job_id = create_job(s, spec_json, name="reporting benchmark", max_attempts=Settings().max_attempts).id
         lease = claim(self.sessions, job_id, "bench-worker", lease_seconds=60.0, job_dir=job_dir)
         assert lease is not None
         return lease
 
     def metric_rows(self, job_id: int) -> int:
-        from sqlalchemy import func, select
-
-        from api.db.models import Metric
+        from api.db.metrics import count_points
 
         with self.sessions() as s:
-            return int(s.execute(select(func.count()).select_from(Metric).where(Metric.job_id == job_id)).scalar_one())
+            return count_points(s, job_id)
 
 
 # -- one run -----------------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from api.db.models import Job  # noqa: E402
-from api.db.session import make_engine, upgrade  # noqa: E402
+from api.db.jobs import insert_job_rows  # noqa: E402
+from api.db.session import make_engine, session_factory, upgrade  # noqa: E402
 from ssl_core.specs import method_label, parse_job_spec  # noqa: E402
 from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
 from tests.support.net import free_port, wait_for_http  # noqa: E402
@@ -91,10 +91,8 @@ def seed(url: str, n_jobs: int, n_points: int) -> int:
                          progress={"epoch": 5, "step": 195, "total_steps": 195, "images_per_sec": 900.0,
                                    "eta_s": 0.0},
                          created_at=created, updated_at=created, started_at=created, finished_at=created))
-    with engine.begin() as conn:
-        for k in range(0, len(rows), 2000):
-            conn.execute(sa.insert(Job), rows[k:k + 2000])
-        metric_job = conn.execute(sa.select(sa.func.max(Job.id))).scalar_one()
+    with session_factory(engine)() as s, s.begin():
+        metric_job = insert_job_rows(s, rows)
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()

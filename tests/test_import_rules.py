@@ -42,7 +42,8 @@ def loaded_after_import(module: str, watch: list[str]) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("module", ["api.main", "api.crud", "api.db.session", "api.dispatch", "ssl_core.specs",
+@pytest.mark.parametrize("module", ["api.main", "api.db.jobs", "api.db.leases", "api.db.metrics",
+                                   "api.db.listing", "api.db.artifacts", "api.db.session", "api.dispatch", "ssl_core.specs",
                                    "ssl_core"])
 def test_api_side_never_loads_torch(module):
     assert loaded_after_import(module, HEAVY_FOR_API) == []
@@ -59,7 +60,7 @@ def test_engine_never_loads_service_libraries(module):
 
 # Worker modules listed explicitly: each must import without torch.
 WORKER_MODULES = ["worker.celery_app", "worker.tasks", "worker.runner", "worker.reconciler", "worker.local",
-                  "worker.cli"]
+                  "worker.cli", "worker.serve", "worker.sink"]
 
 
 @pytest.mark.parametrize("module", WORKER_MODULES)

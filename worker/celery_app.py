@@ -34,6 +34,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from api.settings import Settings, get_settings
+
 QUEUES = ("gpu", "cpu")
 CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as well
 
@@ -41,7 +43,7 @@ CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as w
 SHUTDOWN = threading.Event()
 
 
-def transport_options(settings: Any) -> dict[str, Any]:
+def transport_options(settings: Settings) -> dict[str, Any]:
     """Redis transport: the visibility timeout, and how often unacked messages older than it are
     put back (kombu's default sweep is ~100 s; here a quarter of the timeout, 1 s to 60 s)."""
     vt = int(settings.visibility_timeout)
@@ -49,12 +51,9 @@ def transport_options(settings: Any) -> dict[str, Any]:
             "unacked_restore_throttle": 1}
 
 
-def make_app(settings: Any = None) -> Celery:
+def make_app(settings: Settings | None = None) -> Celery:
     """The Celery app, configured from :class:`api.settings.Settings` (read from the environment if None)."""
-    if settings is None:
-        from api.settings import get_settings
-
-        settings = get_settings()
+    settings = settings or get_settings()
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
     app = Celery("pretextlab", broker=broker, include=["worker.tasks"])
     app.conf.update(

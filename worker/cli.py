@@ -13,6 +13,7 @@ Each subcommand imports what it needs when it runs, so `pretextlab db upgrade` n
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -61,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _call(target: str, argv: list[str]) -> int:
-    import importlib
-
     module, func = target.split(":")
     return int(getattr(importlib.import_module(module), func)(argv) or 0)
 

@@ -5,34 +5,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Job
-from worker.runner import SKIPPED, run_job, sessions_for, source_settled
+from api.db.jobs import next_queued
+from api.db.session import sessions_for
+from api.settings import Settings
+from worker.runner import SKIPPED, run_job
 
 log = logging.getLogger("pretextlab.worker")
 
 MIN_IDLE_S, MAX_IDLE_S = 0.2, 2.0
 
 
-def next_queued(sessions: sessionmaker[Session], queues: list[str]) -> int | None:
-    """The job the queue serves next: highest priority, then oldest (uses ix_jobs_claim). An
-    evaluation whose source pretraining is still active is passed over (the claim would refuse it),
-    so it neither blocks the jobs behind it nor makes the worker spin."""
-    with sessions() as s:
-        return s.scalar(
-            select(Job.id).where(Job.status == "queued", Job.queue.in_(queues), source_settled())
-            .order_by(Job.priority.desc(), Job.id.asc()).limit(1)
-        )
-
-
 class LocalWorker(threading.Thread):
     """Poll-claim-run until ``stop_event`` is set; a running job is handed back to the queue then."""
 
-    def __init__(self, settings: Any, worker_id: str, stop_event: threading.Event,
+    def __init__(self, settings: Settings, worker_id: str, stop_event: threading.Event,
                  session_factory: sessionmaker[Session] | None = None, queues: list[str] | None = None):
         super().__init__(name=f"local-worker-{worker_id}", daemon=True)
         self.settings = settings
@@ -44,7 +33,8 @@ class LocalWorker(threading.Thread):
 
     def run_once(self) -> str | None:
         """Claim and run one job; None when the queue is empty."""
-        job_id = next_queued(self.sessions, self.queues)
+        with self.sessions() as s:
+            job_id = next_queued(s, self.queues)
         if job_id is None:
             return None
         outcome = run_job(job_id, worker_id=self.worker_id, settings=self.settings,

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from datetime import datetime, timezone
+from sqlalchemy.orm import Session, sessionmaker
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session, aliased, sessionmaker
-
-from api.db.models import ACTIVE_STATUSES, Job, JobEvent, JobRun
-from worker.sink import utcnow
+import api.dispatch
+from api.db.clock import as_utc, utcnow
+from api.db.jobs import mark_dispatched, queued_for_redispatch, queues_of
+from api.db.leases import ExpiredLease, earlier_losses, expire, expired_leases
+from api.db.models import ACTIVE_STATUSES
+from api.settings import Settings
 
 log = logging.getLogger("pretextlab.reconciler")
 ACTOR = "reconciler"
@@ -46,13 +47,6 @@ Dispatch = Callable[[int, str], bool]  # (job_id, queue) -> published?
 MAX_REDISPATCH_INTERVAL_S = 3600.0
 
 
-def _utc(ts: datetime | None) -> datetime | None:
-    # SQLite gives naive datetimes back (stored as UTC); PostgreSQL aware ones.
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
-
-
 def redispatch_interval(dispatched_at: datetime, queued_since: datetime | None, base: float,
                         cap: float = MAX_REDISPATCH_INTERVAL_S) -> float:
     """Seconds to wait after the last dispatch before sending again: as long as the job had been
@@ -60,7 +54,7 @@ def redispatch_interval(dispatched_at: datetime, queued_since: datetime | None, 
     base, 2 base, 4 base, ... after the job entered the queue (the gap doubles each time)."""
     waited = 0.0
     if queued_since is not None:
-        waited = max(0.0, (_utc(dispatched_at) - _utc(queued_since)).total_seconds())
+        waited = max(0.0, (as_utc(dispatched_at) - as_utc(queued_since)).total_seconds())
     return min(max(base, cap), max(base, waited))
 
 
@@ -69,11 +63,11 @@ def redispatch_due(now: datetime, dispatched_at: datetime | None, queued_since: 
     """Whether a queued job's message should be sent again now."""
     if dispatched_at is None:
         return True
-    elapsed = (_utc(now) - _utc(dispatched_at)).total_seconds()
+    elapsed = (as_utc(now) - as_utc(dispatched_at)).total_seconds()
     return elapsed >= redispatch_interval(dispatched_at, queued_since, base, cap)
 
 
-def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], settings: Any,
+def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], settings: Settings,
                   dispatch: Dispatch | None = None) -> list[int]:
     """Publish "run job N" for each job to its queue and record ``dispatched_at`` for those sent.
 
@@ -84,11 +78,9 @@ def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], se
     if dispatch is None:
         if settings.broker_url is None:
             return []
-        from api.dispatch import dispatch as publish
-
-        dispatch = lambda jid, queue: publish(jid, settings, queue=queue)  # noqa: E731
+        dispatch = lambda jid, queue: api.dispatch.dispatch(jid, settings, queue=queue)  # noqa: E731
     with session_factory() as s:
-        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(job_ids))).all())
+        queues = queues_of(s, job_ids)
     sent = []
     for jid in job_ids:
         try:
@@ -97,76 +89,44 @@ def send_and_mark(session_factory: sessionmaker[Session], job_ids: list[int], se
         except Exception:
             log.exception("job %s: dispatch failed (will retry next pass)", jid)
     if sent:
-        from api import crud
-
         with session_factory() as s, s.begin():
             for jid in sent:
-                crud.mark_dispatched(s, jid)
+                mark_dispatched(s, jid)
     return sent
 
 
-def _mark_lost(s: Session, job_id: int, attempt: int, now: Any) -> None:
-    s.execute(
-        update(JobRun)
-        .where(JobRun.job_id == job_id, JobRun.attempt == attempt, JobRun.ended_at.is_(None))
-        .values(ended_at=now, outcome="lost")
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _expire_one(s: Session, job_id: int, status: str, attempt: int, max_attempts: int, now: Any) -> str | None:
+def _expire_one(s: Session, lease: ExpiredLease, max_attempts: int, now: datetime) -> str | None:
     """Handle one expired lease; returns what happened (or None if the job moved meanwhile)."""
-    from api import crud
-
-    # Only if it is still the same attempt and still expired: a heartbeat that landed between our
-    # SELECT and this UPDATE wins (on PostgreSQL the UPDATE waits on its row lock, then re-checks).
-    still_expired = [Job.attempt == attempt, Job.lease_expires_at < now]
-    cleared = dict(owner=None, lease_expires_at=None)
-    if status == "cancelling":
-        ok = crud.transition(s, job_id, ["cancelling"], "cancelled", actor=ACTOR, where=still_expired,
-                             reason="lease expired while cancelling (worker lost)", **cleared)
-        outcome = "cancelled"
-    else:
-        losses = 1 + (s.scalar(
-            select(func.count()).select_from(JobRun)
-            .where(JobRun.job_id == job_id, JobRun.outcome == "lost", JobRun.attempt != attempt)) or 0)
-        if losses >= max_attempts:
-            reason = f"lease expired {losses} times (worker lost); giving up"
-            ok = crud.transition(s, job_id, ["running"], "failed", actor=ACTOR, where=still_expired,
-                                 reason=reason, error=reason, **cleared)
-            outcome = "failed"
-        else:
-            ok = crud.transition(s, job_id, ["running"], "queued", actor=ACTOR, where=still_expired,
-                                 reason=f"lease expired (worker lost, attempt {attempt}); requeued",
-                                 dispatched_at=None, **cleared)
-            outcome = "requeued"
-    if not ok:
-        return None
-    _mark_lost(s, job_id, attempt, now)
-    return outcome
+    if lease.status == "cancelling":
+        ok = expire(s, lease, "cancelled", now, actor=ACTOR, reason="lease expired while cancelling (worker lost)")
+        return "cancelled" if ok else None
+    losses = 1 + earlier_losses(s, lease.job_id, lease.attempt)
+    if losses >= max_attempts:
+        reason = f"lease expired {losses} times (worker lost); giving up"
+        ok = expire(s, lease, "failed", now, actor=ACTOR, reason=reason, error=reason)
+        return "failed" if ok else None
+    ok = expire(s, lease, "queued", now, actor=ACTOR, dispatched_at=None,
+                reason=f"lease expired (worker lost, attempt {lease.attempt}); requeued")
+    return "requeued" if ok else None
 
 
-def reconcile_once(session_factory: sessionmaker[Session], settings: Any,
+def reconcile_once(session_factory: sessionmaker[Session], settings: Settings,
                    dispatch: Dispatch | None = None) -> dict[str, Any]:
     """One pass; returns counts and job ids: requeued, failed, cancelled, redispatched."""
     now = utcnow()
     report: dict[str, Any] = {"requeued": [], "failed": [], "cancelled": [], "redispatched": []}
     with session_factory() as s:
-        expired = s.execute(
-            select(Job.id, Job.status, Job.attempt, Job.max_attempts)
-            .where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now)
-            .order_by(Job.id)
-        ).all()
-    for job_id, status, attempt, max_attempts in expired:
+        expired = expired_leases(s, now)
+    for lease in expired:
         try:
             with session_factory() as s, s.begin():
-                what = _expire_one(s, job_id, status, attempt, max_attempts or settings.max_attempts, now)
+                what = _expire_one(s, lease, lease.max_attempts or settings.max_attempts, now)
         except Exception:
-            log.exception("job %s: reconciling an expired lease failed", job_id)
+            log.exception("job %s: reconciling an expired lease failed", lease.job_id)
             continue
         if what is not None:
-            log.warning("job %s: lease expired (attempt %s): %s", job_id, attempt, what)
-            report[what].append(job_id)
+            log.warning("job %s: lease expired (attempt %s): %s", lease.job_id, lease.attempt, what)
+            report[what].append(lease.job_id)
 
     # queued jobs the broker may have lost (and the ones just requeued); embedded mode: nothing to send
     if dispatch is None and settings.broker_url is None:
@@ -176,35 +136,24 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Any,
     return {**{f"n_{k}": len(v) for k, v in report.items()}, **report}
 
 
-def _redispatch_candidates(session_factory: sessionmaker[Session], settings: Any, now: datetime) -> list[int]:
+def _redispatch_candidates(session_factory: sessionmaker[Session], settings: Settings, now: datetime) -> list[int]:
     """Queued jobs whose message is due again (see :func:`redispatch_due`), best first."""
     base = float(settings.redispatch_after_seconds)
     stale = now - timedelta(seconds=base)  # nothing sent more recently than this is due (SQL pre-filter)
-    src = aliased(Job)
-    # when the job last entered the queue (submitted, requeued, handed back): updated_at moves with
-    # every dispatch, the event log does not
-    queued_since = (select(func.max(JobEvent.at))
-                    .where(JobEvent.job_id == Job.id, JobEvent.to_status == "queued").scalar_subquery())
     with session_factory() as s:
-        rows = s.execute(
-            select(Job.id, Job.dispatched_at, queued_since, src.status, src.finished_at)
-            .outerjoin(src, src.id == Job.source_job_id)
-            .where(Job.status == "queued",
-                   or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale,
-                       and_(src.finished_at.is_not(None), src.finished_at > Job.dispatched_at)))
-            .order_by(Job.priority.desc(), Job.id)
-        ).all()
+        rows = queued_for_redispatch(s, stale)
     due = []
-    for job_id, dispatched_at, since, src_status, src_finished in rows:
-        if src_status in ACTIVE_STATUSES:
+    for q in rows:
+        if q.source_status in ACTIVE_STATUSES:
             continue  # an evaluation waiting for its source: a message would only be dropped
-        if (dispatched_at is None or (src_finished is not None and _utc(src_finished) > _utc(dispatched_at))
-                or redispatch_due(now, dispatched_at, since, base)):
-            due.append(job_id)
+        if (q.dispatched_at is None
+                or (q.source_finished_at is not None and as_utc(q.source_finished_at) > as_utc(q.dispatched_at))
+                or redispatch_due(now, q.dispatched_at, q.queued_since, base)):
+            due.append(q.id)
     return due
 
 
-def reconcile_loop(session_factory: sessionmaker[Session], settings: Any, stop_event: threading.Event,
+def reconcile_loop(session_factory: sessionmaker[Session], settings: Settings, stop_event: threading.Event,
                    dispatch: Dispatch | None = None) -> None:
     """Reconcile every RECONCILE_SECONDS until ``stop_event`` is set (the embedded serve's loop)."""
     while True:

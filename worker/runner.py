@@ -1,14 +1,13 @@
 """Run one job by id: claim it in SQL, run ssl_core with a SqlSink, finish it. Shared by Celery and
 the embedded local worker.
 
-Exactly-once rests on SQL, not on the broker:
+Exactly-once rests on SQL, not on the broker (the mechanics are in :mod:`api.db.leases`):
 
-* **Claim** is one conditional UPDATE ``queued -> running`` (owner, ``attempt + 1``, a lease) plus a
-  ``JobRun(job_id, attempt)`` row in the same transaction; the unique (job_id, attempt) makes a
-  second run of the same attempt impossible even if two claims raced. A message for a job that is
-  running under a live lease, finished or cancelled claims nothing and is dropped.
+* **Claim** (``leases.claim``): one conditional UPDATE ``queued -> running`` plus a ``JobRun`` row
+  for the new attempt. A message for a job that is running under a live lease, finished or
+  cancelled claims nothing and is dropped.
 * **Fencing**: every later write for the job (metrics, progress, artifacts, the heartbeat, the final
-  status) first re-checks ``owner + attempt + status`` in the same transaction (``sink.JobLease``).
+  status) first re-checks ``owner + attempt + status`` in the same transaction (``JobLease``).
   A worker whose lease expired -- it hung, or lost the database for longer than LEASE_SECONDS --
   and whose job was requeued writes nothing more for it.
 * **Finish**: succeeded (result, top-1/top-5, follow-up evaluations in the same transaction) /
@@ -16,12 +15,13 @@ Exactly-once rests on SQL, not on the broker:
   message. Retrying is the reconciler's job, and only for lost workers: an exception from the job
   itself (NaN loss, bad data, an invalid spec, a bug) fails it once. So does an exception while
   *finishing* it (registering outputs, creating its follow-ups) unless it is a connection-level
-  database error (:func:`is_connection_error`): only an unreachable store leaves the job to its lease.
+  database error (``session.is_connection_error``): only an unreachable store leaves the job to
+  its lease.
 * **Waiting on a source**: an evaluation of a pretraining job that is still queued/running/cancelling
-  is not claimable (:func:`source_settled`; the local worker's poll skips it too). It stays queued,
+  is not claimable (``jobs.source_settled``; the local worker's poll skips it too). It stays queued,
   no attempt is used; it is dispatched again when its source finishes (here, and by the reconciler).
 
-torch and ssl_core.train are imported inside :func:`_execute`, never at module load.
+torch, ssl_core.train and ssl_core.evaluate are imported inside :func:`_execute`, never at module load.
 """
 
 from __future__ import annotations
@@ -29,17 +29,24 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from sqlalchemy import exists, func, literal, select, update
-from sqlalchemy import exc as sa_exc
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import ACTIVE_STATUSES, Artifact, Job, JobRun
-from worker.sink import JobLease, LeaseLost, SqlSink, utcnow
+from api.db.artifacts import latest_artifact, register_artifact
+from api.db.clock import utcnow
+from api.db.jobs import create_job, dependents_waiting, get_job, spec_error_path, spec_of, waiting_on
+from api.db.leases import JobLease, LeaseLost, claim
+from api.db.models import ACTIVE_STATUSES, Job
+from api.db.session import is_connection_error, sessions_for
+from api.settings import Settings
+from ssl_core.errors import PermanentError
+from ssl_core.specs import EvalDataSpec, parse_job_spec
+from worker.reconciler import send_and_mark
+from worker.sink import SqlSink
 
 log = logging.getLogger("pretextlab.worker")
 
@@ -48,87 +55,6 @@ MAX_ERROR_CHARS = 4000
 # Outcomes run_job returns (and JobRun.outcome records).
 SUCCEEDED, FAILED, CANCELLED, RELEASED, LOST, SKIPPED = (
     "succeeded", "failed", "cancelled", "released", "lost", "skipped")
-
-_sessions_by_url: dict[str, sessionmaker[Session]] = {}
-_sessions_lock = threading.Lock()
-
-
-def sessions_for(database_url: str) -> sessionmaker[Session]:
-    """One engine per database URL per process (Celery runs many tasks in one process)."""
-    with _sessions_lock:
-        if database_url not in _sessions_by_url:
-            from api.db.session import make_engine, session_factory
-
-            _sessions_by_url[database_url] = session_factory(make_engine(database_url))
-        return _sessions_by_url[database_url]
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """The database could not be reached (or dropped the connection) -- as opposed to a statement
-    it refused (an IntegrityError, a DataError, ...) or an error of our own. Only the former is
-    worth waiting out: the job keeps its lease and the reconciler requeues it if it expires."""
-    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
-    return False
-
-
-# -- claim -------------------------------------------------------------------------------------------
-def source_settled() -> Any:
-    """SQL condition on ``Job``: not an evaluation whose source pretraining is still active
-    (queued/running/cancelling). Such a job waits in the queue: claiming it would only fail it for
-    want of weights the source has not written yet."""
-    src = aliased(Job)
-    return ~exists(select(literal(1)).select_from(src)
-                   .where(src.id == Job.source_job_id, src.status.in_(ACTIVE_STATUSES)))
-
-
-def waiting_on(sessions: sessionmaker[Session], job_id: int) -> tuple[int, str] | None:
-    """(source id, source status) when job ``job_id`` is queued behind an active source, else None."""
-    src = aliased(Job)
-    with sessions() as s:
-        row = s.execute(select(src.id, src.status).join(Job, Job.source_job_id == src.id)
-                        .where(Job.id == job_id, Job.status == "queued", src.status.in_(ACTIVE_STATUSES))).first()
-    return (row[0], row[1]) if row else None
-
-
-def dependents_waiting(sessions: sessionmaker[Session], source_job_id: int) -> list[int]:
-    """Queued evaluations of ``source_job_id`` (to dispatch once it has finished)."""
-    with sessions() as s:
-        return list(s.scalars(select(Job.id).where(Job.source_job_id == source_job_id, Job.status == "queued")
-                              .order_by(Job.priority.desc(), Job.id)))
-
-
-def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_seconds: float,
-          job_dir: Path | None = None) -> JobLease | None:
-    """Atomically take a queued job (None if it is not claimable: running, finished, cancelled, gone)."""
-    from api import crud
-
-    now = utcnow()
-    with sessions() as s, s.begin():
-        fields: dict[str, Any] = dict(
-            owner=worker_id, attempt=Job.attempt + 1, lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now, started_at=func.coalesce(Job.started_at, now), cancel_requested=False,
-        )
-        if job_dir is not None:
-            fields["artifact_dir"] = str(job_dir)
-        if not crud.transition(s, job_id, ["queued"], "running", actor=worker_id, reason="claimed",
-                               where=source_settled(), **fields):
-            return None
-        attempt = s.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
-        # Unique (job_id, attempt): if this ever collided, the whole claim rolls back.
-        s.add(JobRun(job_id=job_id, attempt=attempt, worker=worker_id, started_at=now))
-    return JobLease(sessions, job_id, worker_id, attempt, lease_seconds)
-
-
-def _end_run(s: Session, lease: JobLease, outcome: str) -> None:
-    s.execute(
-        update(JobRun)
-        .where(JobRun.job_id == lease.job_id, JobRun.attempt == lease.attempt, JobRun.ended_at.is_(None))
-        .values(ended_at=utcnow(), outcome=outcome)
-        .execution_options(synchronize_session=False)
-    )
 
 
 # -- the job ---------------------------------------------------------------------------------------------
@@ -140,20 +66,15 @@ class Outcome:
 
 def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path:
     """The registered backbone of a pretraining job (an evaluate job's ``source_job_id``)."""
-    from ssl_core.errors import PermanentError
-
     with sessions() as s:
-        src = s.get(Job, source_job_id)
+        src = get_job(s, source_job_id)
         if src is None:
             raise PermanentError(f"source_job_id: job {source_job_id} does not exist")
-        art = s.execute(
-            select(Artifact).where(Artifact.job_id == source_job_id, Artifact.kind == "backbone")
-            .order_by(Artifact.id.desc())
-        ).scalars().first()
+        art = latest_artifact(s, source_job_id, "backbone")
         if art is None or not src.artifact_dir:
             raise PermanentError(
                 f"source_job_id: job {source_job_id} ({src.status}) has no backbone weights"
-                + (" yet" if src.status in ("queued", "running", "cancelling") else ""))
+                + (" yet" if src.status in ACTIVE_STATUSES else ""))
         path = Path(src.artifact_dir) / art.name
     if not path.is_file():
         raise PermanentError(f"source_job_id: the backbone file of job {source_job_id} is missing ({art.name})")
@@ -163,8 +84,6 @@ def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path
 def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, Any], job_dir: Path,
              sink: SqlSink) -> Outcome:
     """Validate the spec and run ssl_core (torch is imported here, never at module load)."""
-    from ssl_core.specs import parse_job_spec
-
     spec = parse_job_spec(spec_dict)
     if spec.kind == "pretrain":
         from ssl_core.train import pretrain
@@ -180,17 +99,8 @@ def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, 
 
 def error_message(exc: BaseException) -> str:
     """What a user reads in ``job.error``: the message, not a traceback."""
-    from pydantic import ValidationError
-
-    from ssl_core.errors import PermanentError
-
     if isinstance(exc, ValidationError):
-        def where(loc: tuple) -> str:
-            if loc and loc[0] in ("pretrain", "evaluate"):  # the union's tag, not a field
-                loc = loc[1:]
-            return ".".join(str(p) for p in loc) or "spec"
-
-        parts = [f"{where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        parts = [f"{'.'.join(spec_error_path(e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()]
         msg = "invalid spec: " + "; ".join(parts)
     elif isinstance(exc, PermanentError):
         msg = str(exc) or type(exc).__name__
@@ -202,8 +112,6 @@ def error_message(exc: BaseException) -> str:
 # -- finishing ---------------------------------------------------------------------------------------------
 def eval_followups(job: Job) -> list[dict[str, Any]]:
     """The evaluate specs a succeeded pretraining asked for (``spec.eval.after``)."""
-    from ssl_core.specs import EvalDataSpec, parse_job_spec
-
     spec = parse_job_spec(job.spec)
     if spec.kind != "pretrain" or not spec.eval.after:
         return []
@@ -217,25 +125,8 @@ def eval_followups(job: Job) -> list[dict[str, Any]]:
     ]
 
 
-def _finish(lease: JobLease, status_from: list[str], status_to: str, outcome: str, *,
-            reason: str | None = None, on_commit: Callable[[Session], list[int]] | None = None,
-            **fields: Any) -> list[int]:
-    """One guarded transaction: the status change, the JobRun outcome, and any follow-up jobs."""
-    from api import crud
-
-    created: list[int] = []
-    with lease.guarded() as s:
-        if not crud.transition(s, lease.job_id, status_from, status_to, actor=lease.owner, reason=reason,
-                               **fields):
-            raise LeaseLost(f"job {lease.job_id}: not in {status_from} any more")
-        _end_run(s, lease, outcome)
-        if on_commit is not None:
-            created = on_commit(s)
-    return created
-
-
-def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sessionmaker[Session] | None = None,
-            stop_event: threading.Event | None = None) -> str:
+def run_job(job_id: int, *, worker_id: str, settings: Settings,
+            session_factory: sessionmaker[Session] | None = None, stop_event: threading.Event | None = None) -> str:
     """Claim, run and finish one job; returns the outcome (succeeded, failed, cancelled, released,
     lost, or skipped when the job could not be claimed)."""
     sessions = session_factory or sessions_for(settings.database_url)
@@ -244,7 +135,8 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
     job_dir = settings.job_dir(job_id)
     lease = claim(sessions, job_id, worker_id, settings.lease_seconds, job_dir)
     if lease is None:
-        waiting = waiting_on(sessions, job_id)
+        with sessions() as s:
+            waiting = waiting_on(s, job_id)
         if waiting is not None:
             # Not a failure and no attempt used: it stays queued and is dispatched again when the
             # source finishes (by _conclude below, or by the reconciler).
@@ -255,12 +147,13 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
         return SKIPPED
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker_id, lease.attempt)
     sink = SqlSink(lease, job_dir, flush_seconds=settings.metric_flush_seconds,
-                   heartbeat_seconds=settings.heartbeat_seconds, stop_event=stop_event).start()
+                   heartbeat_seconds=settings.heartbeat_seconds, stop_event=stop_event,
+                   step_delay=settings.test_step_delay).start()
     error: BaseException | None = None
     outcome = Outcome(False)
     try:
         with sessions() as s:
-            spec_dict = dict(s.execute(select(Job.spec).where(Job.id == job_id)).scalar_one())
+            spec_dict = spec_of(s, job_id)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
         outcome = _execute(sessions, job_id, spec_dict, job_dir, sink)
     except LeaseLost:
@@ -292,14 +185,15 @@ def run_job(job_id: int, *, worker_id: str, settings: Any, session_factory: sess
         return _fail_finishing(lease, exc, sessions, settings)
 
 
-def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[Session], settings: Any) -> str:
+def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[Session],
+                    settings: Settings) -> str:
     job_id = lease.job_id
     detail = f"{type(exc).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else error_message(exc)
     msg = f"the job ran but could not be finished: {detail}"[:MAX_ERROR_CHARS]
     log.error("job %s: %s", job_id, msg, exc_info=exc)
     try:
-        _finish(lease, ["running", "cancelling"], "failed", FAILED, reason=msg, error=msg,
-                owner=None, lease_expires_at=None, finished_at=utcnow())
+        lease.finish(["running", "cancelling"], "failed", FAILED, reason=msg, error=msg,
+                     owner=None, lease_expires_at=None, finished_at=utcnow())
     except LeaseLost:
         log.warning("job %s: lease lost while failing it; abandoned without writing", job_id)
         return LOST
@@ -310,8 +204,8 @@ def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[
     return FAILED
 
 
-def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseException | None, settings: Any,
-              sessions: sessionmaker[Session]) -> str:
+def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseException | None,
+              settings: Settings, sessions: sessionmaker[Session]) -> str:
     job_id = lease.job_id
     now = utcnow()
     done = dict(owner=None, lease_expires_at=None, finished_at=now)
@@ -320,7 +214,7 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
     if error is not None:
         msg = error_message(error)
         log.warning("job %s: failed: %s", job_id, msg)
-        _finish(lease, ["running", "cancelling"], "failed", FAILED, reason=msg, error=msg, **done)
+        lease.finish(["running", "cancelling"], "failed", FAILED, reason=msg, error=msg, **done)
         _dispatch_all(sessions, [], settings, dependents_of=job_id)  # they fail, clearly
         return FAILED
     if outcome.completed:
@@ -329,21 +223,21 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         extra: dict[str, Any] = {"result": result}
         if "top1" in result:  # evaluate jobs: the leaderboard reads these columns
             extra.update(top1=result.get("top1"), top5=result.get("top5"))
-        created = _finish(lease, ["running", "cancelling"], "succeeded", SUCCEEDED, reason="completed",
-                          on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
-                          **done, **extra)
+        created = lease.finish(["running", "cancelling"], "succeeded", SUCCEEDED, reason="completed",
+                               on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
+                               **done, **extra)
         _dispatch_all(sessions, created, settings, dependents_of=job_id)
         log.info("job %s: succeeded", job_id)
         return SUCCEEDED
     # stopped early, after a checkpoint
     if sink.stop_reason() == "cancel" or lease.status == "cancelling":
-        _finish(lease, ["cancelling", "running"], "cancelled", CANCELLED, reason="cancel requested", **done)
+        lease.finish(["cancelling", "running"], "cancelled", CANCELLED, reason="cancel requested", **done)
         _dispatch_all(sessions, [], settings, dependents_of=job_id)
         log.info("job %s: cancelled", job_id)
         return CANCELLED
     # shutting down: hand the job back; the attempt stays, the next claim increments it
-    _finish(lease, ["running"], "queued", RELEASED, reason="worker shutting down; job handed back",
-            owner=None, lease_expires_at=None, dispatched_at=None)
+    lease.finish(["running"], "queued", RELEASED, reason="worker shutting down; job handed back",
+                 owner=None, lease_expires_at=None, dispatched_at=None)
     _dispatch_all(sessions, [job_id], settings)
     log.info("job %s: handed back to the queue (worker shutting down)", job_id)
     return RELEASED
@@ -351,25 +245,21 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
 
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:
     """Make sure the final files are registered even if a sink call was missed (idempotent upserts)."""
-    from api import crud
-
     files = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
     present = [(n, k, (job_dir / n).stat().st_size) for n, k in files if (job_dir / n).is_file()]
     if not present:
         return
     with lease.guarded() as s:
         for name, kind, size in present:
-            crud.register_artifact(s, lease.job_id, name, kind, size)
+            register_artifact(s, lease.job_id, name, kind, size)
 
 
 def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
     """Queue the evaluations a pretraining asked for, in the success transaction (so at most once)."""
-    from api import crud
-
-    job = s.get(Job, job_id)
+    job = get_job(s, job_id)
     created: list[int] = []
     for i, spec in enumerate(eval_followups(job)):
-        child = crud.create_job(
+        child = create_job(
             s, spec, name=f"{job.name or f'job {job_id}'} / {spec['protocol']['protocol']}",
             tags=list(job.tags or []), priority=job.priority, parent_job_id=job_id,
             idempotency_key=f"pretextlab:eval-after:{job_id}:{i}", max_attempts=max_attempts,
@@ -379,17 +269,16 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
     return created
 
 
-def _dispatch_all(sessions: sessionmaker[Session], job_ids: list[int], settings: Any,
+def _dispatch_all(sessions: sessionmaker[Session], job_ids: list[int], settings: Settings,
                   dependents_of: int | None = None) -> None:
     """Tell the broker (best effort: the reconciler re-dispatches anything this misses).
     ``dependents_of``: also the evaluations that were waiting for that (now finished) job."""
-    from worker.reconciler import send_and_mark
-
     if settings.broker_url is None:  # embedded: the local workers poll SQL
         return
     try:
         if dependents_of is not None:
-            job_ids = [*job_ids, *dependents_waiting(sessions, dependents_of)]
+            with sessions() as s:
+                job_ids = [*job_ids, *dependents_waiting(s, dependents_of)]
         job_ids = list(dict.fromkeys(job_ids))
         send_and_mark(sessions, job_ids, settings)
     except Exception:

@@ -21,6 +21,14 @@ import socket
 import threading
 from typing import Any, Iterator
 
+import uvicorn
+
+from api.db.session import SchemaOutOfDate, check_schema_current, make_engine, sessions_for
+from api.main import create_app
+from api.settings import Settings
+from worker.local import LocalWorker
+from worker.reconciler import reconcile_loop
+
 log = logging.getLogger("pretextlab.serve")
 JOIN_TIMEOUT_S = 120.0  # a job checkpoints at its next step boundary; this is only a safety net
 
@@ -48,7 +56,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(settings: Any) -> None:
+def check_bind(settings: Settings) -> None:
     """Refuse to serve on a non-loopback address with authentication off."""
     if is_loopback(str(settings.host)) or settings.token_list():
         return
@@ -60,18 +68,8 @@ def check_bind(settings: Any) -> None:
     )
 
 
-def _app(settings: Any) -> Any:
-    import api.main as main
-
-    if hasattr(main, "create_app"):
-        return main.create_app(settings)
-    return main.app
-
-
-def check_schema(settings: Any) -> None:
+def check_schema(settings: Settings) -> None:
     """Refuse to start on an out-of-date schema, saying what to run."""
-    from api.db.session import SchemaOutOfDate, check_schema_current, make_engine
-
     engine = make_engine(settings.database_url)
     try:
         check_schema_current(engine)
@@ -81,12 +79,8 @@ def check_schema(settings: Any) -> None:
         engine.dispose()
 
 
-def start_background(settings: Any, stop_event: threading.Event) -> list[threading.Thread]:
+def start_background(settings: Settings, stop_event: threading.Event) -> list[threading.Thread]:
     """Local workers (embedded mode only) and the reconciler loop, as daemon threads."""
-    from worker.local import LocalWorker
-    from worker.reconciler import reconcile_loop
-    from worker.runner import sessions_for
-
     sessions = sessions_for(settings.database_url)
     threads: list[threading.Thread] = []
     if settings.broker_url is None:
@@ -106,16 +100,14 @@ def _no_capture() -> Iterator[None]:
     yield
 
 
-def serve(settings: Any) -> None:
+def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then hand running jobs back and exit."""
-    import uvicorn
-
     logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_bind(settings)
     check_schema(settings)
     stop_event = threading.Event()
-    config = uvicorn.Config(_app(settings), host=settings.host, port=int(settings.port),
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=int(settings.port),
                             log_level=str(settings.log_level).lower(), lifespan="on")
     server = uvicorn.Server(config)
     # uvicorn would re-raise the captured signal after its shutdown, killing the process before the

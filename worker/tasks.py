@@ -9,24 +9,26 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery.exceptions import Reject
+
+from api.db.session import sessions_for
+from api.settings import Settings
 from worker.celery_app import SHUTDOWN, app, worker_id
+from worker.reconciler import reconcile_once
+from worker.runner import run_job
 
 log = logging.getLogger("pretextlab.worker")
 
 
-def _settings():
+def _settings() -> Settings:
     return app.conf.pretextlab_settings
 
 
 @app.task(name="pretextlab.run_job", bind=True, acks_late=True, ignore_result=True)
 def run_job_task(self, job_id: int) -> str:
     """Run job ``job_id`` if it can be claimed; a duplicate or late message is dropped by the claim."""
-    from worker.runner import run_job
-
     if SHUTDOWN.is_set():
         # A message reaching a worker that is already shutting down: back to the broker for another.
-        from celery.exceptions import Reject
-
         raise Reject(f"job {job_id}: worker shutting down", requeue=True)
     node = f"{self.request.hostname or 'celery'}:{threading.get_ident()}"
     return run_job(int(job_id), worker_id=worker_id(node), settings=_settings(), stop_event=SHUTDOWN)
@@ -34,9 +36,6 @@ def run_job_task(self, job_id: int) -> str:
 
 @app.task(name="pretextlab.reconcile", ignore_result=True)
 def reconcile_task() -> dict:
-    from worker.reconciler import reconcile_once
-    from worker.runner import sessions_for
-
     settings = _settings()
     report = reconcile_once(sessions_for(settings.database_url), settings)
     return {k: v for k, v in report.items() if k.startswith("n_")}  # counts only: this is logged every beat

@@ -5,7 +5,7 @@ Alembic migrations in ``migrations/`` are the only way this schema reaches a dat
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -23,14 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from api.db.clock import utcnow
+
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+OWNED_STATUSES = ("running", "cancelling")  # a worker holds the job's lease
 KINDS = ("pretrain", "evaluate")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -61,7 +60,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     # execution
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    max_attempts: Mapped[int] = mapped_column(Integer)  # from Settings.max_attempts, set by create_job
     owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,6 +1,7 @@
 """Engines, sessions and the schema version: the one place that knows how to reach the store.
 
-No engine exists at import time: the API builds one in its lifespan, the worker in its own start-up.
+No engine exists at import time: the API builds one in its lifespan, a worker process one per
+database URL on first use (:func:`sessions_for`).
 SQLite (the embedded default) gets WAL, a busy timeout and foreign keys; PostgreSQL (psycopg 3)
 gets ``pool_pre_ping`` so a restarted server is noticed on the next checkout, and a connect timeout
 so an unreachable server answers 503 quickly instead of hanging a request.
@@ -8,10 +9,12 @@ so an unreachable server answers 503 quickly instead of hanging a request.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,7 +72,32 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
+_sessions_by_url: dict[str, sessionmaker[Session]] = {}
+_sessions_lock = threading.Lock()
+
+
+def sessions_for(database_url: str) -> sessionmaker[Session]:
+    """One engine per database URL per process (a Celery worker runs many tasks in one process)."""
+    with _sessions_lock:
+        if database_url not in _sessions_by_url:
+            _sessions_by_url[database_url] = session_factory(make_engine(database_url))
+        return _sessions_by_url[database_url]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database could not be reached (or dropped the connection) -- as opposed to a statement
+    it refused (an IntegrityError, a DataError, ...) or an error of our own. Only the former is
+    worth waiting out: a worker keeps its lease and the reconciler requeues the job if it expires."""
+    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return False
+
+
 # -- migrations -------------------------------------------------------------------------------
+# Alembic is imported inside these functions: a worker process, which reaches the store through
+# make_engine/sessions_for only, never loads it.
 def alembic_config(url: str) -> Any:
     """An Alembic Config pointing at ``migrations/`` and ``url`` (passed as an attribute, so a
     password with '%' in it survives ConfigParser interpolation)."""

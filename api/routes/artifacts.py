@@ -7,12 +7,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from api import crud
+from api.db.artifacts import UnsafePath, check_artifact_name, get_artifact, list_artifacts as stored_artifacts
+from api.db.clock import as_utc
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
-from api.schemas import ERROR_RESPONSES, ArtifactList, ArtifactOut, _utc
-from api.security import UnsafePath, check_artifact_name, require_token, resolve_artifact
+from api.schemas import ERROR_RESPONSES, ArtifactList, ArtifactOut
+from api.security import require_token, resolve_artifact
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(require_token)],
                    responses=ERROR_RESPONSES)
@@ -22,9 +23,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(
 def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
     job_or_404(session, job_id)
     items = [
-        ArtifactOut(name=a.name, kind=a.kind, size=a.size, created_at=_utc(a.created_at),
-                    updated_at=_utc(a.updated_at), url=f"/v1/jobs/{job_id}/artifacts/{quote(a.name)}")
-        for a in crud.list_artifacts(session, job_id)
+        ArtifactOut(name=a.name, kind=a.kind, size=a.size, created_at=as_utc(a.created_at),
+                    updated_at=as_utc(a.updated_at), url=f"/v1/jobs/{job_id}/artifacts/{quote(a.name)}")
+        for a in stored_artifacts(session, job_id)
     ]
     return ArtifactList(job_id=job_id, items=items)
 
@@ -38,7 +39,7 @@ def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: S
     except UnsafePath as exc:
         raise ApiError(400, "unsafe_artifact_name", str(exc), {"name": name[:300]}) from None
     job_or_404(session, job_id)
-    if crud.get_artifact(session, job_id, name) is None:
+    if get_artifact(session, job_id, name) is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact named {name!r}",
                        {"job_id": job_id, "name": name})
     try:

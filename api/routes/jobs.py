@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from api import crud
-from api.db.models import FINAL_STATUSES, Artifact, Job
+from api.db import jobs as job_store
+from api.db.artifacts import artifact_count, artifact_counts
+from api.db.clock import as_utc
+from api.db.listing import BadCursor, list_jobs as page_of_jobs
+from api.db.models import FINAL_STATUSES, Job
 from api.deps import SessionDep, SettingsDep
 from api.dispatch import dispatch
 from api.errors import ApiError, validation_details
@@ -28,10 +31,10 @@ from api.schemas import (
     SafeText,
     Status,
     Tag,
-    _utc,
     as_json,
 )
 from api.security import UnsafePath, require_token, resolve_data_path, resolve_weights
+from api.settings import Settings
 from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec
 
 log = logging.getLogger("pretextlab.api")
@@ -56,8 +59,8 @@ def _check_key(key: str | None) -> None:
                        {"idempotency_key": key})
 
 
-def job_or_404(session: Any, job_id: int) -> Job:
-    job = crud.get_job(session, job_id)
+def job_or_404(session: Session, job_id: int) -> Job:
+    job = job_store.get_job(session, job_id)
     if job is None:
         raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
     return job
@@ -74,20 +77,17 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
     except ValidationError as exc:
         details = validation_details(exc.errors())
         for d in details:  # 'pretrain.method.temperature' -> 'spec.method.temperature'
-            loc = d["loc"].split(".")
-            if loc and loc[0] in ("pretrain", "evaluate"):
-                loc = loc[1:]
-            d["loc"] = ".".join(["spec", *loc])
+            d["loc"] = ".".join(["spec", *job_store.spec_error_path(d["loc"].split("."))])
         shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 
 
-def _check_source(session: Any, spec: EvaluateSpec) -> None:
+def _check_source(session: Session, spec: EvaluateSpec) -> None:
     """An evaluation of a pretraining job needs that job to exist and to be able to succeed."""
     if spec.source_job_id is None:
         return
     sid = spec.source_job_id
-    src = crud.get_job(session, sid) if sid <= MAX_ID else None
+    src = job_store.get_job(session, sid) if sid <= MAX_ID else None
     if src is None:
         raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
     if src.kind != "pretrain":
@@ -100,7 +100,7 @@ def _check_source(session: Any, spec: EvaluateSpec) -> None:
                        {"source_job_id": sid, "status": src.status})
 
 
-def _resolve_weights(spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
+def _resolve_weights(spec: EvaluateSpec, settings: Settings) -> EvaluateSpec:
     """A ``weights`` path must lie inside the artifact root or an allowed data root. It is stored
     resolved (absolute, symlinks followed), so the worker opens exactly the file checked here,
     whatever its working directory."""
@@ -114,7 +114,7 @@ def _resolve_weights(spec: EvaluateSpec, settings: Any) -> EvaluateSpec:
     return spec.model_copy(update={"weights": str(resolved)})
 
 
-def _check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Any) -> None:
+def _check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> None:
     """Dataset folders must lie inside the allowed data roots (checked again by the worker, but a
     job that can only fail is refused here, naming the field)."""
     fields: list[tuple[str, str | None]] = [("spec.data.path", spec.data.path)]
@@ -135,7 +135,7 @@ def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) 
             and list(job.tags or []) == list(body.tags) and job.priority == body.priority)
 
 
-def _replay(job: Job, spec: Any, body: JobCreate, key: str, response: Response) -> JobOut:
+def _replay(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate, key: str, response: Response) -> JobOut:
     if not _same_request(job, spec, body):
         raise ApiError(409, "idempotency_conflict",
                        f"Idempotency-Key {key!r} was already used for job {job.id} with a different request body",
@@ -156,31 +156,31 @@ def submit_job(
     if isinstance(spec, EvaluateSpec):
         spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:
-        existing = crud.get_job_by_idempotency_key(session, idempotency_key)
+        existing = job_store.get_job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
             return _replay(existing, spec, body, idempotency_key, response)
     if isinstance(spec, EvaluateSpec):
         _check_source(session, spec)
-    active = crud.count_active(session)
+    active = job_store.count_active(session)
     if active >= settings.max_active_jobs:
         raise ApiError(429, "queue_full",
                        f"{active} jobs are queued or running (limit PRETEXTLAB_MAX_ACTIVE_JOBS={settings.max_active_jobs})",
                        {"active": active, "limit": settings.max_active_jobs}, headers={"Retry-After": "30"})
     try:
-        job = crud.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
-                              idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
+        job = job_store.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
+                                   idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
         session.commit()
     except IntegrityError:
         # Two requests with one Idempotency-Key raced (the INSERT fails at flush or commit): the
         # other one committed first, so this is a replay of it.
         session.rollback()
-        existing = crud.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
+        existing = job_store.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return _replay(existing, spec, body, idempotency_key, response)
     if dispatch(job, settings):
         try:
-            crud.mark_dispatched(session, job.id)
+            job_store.mark_dispatched(session, job.id)
             session.commit()
         except SQLAlchemyError:  # the job is stored; a lost timestamp only means an earlier re-dispatch
             session.rollback()
@@ -201,30 +201,26 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     try:
-        page, next_cursor = crud.list_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
-                                           tag=tag, cursor=cursor, limit=limit)
-    except crud.BadCursor as exc:
+        page, next_cursor = page_of_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
+                                         tag=tag, cursor=cursor, limit=limit)
+    except BadCursor as exc:
         raise ApiError(400, "bad_cursor", str(exc), {"cursor": cursor}) from None
-    counts: dict[int, int] = {}
-    if page:
-        ids = [j.id for j in page]
-        counts = dict(session.execute(
-            select(Artifact.job_id, func.count()).where(Artifact.job_id.in_(ids)).group_by(Artifact.job_id)
-        ).all())
+    counts = artifact_counts(session, [j.id for j in page])
     return as_json(JobList(items=[JobOut.from_row(j, counts.get(j.id, 0)) for j in page], next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: status, spec, progress, result")
 def read_job(job_id: JobId, session: SessionDep) -> Response:
     job = job_or_404(session, job_id)
-    return as_json(JobOut.from_row(job, crud.artifact_count(session, job_id)))
+    return as_json(JobOut.from_row(job, artifact_count(session, job_id)))
 
 
 @router.get("/{job_id}/events", response_model=EventList, summary="The job's status history")
 def job_events(job_id: JobId, session: SessionDep) -> EventList:
     job_or_404(session, job_id)
     items = [EventOut(id=e.id, from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
-                      actor=e.actor, reason=e.reason, at=_utc(e.at)) for e in crud.job_events(session, job_id)]
+                      actor=e.actor, reason=e.reason, at=as_utc(e.at))
+             for e in job_store.job_events(session, job_id)]
     return EventList(job_id=job_id, items=items)
 
 
@@ -242,11 +238,11 @@ def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobOut
             response.status_code = 202
             return JobOut.from_row(job)
         if job.status == "queued":
-            ok = crud.transition(session, job_id, "queued", "cancelled", actor="api", reason="cancelled by user",
-                                 cancel_requested=True)
+            ok = job_store.transition(session, job_id, "queued", "cancelled", actor="api",
+                                      reason="cancelled by user", cancel_requested=True)
         else:
-            ok = crud.transition(session, job_id, "running", "cancelling", actor="api", reason="cancelled by user",
-                                 cancel_requested=True)
+            ok = job_store.transition(session, job_id, "running", "cancelling", actor="api",
+                                      reason="cancelled by user", cancel_requested=True)
         if ok:
             session.commit()
             job = job_or_404(session, job_id)

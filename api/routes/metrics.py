@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from api import crud
+from api.db.metrics import metric_names, query_metrics
 from api.deps import SessionDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
@@ -34,13 +34,13 @@ def job_metrics(
 ) -> MetricNames | Response:
     job_or_404(session, job_id)
     if name is None:
-        return MetricNames(job_id=job_id, names=crud.metric_names(session, job_id))
+        return MetricNames(job_id=job_id, names=metric_names(session, job_id))
     if start_step is not None and end_step is not None and start_step > end_step:
         raise ApiError(422, "validation_error", f"start_step {start_step} is after end_step {end_step}",
                        {"start_step": start_step, "end_step": end_step})
     max_points = min(max_points, MAX_POINTS_CAP)
-    series = crud.query_metrics(session, job_id, name, start_step=start_step, end_step=end_step,
-                                max_points=max_points)
+    series = query_metrics(session, job_id, name, start_step=start_step, end_step=end_step,
+                           max_points=max_points)
     # Up to 10,000 points: plain json.dumps of plain dicts (the shape of MetricSeriesOut) is several
     # times cheaper than building and re-validating a model per point. JSON has no NaN/inf: null.
     points = [{"step": s, "value": v if v is not None and math.isfinite(v) else None, "epoch": e}

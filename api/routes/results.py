@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from api import crud
+from api.db.listing import leaderboard
 from api.deps import SessionDep
-from api.schemas import ERROR_RESPONSES, Label, ResultList, ResultRow, _utc
+from api.schemas import ERROR_RESPONSES, Label, ResultList, ResultRow
 from api.security import require_token
 
 router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
@@ -21,5 +21,5 @@ def results(
     protocol: Literal["knn", "linear", "finetune"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ResultList:
-    rows = crud.leaderboard(session, dataset=dataset, protocol=protocol, limit=limit)
-    return ResultList(items=[ResultRow(**{**r, "finished_at": _utc(r["finished_at"])}) for r in rows])
+    rows = leaderboard(session, dataset=dataset, protocol=protocol, limit=limit)
+    return ResultList(items=[ResultRow(**r) for r in rows])

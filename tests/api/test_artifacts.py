@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from api import crud
-from api.security import UnsafePath, check_artifact_name
+from api.db.artifacts import UnsafePath, check_artifact_name, register_artifact
 from api_helpers import submit
 
 
@@ -21,10 +20,10 @@ def job_with_files(client, db, settings):
     (folder / "checkpoints" / "last.pt").write_bytes(b"ckpt")
     (folder / "link").symlink_to("/etc/passwd")
     with db() as s:
-        crud.register_artifact(s, job, "backbone.safetensors", "backbone", len(payload))
-        crud.register_artifact(s, job, "checkpoints/last.pt", "checkpoint", 4)
-        crud.register_artifact(s, job, "link", "result", 1)
-        crud.register_artifact(s, job, "gone.json", "result", 1)
+        register_artifact(s, job, "backbone.safetensors", "backbone", len(payload))
+        register_artifact(s, job, "checkpoints/last.pt", "checkpoint", 4)
+        register_artifact(s, job, "link", "result", 1)
+        register_artifact(s, job, "gone.json", "result", 1)
         s.commit()
     return job, payload
 
@@ -79,4 +78,4 @@ def test_artifact_name_rules():
 def test_register_artifact_refuses_unsafe_names(db, client):
     job = submit(client)["id"]
     with db() as s, pytest.raises(UnsafePath):
-        crud.register_artifact(s, job, "../../evil", "result", 1)
+        register_artifact(s, job, "../../evil", "result", 1)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
-from api import crud
+from api.db.jobs import transition
 from api.db.models import Job, JobEvent
 from api_helpers import PRETRAIN, submit
 
@@ -19,7 +19,7 @@ def test_only_one_concurrent_claim_wins(client, db):
     def claim(i: int) -> bool:
         with db() as s:
             barrier.wait()
-            ok = crud.transition(s, job, "queued", "running", actor=f"w{i}", owner=f"w{i}",
+            ok = transition(s, job, "queued", "running", actor=f"w{i}", owner=f"w{i}",
                                  attempt=Job.attempt + 1)
             s.commit()
             return ok

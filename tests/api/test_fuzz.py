@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import crud
+from api.db.artifacts import register_artifact
+from api.db.metrics import write_metrics
 from api.db.session import upgrade
 from api.main import create_app
 from api.settings import Settings
@@ -75,8 +76,8 @@ def fuzz_client(tmp_path_factory):
         folder.mkdir(parents=True)
         (folder / "backbone.safetensors").write_bytes(b"w" * 100)
         with app.state.sessionmaker() as s:
-            crud.register_artifact(s, job, "backbone.safetensors", "backbone", 100)
-            crud.write_metrics(s, job, [{"name": "train/loss", "step": i, "value": 1.0 / (i + 1)} for i in range(3000)])
+            register_artifact(s, job, "backbone.safetensors", "backbone", 100)
+            write_metrics(s, job, [{"name": "train/loss", "step": i, "value": 1.0 / (i + 1)} for i in range(3000)])
             s.commit()
         yield c, job
     if len(RAN) == 4:  # the whole file ran (not a -k selection): hundreds of requests, or it proves little

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from api import crud
+from api.db.jobs import create_job, job_events, transition
 from api.db.models import Job, JobEvent
 from api_helpers import PRETRAIN, submit
 
@@ -37,7 +37,7 @@ def test_moco_label_and_evaluate_queue(client):
 def test_progress_is_reported(client, db):
     job = submit(client)
     with db() as s:
-        assert crud.transition(s, job["id"], "queued", "running", owner="w1",
+        assert transition(s, job["id"], "queued", "running", owner="w1",
                                progress={"epoch": 1, "step": 10, "total_steps": 40, "images_per_sec": 123.5,
                                          "eta_s": 3.0})
         s.commit()
@@ -87,7 +87,7 @@ def test_evaluate_source_must_be_a_pretraining(client, db):
     r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": ev["id"]}})
     assert r.status_code == 422 and "not a pretraining" in r.json()["error"]["message"]
     with db() as s:
-        crud.transition(s, pre["id"], "queued", "cancelled")
+        transition(s, pre["id"], "queued", "cancelled")
         s.commit()
     r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": pre["id"]}})
     assert r.status_code == 409 and "cancelled" in r.json()["error"]["message"]
@@ -137,7 +137,7 @@ def test_list_filters_and_cursor_pagination(client, db):
     moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "queue_size": 64}}, tags=["all"])["id"]
     ev = submit(client, {**EVAL, "source_job_id": ids[0]})["id"]
     with db() as s:
-        crud.transition(s, ids[1], "queued", "running")
+        transition(s, ids[1], "queued", "running")
         s.commit()
     # pagination: newest first, pages of 3, nothing lost or repeated
     seen, cursor = [], None
@@ -172,9 +172,9 @@ def test_list_filters_and_cursor_pagination(client, db):
 def test_cancel_queued_running_finished(client, db):
     queued, running, done = (submit(client)["id"] for _ in range(3))
     with db() as s:
-        assert crud.transition(s, running, "queued", "running", owner="w")
-        assert crud.transition(s, done, "queued", "running")
-        assert crud.transition(s, done, "running", "succeeded", result={"final_loss": 0.1})
+        assert transition(s, running, "queued", "running", owner="w")
+        assert transition(s, done, "queued", "running")
+        assert transition(s, done, "running", "succeeded", result={"final_loss": 0.1})
         s.commit()
 
     r = client.post(f"/v1/jobs/{queued}/cancel")
@@ -195,18 +195,18 @@ def test_cancel_queued_running_finished(client, db):
 
 def test_transition_is_conditional(db, settings):
     with db() as s:
-        job = crud.create_job(s, PRETRAIN)
+        job = create_job(s, PRETRAIN, max_attempts=3)
         s.commit()
-        assert not crud.transition(s, job.id, "running", "succeeded")  # wrong origin: nothing happens
-        assert crud.transition(s, job.id, "queued", "running", owner="a", attempt=Job.attempt + 1)
-        assert not crud.transition(s, job.id, "queued", "running", owner="b")  # a second claim loses
-        assert not crud.transition(s, job.id, "running", "succeeded", where=Job.owner == "b")  # not the owner
-        assert crud.transition(s, job.id, ("queued", "running"), "failed", where=Job.owner == "a", error="boom")
+        assert not transition(s, job.id, "running", "succeeded")  # wrong origin: nothing happens
+        assert transition(s, job.id, "queued", "running", owner="a", attempt=Job.attempt + 1)
+        assert not transition(s, job.id, "queued", "running", owner="b")  # a second claim loses
+        assert not transition(s, job.id, "running", "succeeded", where=Job.owner == "b")  # not the owner
+        assert transition(s, job.id, ("queued", "running"), "failed", where=Job.owner == "a", error="boom")
         s.commit()
         s.refresh(job)
         assert (job.status, job.owner, job.attempt, job.error) == ("failed", "a", 1, "boom")
         assert job.finished_at is not None
-        events = crud.job_events(s, job.id)
+        events = job_events(s, job.id)
         assert [(e.from_status, e.to_status, e.attempt) for e in events] == [
             (None, "queued", 0), ("queued", "running", 1), ("running", "failed", 1)]
 
@@ -265,11 +265,11 @@ def test_evaluate_of_a_failed_source_is_a_conflict_but_active_sources_are_accept
     ev = submit(client, {**EVAL, "source_job_id": pre["id"]})  # queued source: waits for it (worker side)
     assert ev["status"] == "queued"
     with db() as s:
-        assert crud.transition(s, pre["id"], "queued", "running", owner="w")
+        assert transition(s, pre["id"], "queued", "running", owner="w")
         s.commit()
     assert submit(client, {**EVAL, "source_job_id": pre["id"]})["status"] == "queued"
     with db() as s:
-        assert crud.transition(s, pre["id"], "running", "failed", error="boom")
+        assert transition(s, pre["id"], "running", "failed", error="boom")
         s.commit()
     r = client.post("/v1/jobs", json={"spec": {**EVAL, "source_job_id": pre["id"]}})
     assert r.status_code == 409 and f"job {pre['id']} is failed" in r.json()["error"]["message"]

@@ -6,14 +6,14 @@ import math
 
 from sqlalchemy import func, select
 
-from api import crud
+from api.db.metrics import write_metrics
 from api.db.models import Metric
 from api_helpers import submit
 
 
 def _load(db, job_id, name, steps, value=lambda s: float(s)):
     with db() as s:
-        crud.write_metrics(s, job_id, [{"name": name, "step": st, "value": value(st), "epoch": st // 100}
+        write_metrics(s, job_id, [{"name": name, "step": st, "value": value(st), "epoch": st // 100}
                                        for st in steps])
         s.commit()
 
@@ -63,7 +63,7 @@ def test_upsert_never_duplicates_and_drops_nan(client, db):
     _load(db, job, "train/loss", range(10), value=lambda s: 1.0)
     _load(db, job, "train/loss", range(5, 15), value=lambda s: 2.0)  # a resumed run logs steps 5-9 again
     with db() as s:
-        crud.write_metrics(s, job, [{"name": "train/loss", "step": 20, "value": 3.0},
+        write_metrics(s, job, [{"name": "train/loss", "step": 20, "value": 3.0},
                                     {"name": "train/loss", "step": 20, "value": 4.0},  # same batch: last wins
                                     {"name": "train/loss", "step": 21, "value": float("nan")},
                                     {"name": "train/loss", "step": 22, "value": float("inf")}])

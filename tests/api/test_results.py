@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api import crud
+from api.db.jobs import transition
 from api_helpers import PRETRAIN, submit
 
 EVAL = {"kind": "evaluate", "data": {"dataset": "synthetic"}}
@@ -10,8 +10,8 @@ EVAL = {"kind": "evaluate", "data": {"dataset": "synthetic"}}
 
 def _finish(db, job_id, **values):
     with db() as s:
-        assert crud.transition(s, job_id, "queued", "running")
-        assert crud.transition(s, job_id, "running", "succeeded", **values)
+        assert transition(s, job_id, "queued", "running")
+        assert transition(s, job_id, "running", "succeeded", **values)
         s.commit()
 
 

@@ -9,10 +9,13 @@ import pytest
 from sqlalchemy import update
 from worker_testlib import add_job, events, job, runs
 
+from api.db.clock import utcnow
+from api.db.jobs import transition
+from api.db.leases import JobLease, LeaseLost, claim, end_run
 from api.db.models import Job
 from worker.reconciler import reconcile_once
-from worker.runner import SKIPPED, claim, run_job
-from worker.sink import JobLease, LeaseLost, SqlSink, utcnow
+from worker.runner import SKIPPED, run_job
+from worker.sink import SqlSink
 
 
 def _expire(sessions, job_id):
@@ -60,10 +63,8 @@ def test_redelivered_message_for_running_or_finished_job_does_nothing(store):
     assert run_job(jid, worker_id="second", settings=store.settings, session_factory=store.sessions) == SKIPPED
     assert len(runs(store.sessions, jid)) == 1
     assert job(store.sessions, jid).owner == "first"
-    from api import crud
-
     with lease.guarded() as s:
-        assert crud.transition(s, jid, ["running"], "succeeded", owner=None)
+        assert transition(s, jid, ["running"], "succeeded", owner=None)
     assert run_job(jid, worker_id="third", settings=store.settings, session_factory=store.sessions) == SKIPPED
     assert len(runs(store.sessions, jid)) == 1
     assert job(store.sessions, jid).status == "succeeded"
@@ -129,15 +130,12 @@ def test_max_attempts_fails_with_reason(store):
 
 
 def test_graceful_handbacks_do_not_use_up_attempts(store):
-    from api import crud
-    from worker.runner import _end_run
-
     jid = add_job(store.sessions, max_attempts=2)
     for i in range(3):  # three rolling restarts hand the job back
         lease = claim(store.sessions, jid, f"w{i}", 30)
         with lease.guarded() as s:
-            assert crud.transition(s, jid, ["running"], "queued", owner=None, lease_expires_at=None)
-            _end_run(s, lease, "released")
+            assert transition(s, jid, ["running"], "queued", owner=None, lease_expires_at=None)
+            end_run(s, jid, lease.attempt, "released")
     lease = claim(store.sessions, jid, "w-last", 30)
     assert lease.attempt == 4
     _expire(store.sessions, jid)
@@ -146,12 +144,10 @@ def test_graceful_handbacks_do_not_use_up_attempts(store):
 
 
 def test_expired_cancelling_becomes_cancelled(store):
-    from api import crud
-
     jid = add_job(store.sessions)
     assert claim(store.sessions, jid, "w", 30) is not None
     with store.sessions() as s, s.begin():
-        assert crud.transition(s, jid, ["running"], "cancelling", cancel_requested=True)
+        assert transition(s, jid, ["running"], "cancelling", cancel_requested=True)
     _expire(store.sessions, jid)
     out = reconcile_once(store.sessions, store.settings, dispatch=Recorder())
     assert out["cancelled"] == [jid]
@@ -184,8 +180,6 @@ def test_lost_queued_messages_are_redispatched(store):
 
 
 def test_heartbeat_renews_and_sees_cancel(store):
-    from api import crud
-
     jid = add_job(store.sessions)
     lease = claim(store.sessions, jid, "w", 30)
     before = job(store.sessions, jid).lease_expires_at
@@ -193,21 +187,21 @@ def test_heartbeat_renews_and_sees_cancel(store):
     assert job(store.sessions, jid).lease_expires_at >= before
     assert not lease.cancel_requested
     with store.sessions() as s, s.begin():
-        crud.transition(s, jid, ["running"], "cancelling", cancel_requested=True)
+        transition(s, jid, ["running"], "cancelling", cancel_requested=True)
     lease.heartbeat()  # still ours while cancelling
     assert lease.cancel_requested
 
 
 def test_redispatch_backs_off_exponentially_per_job(store, monkeypatch):
     """A job queued behind long jobs for two hours: a pass every 30 s used to re-send it ~80 times."""
-    import api.crud
+    import api.db.jobs
     import worker.reconciler as rec
 
     jid = add_job(store.sessions)
     t0 = utcnow()
     clock = [t0]
     monkeypatch.setattr(rec, "utcnow", lambda: clock[0])
-    monkeypatch.setattr(api.crud, "utcnow", lambda: clock[0])  # what mark_dispatched records
+    monkeypatch.setattr(api.db.jobs, "utcnow", lambda: clock[0])  # what mark_dispatched records
     sends = []
     for k in range(0, 2 * 3600 // 30 + 1):
         clock[0] = t0 + timedelta(seconds=30 * k)
@@ -238,19 +232,17 @@ def test_redispatch_interval_doubles_is_capped_and_restarts_when_requeued():
 
 
 def test_evaluations_waiting_for_an_active_source_are_not_redispatched(store):
-    from api import crud
-
     src = add_job(store.sessions)
     ev = add_job(store.sessions, {"kind": "evaluate", "source_job_id": src, "data": {"dataset": "synthetic"}})
     rec = Recorder()
     out = reconcile_once(store.sessions, store.settings, dispatch=rec)
     assert out["redispatched"] == [src] and rec.sent == [(src, "gpu")]
     with store.sessions() as s, s.begin():
-        assert crud.transition(s, src, "queued", "running", owner="w")
+        assert transition(s, src, "queued", "running", owner="w")
         s.execute(update(Job).where(Job.id == ev).values(dispatched_at=utcnow()))  # sent at submit time
     assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == []
     # the source ends (here: fails) after the evaluation's last dispatch: sent at once, then not again
     with store.sessions() as s, s.begin():
-        assert crud.transition(s, src, "running", "failed", error="boom")
+        assert transition(s, src, "running", "failed", error="boom")
     assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == [ev]
     assert reconcile_once(store.sessions, store.settings, dispatch=Recorder())["redispatched"] == []

@@ -11,9 +11,11 @@ from sqlalchemy import func, select
 from worker_testlib import add_job, job, runs
 from tests.support.specs import tiny_pretrain
 
+from api.db.jobs import next_queued
+from api.db.leases import claim
 from api.db.models import Job
 from worker.reconciler import reconcile_once
-from worker.runner import FAILED, LOST, SKIPPED, SUCCEEDED, claim, run_job
+from worker.runner import FAILED, LOST, SKIPPED, SUCCEEDED, run_job
 
 EVAL_DATA = {"dataset": "synthetic", "train_subset": 32, "test_subset": 16, "image_size": 16}
 
@@ -40,7 +42,7 @@ def _failed_once(st, jid, *needles):
     assert job(st.sessions, jid).status == "failed" and len(runs(st.sessions, jid)) == 1
 
 
-# -- a poisoned follow-up key / errors while concluding -----------------------------------------------
+# -- a poisoned follow-up key / errors while concluding ----------------------------------------
 def test_followup_key_taken_by_another_job_fails_the_pretraining_once(store):
     st = store
     spec = tiny_pretrain(epochs=1, eval={"after": [{"protocol": "knn", "k": 5}], "data": EVAL_DATA})
@@ -97,18 +99,21 @@ def test_connection_error_while_concluding_still_leaves_the_job_to_its_lease(sql
 
 # -- evaluations waiting for their source ----------------------------------------------------------------
 def test_waiting_evaluation_is_skipped_by_the_poll_and_the_claim(sqlite_store):
-    from worker.local import next_queued
-
     st = sqlite_store
+
+    def poll(queues):  # what the local worker's poll asks the store
+        with st.sessions() as s:
+            return next_queued(s, queues)
+
     src = add_job(st.sessions, tiny_pretrain(epochs=1))
     ev = add_job(st.sessions, evaluate_of(src), priority=9)  # would be served first
     other = add_job(st.sessions, tiny_pretrain(epochs=1))
-    assert next_queued(st.sessions, ["gpu", "cpu"]) == src
+    assert poll(["gpu", "cpu"]) == src
     assert claim(st.sessions, ev, "w", 30) is None
     assert claim(st.sessions, src, "w", 30) is not None  # the source is running now
     # the evaluation neither blocks the queue nor gets picked again and again
-    assert next_queued(st.sessions, ["gpu", "cpu"]) == other
-    assert next_queued(st.sessions, ["cpu"]) is None
+    assert poll(["gpu", "cpu"]) == other
+    assert poll(["cpu"]) is None
     assert _run(st, ev) == SKIPPED
     j = job(st.sessions, ev)
     assert (j.status, j.attempt) == ("queued", 0) and runs(st.sessions, ev) == []

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from worker_testlib import add_job, events, job, metric_steps, runs
 from tests.support.specs import tiny_pretrain
 
+from api.db.jobs import transition
 from api.db.models import Artifact, Job
 from worker.reconciler import reconcile_once
 from worker.runner import CANCELLED, FAILED, RELEASED, SUCCEEDED, run_job
@@ -81,14 +82,12 @@ def test_handback_then_resume_continues_steps_without_duplicates(sqlite_store):
     assert ("running", "queued", "w1") in events(st.sessions, jid)
 
 
-def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store, monkeypatch):
-    from api import crud
-
+def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store):
     st = sqlite_store
-    monkeypatch.setenv("PRETEXTLAB_TEST_STEP_DELAY", "0.05")
+    st.settings = st.settings.model_copy(update={"test_step_delay": 0.05})
     jid, t, result = start_in_thread(st, tiny_pretrain(epochs=50))
     with st.sessions() as s, s.begin():  # what POST /v1/jobs/{id}/cancel does to a running job
-        assert crud.transition(s, jid, ["running"], "cancelling", actor="api", cancel_requested=True)
+        assert transition(s, jid, ["running"], "cancelling", actor="api", cancel_requested=True)
     t.join(60)
     assert result["out"] == CANCELLED
     j = job(st.sessions, jid)
@@ -236,7 +235,7 @@ def test_database_blip_during_a_run_loses_nothing(store, monkeypatch):
     from sqlalchemy import event
     from sqlalchemy.exc import OperationalError
 
-    monkeypatch.setenv("PRETEXTLAB_TEST_STEP_DELAY", "0.05")
+    store.settings = store.settings.model_copy(update={"test_step_delay": 0.05})
     outage, refused = threading.Event(), []
 
     @event.listens_for(store.engine, "before_cursor_execute")

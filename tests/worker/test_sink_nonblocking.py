@@ -12,8 +12,9 @@ import time
 from sqlalchemy import select
 from worker_testlib import add_job, metric_steps
 
+from api.db.leases import claim
+from api.db.metrics import write_metrics
 from api.db.models import Artifact
-from worker.runner import claim
 from worker.sink import SqlSink
 
 
@@ -22,14 +23,13 @@ def test_loop_calls_return_while_the_writer_is_stuck(sqlite_store, tmp_path):
     jid = add_job(st.sessions)
     lease = claim(st.sessions, jid, "w1", 30)
     assert lease is not None
-    from api import crud
 
     entered, release = threading.Event(), threading.Event()
 
     def slow_write(session, job_id, rows):  # the database hangs in the writer thread
         entered.set()
         assert release.wait(30)
-        return crud.write_metrics(session, job_id, rows)
+        return write_metrics(session, job_id, rows)
 
     job_dir = st.settings.job_dir(jid)
     job_dir.mkdir(parents=True)

@@ -1,0 +1,112 @@
+"""What the API lists: pages of jobs behind an opaque cursor, and the leaderboard of evaluations."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, cast, exists, func, literal, or_, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session, aliased
+
+from api.db.clock import as_utc
+from api.db.models import Job
+
+
+# -- pages of jobs ----------------------------------------------------------------------------
+class BadCursor(ValueError):
+    """The cursor was not produced by this server."""
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([as_utc(job.created_at).isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, job_id = json.loads(raw)
+        when = as_utc(datetime.fromisoformat(ts))
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            raise ValueError
+        return when, job_id
+    except Exception as exc:  # noqa: BLE001 - any garbage is the same client error
+        raise BadCursor("cursor: not a cursor returned by GET /v1/jobs") from exc
+
+
+def _tag_filter(session: Session, tag: str) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(Job.tags, postgresql.JSONB).contains([tag])
+    je = func.json_each(Job.tags).table_valued("value")
+    return exists(select(literal(1)).select_from(je).where(je.c.value == tag))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    method: str | None = None,
+    dataset: str | None = None,
+    tag: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Job], str | None]:
+    """Newest first; returns (page, next cursor or None). Keyset pagination on (created_at, id)."""
+    q = select(Job)
+    if status:
+        q = q.where(Job.status == status)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if method:
+        q = q.where(Job.method == method)
+    if dataset:
+        q = q.where(Job.dataset == dataset)
+    if tag:
+        q = q.where(_tag_filter(session, tag))
+    if cursor:
+        ts, last_id = decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < last_id)))
+    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]) if len(rows) > limit else None)
+
+
+# -- leaderboard ---------------------------------------------------------------------------------
+def leaderboard(
+    session: Session, *, dataset: str | None = None, protocol: str | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Succeeded evaluations, best top-1 first, each with the pretraining it measured."""
+    src = aliased(Job)
+    q = (
+        select(Job, src)
+        .outerjoin(src, src.id == Job.source_job_id)
+        .where(Job.kind == "evaluate", Job.status == "succeeded")
+    )
+    if dataset:
+        q = q.where(Job.dataset == dataset)
+    if protocol:
+        q = q.where(Job.protocol == protocol)
+    q = q.order_by(Job.top1.desc().nulls_last(), Job.id.desc()).limit(limit)
+    out = []
+    for ev, pre in session.execute(q).all():
+        result = ev.result or {}
+        pre_spec = (pre.spec if pre is not None else None) or {}
+        out.append(
+            {
+                "evaluation_job_id": ev.id,
+                "pretrain_job_id": pre.id if pre is not None else None,
+                "method": (pre.method if pre is not None else None) or ev.method or result.get("method"),
+                "backbone": (pre_spec.get("backbone") or {}).get("name") or result.get("backbone"),
+                "epochs": pre_spec.get("epochs", result.get("epochs")),
+                "dataset": ev.dataset,
+                "protocol": ev.protocol,
+                "top1": ev.top1 if ev.top1 is not None else result.get("top1"),
+                "top5": ev.top5 if ev.top5 is not None else result.get("top5"),
+                "finished_at": as_utc(ev.finished_at),
+            }
+        )
+    return out
