@@ -1,0 +1,1 @@
+"""The HTTP side of pretextlab: the FastAPI app, its settings, and the job store (api.db). Never loads torch."""
