@@ -25,25 +25,18 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from api.db.clock import as_utc, utcnow as now  # noqa: E402
 from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
 from tests.support.net import free_port, wait_for_http  # noqa: E402
 from tests.support.processes import Proc, RedisServer, service_env  # noqa: E402
 from tests.support.specs import tiny_pretrain  # noqa: E402
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 def main(argv: list[str] | None = None) -> int:
