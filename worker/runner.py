@@ -38,13 +38,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.artifacts import latest_artifact, register_artifact
 from api.db.clock import utcnow
-from api.db.jobs import create_job, dependents_waiting, get_job, spec_error_path, spec_of, waiting_on
+from api.db.jobs import create_job, dependents_waiting, get_job, spec_of, waiting_on
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
 from api.settings import Settings
 from ssl_core.errors import PermanentError
-from ssl_core.specs import EvalDataSpec, parse_job_spec
+from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
 from worker.reconciler import send_and_mark
 from worker.sink import SqlSink
 

@@ -19,7 +19,7 @@ from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from api.db.clock import utcnow
-from api.db.models import ACTIVE_STATUSES, FINAL_STATUSES, KINDS, Job, JobEvent
+from api.db.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobEvent
 from ssl_core.specs import EvaluateSpec, PretrainSpec, method_label, parse_job_spec
 
 
@@ -191,15 +191,6 @@ def job_events(session: Session, job_id: int) -> list[JobEvent]:
 def events_of(session: Session, job_ids: Iterable[int]) -> list[JobEvent]:
     """The status history of several jobs, in the order the changes were made."""
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id.in_(list(job_ids))).order_by(JobEvent.id)))
-
-
-def spec_error_path(loc: Sequence[Any]) -> list[str]:
-    """Where in a job spec a validation error points, as path parts: the first part of a
-    ``parse_job_spec`` error location is the union's tag (the job kind), not a field."""
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in KINDS:
-        parts = parts[1:]
-    return parts
 
 
 # -- the queue --------------------------------------------------------------------------------

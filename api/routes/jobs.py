@@ -35,7 +35,7 @@ from api.schemas import (
 )
 from api.security import UnsafePath, require_token, resolve_data_path, resolve_weights
 from api.settings import Settings
-from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec
+from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
 
 log = logging.getLogger("pretextlab.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
@@ -77,7 +77,7 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
     except ValidationError as exc:
         details = validation_details(exc.errors())
         for d in details:  # 'pretrain.method.temperature' -> 'spec.method.temperature'
-            d["loc"] = ".".join(["spec", *job_store.spec_error_path(d["loc"].split("."))])
+            d["loc"] = ".".join(["spec", *spec_error_path(d["loc"].split("."))])
         shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 

@@ -31,6 +31,7 @@ from ssl_core.specs.evaluation import (
 )
 from ssl_core.specs.job import (
     JOB_SPEC_ADAPTER, Device, EvaluateSpec, JobSpec, Precision, PretrainSpec, parse_job_spec,
+    spec_error_path,
 )
 from ssl_core.specs.method import (
     METHOD_NAMES, ExemplarSpec, JigsawSpec, MethodSpec, MoCoSpec, RelativePositionSpec, RotationSpec, SimCLRSpec,
@@ -49,5 +50,5 @@ __all__ = [
     "LinearProtocol", "MethodSpec", "MoCoSpec", "MonitorSpec", "OptimSpec", "PCAContrastOp", "Precision",
     "PretrainEvalSpec", "PretrainSpec", "ProtocolSpec", "RandomAffineOp", "RandomCropOp", "RandomResizedCropOp",
     "RelativePositionSpec", "RotateOp", "RotationSpec", "SharpenOp", "SimCLRSpec", "SolarizeOp", "Strict",
-    "default_augment", "default_optim", "method_label", "method_schemas", "parse_job_spec",
+    "default_augment", "default_optim", "method_label", "method_schemas", "parse_job_spec", "spec_error_path",
 ]

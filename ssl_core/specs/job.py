@@ -10,6 +10,7 @@ backbone, queue vs. batch) live here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, model_validator
@@ -159,3 +160,12 @@ def parse_job_spec(data: dict[str, Any]) -> PretrainSpec | EvaluateSpec:
     if isinstance(data, dict) and "kind" not in data:
         data = {**data, "kind": "pretrain"}
     return JOB_SPEC_ADAPTER.validate_python(data)
+
+
+def spec_error_path(loc: Sequence[Any]) -> list[str]:
+    """Where in a job spec a :func:`parse_job_spec` validation error points, as path parts: the first
+    part of its location is the union's tag (the job kind), not a field."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("pretrain", "evaluate"):
+        parts = parts[1:]
+    return parts
