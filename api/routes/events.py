@@ -120,7 +120,7 @@ def _event(summary: dict[str, Any]) -> str:
     return f"event: job\ndata: {json.dumps(summary, separators=(',', ':'))}\n\n"
 
 
-async def _stream(request: Request, feed: ChangeFeed, q: asyncio.Queue, first: dict | None,
+async def _stream(feed: ChangeFeed, q: asyncio.Queue, first: dict | None,
                   job_id: int | None) -> AsyncIterator[str]:
     try:
         yield "retry: 2000\n\n"
@@ -139,8 +139,6 @@ async def _stream(request: Request, feed: ChangeFeed, q: asyncio.Queue, first: d
             if time.monotonic() - last_ping >= PING_S:
                 last_ping = time.monotonic()
                 yield ": ping\n\n"
-            if await request.is_disconnected():
-                return
     finally:
         feed.unsubscribe(q)
 
@@ -158,9 +156,10 @@ async def event_stream(request: Request,
             with request.app.state.sessionmaker() as session:
                 return job_summary(session, job_id)
         first = await anyio.to_thread.run_sync(read)
+    # (a client that goes away is noticed by StreamingResponse, which cancels the generator)
         if first is None:
             raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
     feed = feed_of(request.app)
     q = feed.subscribe()
-    return StreamingResponse(_stream(request, feed, q, first, job_id), media_type="text/event-stream",
+    return StreamingResponse(_stream(feed, q, first, job_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
