@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import errors
 from api.db.session import check_schema_current, make_engine, session_factory
 from api.routes import artifacts, catalog, docs, events, health, jobs, metrics, results, ui
+from api.routes.events import close_streams  # noqa: F401 - serve ends open streams at shutdown
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
 
