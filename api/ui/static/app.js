@@ -38,6 +38,7 @@ const Dash = (() => {
   function stream(jobId, onJob) {
     const es = new EventSource("/v1/events/stream" + (jobId ? `?job_id=${jobId}` : ""));
     const live = $("#live");
+    live.classList.add("shown");
     es.onopen = () => { live.textContent = "\u25cf live"; live.classList.add("on"); };
     es.onerror = () => { live.textContent = "\u25cf reconnecting"; live.classList.remove("on"); };
     es.addEventListener("job", ev => onJob(JSON.parse(ev.data)));
