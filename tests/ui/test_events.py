@@ -17,14 +17,13 @@ from api.db.session import make_engine, session_factory, upgrade
 from api.main import create_app
 from api.routes import events
 from api.settings import Settings
-from tests.support.databases import sqlite_file_url
 from tests.support.net import free_port, wait_for, wait_for_http
 
 
 @pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def served(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setattr(events, "PING_S", 0.5)
-    url = sqlite_file_url(tmp_path)
+    url = database_url  # SQLite and PostgreSQL: the change query compares stored timestamps
     upgrade(url)
     settings = Settings(database_url=url, artifact_root=tmp_path / "a", data_root=tmp_path / "d", broker_url=None,
                         api_tokens=None)
@@ -103,8 +102,9 @@ def test_one_stream_for_all_jobs_and_one_poller(served: dict[str, Any]) -> None:
     with httpx.stream("GET", f"{base}/v1/events/stream", timeout=30) as r1, \
             httpx.stream("GET", f"{base}/v1/events/stream", timeout=30) as r2:
         ids = {submit(base, "a"), submit(base, "b")}
-        for r in (r1, r2):
-            got = read_events(r.iter_lines(), 2, [])
+        readers = [r1.iter_lines(), r2.iter_lines()]  # kept: a dropped reader closes its connection
+        for lines in readers:
+            got = read_events(lines, 2, [])
             assert {e["id"] for e in got} == ids and {e["status"] for e in got} == {"queued"}
         feed = events.feed_of(served["app"])
         assert len(feed.subscribers) == 2  # both fed by the same task, one query per tick
