@@ -49,6 +49,15 @@ def test_pages_render_without_tokens(client: TestClient, db: Callable[[], Any]) 
     assert 'id="nav-workers"' not in page.text or client.get("/v1/workers").status_code != 404
 
 
+def test_user_text_is_escaped(client: TestClient) -> None:
+    evil = '<script>alert(1)</script>'
+    job = submit(client, name=evil, tags=["<b>x</b>"])["id"]
+    for path in ("/ui/", f"/ui/jobs/{job}", f"/ui/compare?ids={job}"):
+        text = client.get(path).text
+        assert evil not in text and "<b>x</b>" not in text
+        assert "&lt;script&gt;" in text
+
+
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 def test_api_docs_are_served_from_the_package(client: TestClient, path: str) -> None:
     page = client.get(path)
