@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from api import errors
 from api.db.session import check_schema_current, make_engine, session_factory
-from api.routes import artifacts, catalog, health, jobs, metrics, results
+from api.routes import artifacts, catalog, docs, events, health, jobs, metrics, results, ui
+from api.routes.events import close_streams  # noqa: F401 - serve ends open streams at shutdown
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
 
@@ -48,11 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title="pretextlab", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # docs: offline copies
     app.state.settings = settings
     errors.install(app)
-    for module in (health, jobs, metrics, artifacts, catalog, results):
+    for module in (health, jobs, metrics, artifacts, catalog, results, events):
         app.include_router(module.router)
+    ui.install(app)
+    docs.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
 

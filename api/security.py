@@ -20,6 +20,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.db.artifacts import CONTROL_CHARS, UnsafePath, check_artifact_name
+from api.ui import session as ui_session
 from ssl_core.paths import PathOutsideRoots, resolve_inside
 
 
@@ -34,6 +35,18 @@ def token_matches(given: str, tokens: list[str]) -> bool:
     for token in tokens:
         ok |= hmac.compare_digest(given_b, token.encode("utf-8"))
     return ok
+
+
+def verify_token(settings: Any, token: str) -> str | None:
+    """The identity a presented token stands for (None: unknown). The dashboard's login calls
+    this one function; today an identity is the token's position in PRETEXTLAB_API_TOKENS."""
+    tokens = settings.token_list()
+    given_b = token.encode("utf-8", "surrogateescape")
+    found = None
+    for i, candidate in enumerate(tokens):  # every token compared: timing says nothing
+        if hmac.compare_digest(given_b, candidate.encode("utf-8")):
+            found = f"token-{i + 1}"
+    return found
 
 
 def unauthorized(message: str) -> HTTPException:
@@ -53,6 +66,13 @@ async def require_token(
     if not tokens:
         return
     header = request.headers.get("authorization")
+    if not header and request.cookies.get(ui_session.COOKIE):  # the dashboard's session cookie
+        session = ui_session.current(request)
+        if session is not None and not ui_session.csrf_ok(request, session):
+            raise HTTPException(403, detail={"code": "csrf_failed", "message":
+                                             f"missing or wrong {ui_session.CSRF_HEADER} header"})
+        if session is not None:
+            return
     if not header:
         raise unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
     scheme, _, value = header.partition(" ")

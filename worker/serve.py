@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import uvicorn
 
 from api.db.session import SchemaOutOfDate, check_schema_current, make_engine, sessions_for
-from api.main import create_app
+from api.main import close_streams, create_app
 from api.settings import Settings
 from worker.local import LocalWorker
 from worker.reconciler import reconcile_loop
@@ -124,6 +124,7 @@ def serve(settings: Settings) -> None:
                  signum)
         stop_event.set()
         server.should_exit = True
+        close_streams(config.app)  # open event streams end, or uvicorn would wait for them
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     threads = start_background(settings, stop_event)
