@@ -16,12 +16,13 @@ to polling ``GET /v1/jobs/{id}`` with back-off on a server without one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 from urllib.parse import quote
 
 import httpx
@@ -45,7 +46,7 @@ from pretextlab.errors import (
 from pretextlab.sse import parse_events
 
 __all__ = [
-    "Client", "ApiError", "AuthError", "BadRequest", "Conflict", "ConnectionFailed", "NotFound",
+    "Client", "AsyncClient", "ApiError", "AuthError", "BadRequest", "Conflict", "ConnectionFailed", "NotFound",
     "PretextlabError", "RateLimited", "ServerError", "ServiceUnavailable", "ValidationError", "WaitTimeout",
     "FINAL_STATUSES",
 ]
@@ -327,6 +328,56 @@ class Client:
                         return
         except httpx.TransportError:  # idle past the read timeout, or dropped: the caller polls and reopens
             return
+
+
+class AsyncClient:
+    """:class:`Client`'s twin for asyncio code: the same methods, awaited (``watch`` is an async
+    iterator). Each call runs the synchronous client in a worker thread (``asyncio.to_thread``), so
+    the event loop never blocks and both share one tested implementation.
+
+        async with AsyncClient(url) as client:
+            job = await client.submit(spec)
+            async for state in client.watch(job["id"]):
+                ...
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0, **options: Any):
+        self.sync = Client(url, token, timeout, **options)
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.sync.url!r})"
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _AWAITABLE:
+            raise AttributeError(name)
+        method = getattr(self.sync, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        call.__name__, call.__doc__ = name, method.__doc__
+        return call
+
+    async def watch(self, job_id: int, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        states, done = self.sync.watch(job_id, timeout), object()
+        try:
+            while (state := await asyncio.to_thread(next, states, done)) is not done:
+                yield state
+        finally:
+            await asyncio.to_thread(states.close)
+
+
+_AWAITABLE = frozenset({"health", "methods", "datasets", "submit", "evaluate", "job", "jobs", "events", "cancel",
+                        "metrics", "artifacts", "download", "results", "wait"})
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -157,3 +157,22 @@ def test_wait_follows_the_event_stream_when_the_server_has_one(client, server):
     assert client.stream_supported is True
     steps = [(s.get("progress") or {}).get("step") for s in states if s["status"] == "running"]
     assert len([s for s in steps if s]) >= 2, states  # progress arrived as it happened
+
+
+def test_async_twin(server):
+    import asyncio
+
+    from pretextlab.client import AsyncClient
+
+    async def scenario() -> tuple[dict, list[str], list[str]]:
+        async with AsyncClient(server.url) as client:
+            job = await client.submit(tiny_pretrain(epochs=1), name="async")
+            statuses = [s["status"] async for s in client.watch(job["id"], timeout=120)]
+            names = [a["name"] for a in await client.artifacts(job["id"])]
+            with pytest.raises(NotFound):
+                await client.job(987654)
+            return await client.job(job["id"]), statuses, names
+
+    job, statuses, names = asyncio.run(scenario())
+    assert job["name"] == "async" and job["status"] == "succeeded" and statuses[-1] == "succeeded"
+    assert "backbone.safetensors" in names
