@@ -182,8 +182,8 @@ class Client:
     def metrics(self, job_id: int, name: str | None = None, max_points: int | None = None, as_frame: bool = False,
                 start_step: int | None = None, end_step: int | None = None) -> Any:
         """Without ``name``: the job's metric names. With it: the series as ``[{step, value, epoch}]``
-        (downsampled by the server to ``max_points``, default 1000, keeping each bucket's min and
-        max), or a pandas DataFrame with those columns when ``as_frame`` (``df.attrs["downsampled"]``)."""
+        (downsampled by the server to at most ``max_points``, default 1000, first and last points
+        always kept), or a pandas DataFrame with those columns when ``as_frame`` (``df.attrs["downsampled"]``)."""
         if name is None:
             return self._get(f"/v1/jobs/{_id(job_id)}/metrics")["names"]
         series = self._get(f"/v1/jobs/{_id(job_id)}/metrics", name=name, max_points=max_points,
