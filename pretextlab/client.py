@@ -309,13 +309,14 @@ class Client:
         try:
             with self._http.stream("GET", STREAM_PATH, params={"job_id": job_id}, timeout=timeout,
                                    headers={"Accept": "text/event-stream"}) as r:
-                if r.status_code in (404, 405, 501):
-                    self.stream_supported = False
-                    return
                 if r.status_code >= 400:
                     r.read()
                     err = error_from_response(r)
-                    if isinstance(err, (ServiceUnavailable, ConnectionFailed)):
+                    job_gone = isinstance(err, NotFound) and isinstance(err.details, dict) and "job_id" in err.details
+                    if r.status_code in (404, 405, 501) and not job_gone:  # a server without the stream
+                        self.stream_supported = False
+                        return
+                    if isinstance(err, ServiceUnavailable):
                         return
                     raise err
                 self.stream_supported = True

@@ -147,7 +147,7 @@ def _stream_exists(url: str) -> bool:
 
 def test_wait_follows_the_event_stream_when_the_server_has_one(client, server):
     """Runs where the API serves GET /v1/events/stream; without it, wait must have fallen back to polling."""
-    job = client.submit(tiny_pretrain(epochs=10))  # 40 steps, >= 2 s: several progress events
+    job = client.submit(tiny_pretrain(epochs=20))  # 80 steps, >= 4 s: several ticks of the stream
     states = list(client.watch(job["id"], timeout=120))
     assert states[-1]["status"] == "succeeded" and states[-1]["result"]  # the last one is the whole job
     assert states[0]["status"] in ("queued", "running")
