@@ -263,6 +263,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         last = self.job(job_id)
         yield last
+        if last["status"] in FINAL_STATUSES:
+            return
         interval, fresh = self.poll_interval, True  # fresh: ``last`` is a whole job read by GET
         while last["status"] not in FINAL_STATUSES:
             if self.stream_supported is not False:
@@ -320,7 +322,9 @@ class Client:
                         return
                     raise err
                 self.stream_supported = True
-                yield self.job(job_id)  # what changed between our last read and the subscription
+                caught_up = self._job_or_none(job_id)  # what changed between our last read and the subscription
+                if caught_up is not None:
+                    yield caught_up
                 for event in parse_events(r.iter_lines()):
                     state = _job_event(event.event, event.data, job_id)
                     if state is not None:

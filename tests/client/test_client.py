@@ -53,6 +53,7 @@ def test_submit_wait_read_metrics_and_download(client, server, tmp_path, capsys)
     assert nested.read_bytes() == server.job_file(job["id"], "checkpoints/last.pt").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.safetensors", "sub"]  # no temp file left
 
+    assert list(client.watch(job["id"])) == [client.job(job["id"])]  # a finished job: once
     listed = client.jobs(status="succeeded", tag="t1")
     assert [j["id"] for j in listed] == [job["id"]]
     assert client.job(job["id"])["artifacts"] == len(names)
