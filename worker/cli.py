@@ -33,7 +33,7 @@ REMOTE = {
     "cancel": "cancel a job on a server: pretextlab cancel ID",
     "download": "download a job's artifacts: pretextlab download ID [NAME]",
 }
-# Subcommands whose own parser lives in ssl_core.cli: their arguments are passed through.
+# Subcommands whose own parser lives in ssl_core.cli or pretextlab.cli_remote: their arguments are passed through.
 PASSTHROUGH = {
     "train": "ssl_core.cli:train_main",
     "evaluate": "ssl_core.cli:evaluate_main",
