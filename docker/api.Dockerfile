@@ -31,6 +31,7 @@ COPY migrations ./migrations
 COPY ssl_core ./ssl_core
 COPY api ./api
 COPY worker ./worker
+COPY pretextlab ./pretextlab
 RUN pip install --no-deps -e .
 
 USER 10001:10001

@@ -43,6 +43,7 @@ COPY migrations ./migrations
 COPY ssl_core ./ssl_core
 COPY api ./api
 COPY worker ./worker
+COPY pretextlab ./pretextlab
 RUN pip install --no-deps -e .
 COPY docker/worker-entrypoint.sh /usr/local/bin/pretextlab-worker-entrypoint
 RUN chmod 0755 /usr/local/bin/pretextlab-worker-entrypoint

@@ -212,6 +212,7 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override an evaluate-spec field, e.g. --set protocol.epochs=10 --set data.train_subset=5000")
     p.add_argument("--out", type=Path, default=None, help="where result.json goes (default: beside the weights)")
+    p.add_argument("--no-progress", action="store_true", help="metric lines on stderr instead of a progress bar")
     args = p.parse_args(argv)
     raw: dict[str, Any] = {"kind": "evaluate", "protocol": {"protocol": args.protocol}}
     if args.weights is not None:
@@ -229,11 +230,14 @@ def evaluate_main(argv: list[str]) -> int:
 
     from ssl_core.evaluate import evaluate  # torch
 
+    sink = JsonlSink(out, echo=True, stream=sys.stderr) if args.no_progress else TqdmSink(out)
     try:
-        result = evaluate(spec, out, weights_path=Path(spec.weights) if spec.weights else None)
+        result = evaluate(spec, out, sink=sink, weights_path=Path(spec.weights) if spec.weights else None)
     except PermanentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        sink.close()
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.completed else 1
 

@@ -49,6 +49,12 @@ def test_api_side_never_loads_torch(module):
     assert loaded_after_import(module, HEAVY_FOR_API) == []
 
 
+# The client and the remote CLI run on a laptop or in a notebook: httpx, not the server nor torch.
+@pytest.mark.parametrize("module", ["pretextlab.client", "pretextlab.cli_remote", "pretextlab.progress"])
+def test_client_loads_neither_torch_nor_the_server(module):
+    assert loaded_after_import(module, HEAVY_FOR_API + SERVICE_LIBS) == []
+
+
 # Every ssl_core module that the trainer and evaluator are built from.
 ENGINE_MODULES = ["ssl_core.train", "ssl_core.evaluate", "ssl_core.registry", "ssl_core.reporting"]
 
@@ -88,7 +94,7 @@ def test_console_script_sets_passive_openmp_before_torch_loads(preset, expected)
 # modules, loaded at import; modules and functions stay small enough to hold; each module says
 # what it is for; comments explain the code, not the history of the issues that changed it.
 
-PACKAGES = ("ssl_core", "api", "worker")
+PACKAGES = ("ssl_core", "api", "worker", "pretextlab")
 MAX_MODULE_LINES = 520  # ~500, with a small margin
 MAX_FUNCTION_LINES = 80
 SQL_STATEMENTS = {"select", "update", "insert", "delete"}

@@ -6,6 +6,7 @@
     pretextlab data prepare NAME     put a dataset where the loaders read it (offline where possible)
     pretextlab train SPEC.json ...   a pretraining run, locally, no server
     pretextlab evaluate ...          evaluate a backbone (kNN, linear probe, fine-tune)
+    pretextlab submit | jobs | show | logs | cancel | download   drive a remote server (pretextlab.cli_remote)
 
 Each subcommand imports what it needs when it runs, so `pretextlab db upgrade` never loads torch.
 """
@@ -23,11 +24,21 @@ import sys
 # batched augmentation more than tenfold (docs/performance.md). An explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Subcommands whose own parser lives in ssl_core.cli: their arguments are passed through.
+# Remote commands (pretextlab.cli_remote), talking to a server over HTTP.
+REMOTE = {
+    "submit": "submit a job to a server: pretextlab submit SPEC.json [--name --tag --set k=v] [--wait]",
+    "jobs": "list a server's jobs: pretextlab jobs [--status S]",
+    "show": "one job of a server: pretextlab show ID",
+    "logs": "a job's history and progress: pretextlab logs ID [--follow]",
+    "cancel": "cancel a job on a server: pretextlab cancel ID",
+    "download": "download a job's artifacts: pretextlab download ID [NAME]",
+}
+# Subcommands whose own parser lives in ssl_core.cli or pretextlab.cli_remote: their arguments are passed through.
 PASSTHROUGH = {
     "train": "ssl_core.cli:train_main",
     "evaluate": "ssl_core.cli:evaluate_main",
     "data": "ssl_core.cli:data_main",
+    **{name: f"pretextlab.cli_remote:{name}_main" for name in REMOTE},
 }
 
 
@@ -55,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "pretrain locally: pretextlab train SPEC.json --out DIR [--set key=value ...] [--resume]"),
         ("evaluate", "evaluate a backbone: pretextlab evaluate --weights PATH --protocol knn|linear|finetune"),
         ("data", "datasets: pretextlab data prepare NAME | pretextlab data list"),
+        *REMOTE.items(),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)

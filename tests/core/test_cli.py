@@ -69,7 +69,9 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
                         "--set", "data.test_subset=10", "--set", "protocol.k=5", "--set", "device=cpu",
                         "--out", str(tmp_path / "eval")])
     assert rc == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert " img/s" in captured.err and "step" in captured.err  # the same progress bar as train
     assert result["protocol"] == "knn" and 0.0 <= result["top1"] <= 1.0 and result["method"] == "rotation"
     assert (tmp_path / "eval" / "result.json").exists()
 
