@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.db.session import check_schema_current, make_engine, session_factory
-from api.routes import artifacts, catalog, health, jobs, metrics, results
+from api.routes import artifacts, catalog, health, jobs, metrics, results, workers
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url="/docs", openapi_url="/openapi.json")
     app.state.settings = settings
     errors.install(app)
-    for module in (health, jobs, metrics, artifacts, catalog, results):
+    for module in (health, jobs, metrics, artifacts, catalog, results, workers):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
