@@ -8,7 +8,6 @@ The last two need the multi-process launcher (``ssl_core.launch``) and skip with
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from worker_testlib import metric_steps, runs
 
 from api.db.models import Artifact
 from tests.support.net import wait_for
+from tests.support.processes import descendants, pid_alive
 from tests.support.specs import tiny_pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,30 +30,6 @@ def needs_launcher() -> None:
 def checkpoint_registered(cluster, job_id) -> bool:
     with cluster.sessions() as s:
         return s.scalar(select(Artifact.id).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint")) is not None
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc: children, their children, ...)."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parent[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def fleet(c) -> list[dict]:
@@ -111,8 +87,8 @@ def test_kill9_during_a_two_process_job_leaves_no_rank_and_resumes_once(make_clu
     ranks = descendants(w1.pid)
     assert len(ranks) >= 2, f"expected rank processes under the worker, found {ranks}"
     w1.kill9()
-    wait_for(lambda: not any(alive(p) for p in ranks), 30, "every rank to die with its worker",
-             on_timeout=lambda: f"still alive: {[p for p in ranks if alive(p)]}")
+    wait_for(lambda: not any(pid_alive(p) for p in ranks), 30, "every rank to die with its worker",
+             on_timeout=lambda: f"still alive: {[p for p in ranks if pid_alive(p)]}")
     w2 = c.worker("w2", extra=SLOTS_2)
     done = c.wait_status(jid, "succeeded", timeout=240)
     assert done["worker"].startswith("w2@") and done["devices"] == [0, 1]
