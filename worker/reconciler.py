@@ -37,7 +37,7 @@ from api.db.clock import as_utc, utcnow
 from api.db.jobs import mark_dispatched, queued_for_redispatch, queues_of
 from api.db.leases import ExpiredLease, earlier_losses, expire, expired_leases
 from api.db.models import ACTIVE_STATUSES
-from api.db.workers import note_waiting, too_large
+from api.db.workers import forget_workers, note_waiting, too_large
 from api.settings import Settings
 
 log = logging.getLogger("pretextlab.reconciler")
@@ -48,6 +48,8 @@ Dispatch = Callable[[int, str], bool]  # (job_id, queue) -> published?
 
 # The longest wait between two re-sends of one queued job's message (the back-off's cap).
 MAX_REDISPATCH_INTERVAL_S = 3600.0
+# A worker silent this long (killed, never deregistered) leaves GET /v1/workers.
+FORGET_DEAD_WORKERS_S = 86400.0
 
 
 def redispatch_interval(dispatched_at: datetime, queued_since: datetime | None, base: float,
@@ -131,9 +133,10 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Settings,
             log.warning("job %s: lease expired (attempt %s): %s", lease.job_id, lease.attempt, what)
             report[what].append(lease.job_id)
 
-    try:  # queued jobs no live worker could fit say so (jobs.waiting_reason)
+    try:  # queued jobs no live worker could fit say so (jobs.waiting_reason); long-dead workers go
         with session_factory() as s, s.begin():
             note_waiting(s, now - timedelta(seconds=settings.lease_seconds))
+            forget_workers(s, now - timedelta(seconds=FORGET_DEAD_WORKERS_S))
     except Exception:
         log.exception("noting the jobs that wait for a large enough worker failed")
     # queued jobs the broker may have lost (and the ones just requeued); embedded mode: nothing to send

@@ -49,6 +49,14 @@ def deregister_worker(session: Session, name: str) -> None:
     session.execute(delete(Worker).where(Worker.name == name).execution_options(synchronize_session=False))
 
 
+def forget_workers(session: Session, silent_since: datetime) -> int:
+    """Delete the rows of workers silent since before ``silent_since`` (killed, never deregistered);
+    returns how many. A worker that comes back registers again from its heartbeat."""
+    res = session.execute(delete(Worker).where(Worker.heartbeat_at < silent_since)
+                          .execution_options(synchronize_session=False))
+    return int(res.rowcount or 0)
+
+
 # -- the fleet -------------------------------------------------------------------------------------
 class WorkerState(NamedTuple):
     name: str

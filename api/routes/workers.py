@@ -1,7 +1,7 @@
 """/v1/workers: the fleet -- each registered worker, its GPUs (free and busy), queues, running
 jobs and last heartbeat. A worker is alive while its heartbeat is younger than LEASE_SECONDS (the
-same limit after which its jobs' leases expire); a dead one stays listed until it is cleaned up
-but counts for no capacity."""
+same limit after which its jobs' leases expire); a dead one stays listed (for a day, then the
+reconciler forgets it) but counts for no capacity."""
 
 from __future__ import annotations
 

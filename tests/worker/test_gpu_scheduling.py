@@ -135,6 +135,12 @@ def test_a_dead_worker_drops_out_of_capacity(store):
     short = st.settings.model_copy(update={"lease_seconds": 0.05})
     wait_for(lambda: (reconcile_once(st.sessions, short), job(st.sessions, jid).waiting_reason)[1], 10, "reason")
     assert job(st.sessions, jid).waiting_reason == "waiting: needs 2 GPUs, no live worker serves queue gpu"
+    # a day of silence and a dead worker is forgotten
+    from api.db.workers import forget_workers
+
+    with st.sessions() as s, s.begin():
+        assert forget_workers(s, utcnow() - timedelta(days=1)) == 0
+        assert forget_workers(s, utcnow() + timedelta(seconds=1)) == 2
 
 
 def test_celery_task_leaves_a_job_it_cannot_fit_queued_for_a_resend(sqlite_store, monkeypatch):
