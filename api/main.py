@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.db.session import check_schema_current, make_engine, session_factory
-from api.routes import artifacts, catalog, docs, events, health, jobs, metrics, results, ui
+from api.routes import artifacts, catalog, docs, events, health, jobs, metrics, results, ui, workers
 from api.routes.events import close_streams  # noqa: F401 - serve ends open streams at shutdown
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # docs: offline copies
     app.state.settings = settings
     errors.install(app)
-    for module in (health, jobs, metrics, artifacts, catalog, results, events):
+    for module in (health, jobs, metrics, artifacts, catalog, results, events, workers):
         app.include_router(module.router)
     ui.install(app)
     docs.install(app)

@@ -119,6 +119,10 @@ class JobOut(BaseModel):
     updated_at: datetime
     heartbeat_at: datetime | None
     lease_expires_at: datetime | None
+    gpus: int = Field(1, description="GPUs (or CPU slots) the job needs at once")
+    worker: str | None = Field(None, description="the worker of its current (or last) attempt")
+    devices: list[int] | None = Field(None, description="the device ids that attempt was given")
+    waiting_reason: str | None = Field(None, description="why a queued job cannot start on the live fleet")
 
     @classmethod
     def from_row(cls, job: Job, artifacts: int | None = None) -> "JobOut":
@@ -133,6 +137,7 @@ class JobOut(BaseModel):
             created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at), updated_at=as_utc(job.updated_at),
             heartbeat_at=as_utc(job.heartbeat_at), lease_expires_at=as_utc(job.lease_expires_at),
+            gpus=job.gpus or 1, worker=job.worker, devices=job.devices, waiting_reason=job.waiting_reason,
         )
 
 

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     redispatch_after_seconds: float = Field(60.0, gt=0)
     visibility_timeout: int = Field(3600, ge=1, description="Celery Redis transport visibility timeout (s)")
     worker_queues: str = Field("gpu,cpu")
-    local_workers: int = Field(1, ge=0, le=64)
+    local_workers: int = Field(1, ge=0, le=64, description="embedded: jobs at once (CPU slots) unless WORKER_GPUS is set")
+    worker_gpus: str = Field("", description="GPUs a worker owns: '0,1,2,3' or 'all'; empty = see docs/deployment.md")
     metric_flush_seconds: float = Field(2.0, gt=0)
     log_level: str = Field("INFO")
     # Seconds a worker sleeps at each step boundary: the fault-injection tests hold a job open long

@@ -12,7 +12,16 @@ it reads SQL (the source of truth) and reports:
   longest wait from a worker's death to its job's next claim, and the longest wait from a requeue
   to the next claim.
 
+Multi-process jobs: ``--multi-jobs M --slots 2`` makes M of the jobs ask for 2 GPUs
+(``resources.gpus``) and starts every worker with 2 CPU slots, so 2-process jobs and pairs of
+1-process jobs share the workers; the first kill then prefers a worker running a 2-process job.
+Each kill also checks that no process below the killed worker (its rank processes) is alive
+``--orphan-grace`` seconds later (``orphan_ranks``, which must be 0). 2-process jobs need the
+multi-process launcher (``ssl_core.launch``).
+
     .venv/bin/python benchmarks/chaos.py --jobs 20 --workers 3 --kills 6 --out benchmarks/results/chaos.json
+    .venv/bin/python benchmarks/chaos.py --jobs 12 --workers 2 --slots 2 --multi-jobs 6 --kills 4 \
+        --out benchmarks/results/chaos_multi.json
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from api.db.clock import as_utc, utcnow as now  # noqa: E402
 from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
 from tests.support.net import free_port, wait_for_http  # noqa: E402
-from tests.support.processes import Proc, RedisServer, service_env  # noqa: E402
+from tests.support.processes import Proc, RedisServer, descendants, pid_alive, service_env  # noqa: E402
 from tests.support.specs import tiny_pretrain  # noqa: E402
 
 
@@ -50,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-attempts", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=1, help="CPU slots per worker (jobs side by side)")
+    ap.add_argument("--multi-jobs", type=int, default=0, help="this many of the jobs ask for 2 GPUs (2 processes)")
+    ap.add_argument("--orphan-grace", type=float, default=15.0, help="seconds a killed worker's ranks may take to die")
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
                     help="an existing database to connect to for CREATE DATABASE")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     def start_worker() -> str:
         counter["n"] += 1
         name = f"chaos{counter['n']}"
-        workers[name] = Proc(name, [py, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h"], env, work)
+        workers[name] = Proc(name, [py, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h",
+                                    "--slots", str(args.slots)], env, work)
         procs.append(workers[name])
         return name
 
@@ -105,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                       on_timeout=lambda: "see " + str(work / "serve.log"))
         with httpx.Client(base_url=base, timeout=10) as http:
             ids = []
+            multi = set(rng.sample(range(args.jobs), min(args.multi_jobs, args.jobs)))
             for i in range(args.jobs):
-                r = http.post("/v1/jobs", json={"spec": tiny_pretrain(args.epochs), "name": f"chaos-{i}"})
+                spec = tiny_pretrain(args.epochs, **({"resources": {"gpus": 2}} if i in multi else {}))
+                r = http.post("/v1/jobs", json={"spec": spec, "name": f"chaos-{i}"})
                 r.raise_for_status()
                 ids.append(r.json()["id"])
         print(f"submitted {len(ids)} jobs to {args.workers} workers; db {db_name}; logs {work}", flush=True)
@@ -115,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             with sessions() as s:
                 return {j.id: j.status for j in get_jobs(s, ids)}
 
-        def running_owners() -> list[str]:
+        def running_owners(min_gpus: int = 1) -> list[str]:
             with sessions() as s:
-                return [j.owner for j in get_jobs(s, ids) if j.status == "running" and j.owner]
+                return [j.owner for j in get_jobs(s, ids) if j.status == "running" and j.owner and j.gpus >= min_gpus]
+
+        ranks_of_killed: list[int] = []  # processes below killed workers: none may outlive the grace
+        last_kill = {"t": 0.0}
 
         kills_left = args.kills
         next_chaos = time.monotonic() + rng.uniform(3, 6)
@@ -137,18 +155,26 @@ def main(argv: list[str] | None = None) -> int:
             if kills_left and spread_ok and time.monotonic() >= next_chaos:
                 # prefer a worker that is running a job right now: that is the interesting kill
                 busy = {o.split("@")[0] for o in running_owners()}
+                multi_busy = {o.split("@")[0] for o in running_owners(2)} if not kills else set()
                 alive = [n for n, p in workers.items() if p.alive()]
-                choice = [n for n in alive if n in busy] or alive
+                choice = ([n for n in alive if n in multi_busy] or [n for n in alive if n in busy] or alive)
                 if choice:
                     victim = rng.choice(choice)
+                    below = descendants(workers[victim].pid)
                     workers[victim].kill9()
-                    kills.append({"worker": victim, "at": now().isoformat(), "busy": victim in busy})
+                    ranks_of_killed.extend(below)
+                    last_kill["t"] = time.monotonic()
+                    kills.append({"worker": victim, "at": now().isoformat(), "busy": victim in busy,
+                                  "multi_process": victim in multi_busy, "processes_below": len(below)})
                     kills_left -= 1
                     print(f"kill -9 {victim} (busy={victim in busy}); {done}/{len(ids)} done", flush=True)
                     start_worker()
                 next_chaos = time.monotonic() + rng.uniform(3, 8)
             time.sleep(0.5)
         wall = time.monotonic() - t_start
+        if kills:  # give the last kill's ranks their grace before counting survivors
+            time.sleep(max(0.0, args.orphan_grace - (time.monotonic() - last_kill["t"])))
+        orphans = [p for p in ranks_of_killed if pid_alive(p)]
 
         # -- the verdict, from SQL -------------------------------------------------------------
         with sessions() as s:
@@ -199,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             "lost": len(ids) - counts["succeeded"],
             "run_twice": len(run_twice),
             "run_twice_jobs": run_twice,
+            "orphan_ranks": len(orphans),
+            "multi_process_jobs": args.multi_jobs,
             "metric_gaps_or_duplicates": len(metric_bad),
             "status_counts": counts,
             "runs_total": len(all_runs),
@@ -226,13 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{'submitted':>28} {report['submitted']}")
-    for k in ("succeeded", "failed", "lost", "run_twice", "metric_gaps_or_duplicates", "runs_total",
+    for k in ("succeeded", "failed", "lost", "run_twice", "orphan_ranks", "metric_gaps_or_duplicates", "runs_total",
               "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s", "wall_s"):
         print(f"{k:>28} {report[k]}")
     print(f"{'kills':>28} {len(kills)} ({sum(k['busy'] for k in kills)} mid-job); FLUSHALL once: "
           f"{report['flushall_at'] is not None}")
     print(f"wrote {out}")
-    return 0 if report["lost"] == 0 and report["run_twice"] == 0 else 1
+    return 0 if report["lost"] == 0 and report["run_twice"] == 0 and report["orphan_ranks"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
   .ci/run) validates them against the Compose Specification JSON schema it ships (profiles,
   ``deploy.resources.reservations.devices`` and ``service_completed_successfully`` included);
 * the services of the deployment are there, with their healthchecks, dependency conditions, GPU
-  reservation (exactly one GPU per worker, each worker on its own GPU), persistent Redis and a
+  reservation (one worker per host owning several GPUs, with the shared memory NCCL needs, and
+  one task slot per GPU), persistent Redis and a
   required API token;
 * every command, entrypoint and healthcheck in the compose files and the Dockerfiles names a real
   part of the project (``pretextlab`` subcommands through the CLI's own parser, ``api.main:app``
@@ -39,8 +40,6 @@ WORKER_HOST = ROOT / "docker" / "worker-host.compose.yml"
 API_DOCKERFILE = ROOT / "docker" / "api.Dockerfile"
 WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
-# The main host's extra GPU workers: worker-gpuN on GPU N, behind the profile gpuN.
-EXTRA_GPU_WORKERS = {f"worker-gpu{i}": str(i) for i in range(1, 8)}
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What the compose files need to be rendered: a dummy token and password, and a remote DB/broker
@@ -186,8 +185,8 @@ def run_compose(tmp_path: Path, compose_file: Path, env: dict[str, str], *args: 
 
 
 @pytest.mark.parametrize("compose_file, profiles", [
-    (COMPOSE, []), (COMPOSE, ["cpu"]), (COMPOSE, [f"gpu{i}" for i in range(1, 8)]), (WORKER_HOST, []),
-], ids=["main", "main-cpu-profile", "main-gpu1-7-profiles", "worker-host"])
+    (COMPOSE, []), (COMPOSE, ["cpu"]), (WORKER_HOST, []),
+], ids=["main", "main-cpu-profile", "worker-host"])
 def test_compose_files_are_valid_compose(tmp_path, compose_file, profiles):
     extra = [a for p in profiles for a in ("--profile", p)]
     res = run_compose(tmp_path, compose_file, DUMMY_ENV, *extra)
@@ -237,10 +236,9 @@ def services(main) -> dict:
 def test_every_service_of_the_deployment_is_there(services):
     assert {"postgres", "redis", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
     assert services["worker-cpu"].get("profiles") == ["cpu"]  # optional
-    for name, gpu in EXTRA_GPU_WORKERS.items():  # optional: the other GPUs of the host
-        assert services[name].get("profiles") == [f"gpu{gpu}"]
+    assert not [n for n in services if n.startswith("worker-gpu")]  # one worker owns the host's GPUs
     for name, svc in services.items():
-        if name != "worker-cpu" and name not in EXTRA_GPU_WORKERS:
+        if name != "worker-cpu":
             assert not svc.get("profiles"), f"{name} must start with a plain `docker compose up`"
 
 
@@ -278,7 +276,7 @@ def test_migrate_is_a_one_shot_upgrade_after_postgres(services):
     assert mig["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "reconciler", "worker-cpu", "worker-gpu1"])
+@pytest.mark.parametrize("name", ["api", "worker", "reconciler", "worker-cpu"])
 def test_services_start_after_healthy_stores_and_a_finished_migration(services, name):
     dep = services[name]["depends_on"]
     assert dep["postgres"]["condition"] == "service_healthy"
@@ -310,36 +308,36 @@ def _queues(svc: dict) -> list[str]:
     return cmd[cmd.index("--queues") + 1].split(",")
 
 
-def _one_gpu(svc: dict) -> str:
-    """The single GPU a worker reserves, by index (a `count` would give every worker GPU 0)."""
+def _gpus(svc: dict) -> str:
+    """What a GPU worker reserves: several GPUs by `count` (the host's, `all` by default)."""
     (req,) = _gpu_requests(svc)
     assert req["driver"] == "nvidia" and "gpu" in req["capabilities"]
-    assert "count" not in req, "reserve the GPU by device_ids: docker gives every count: 1 container GPU 0"
-    (device,) = req["device_ids"]
-    return str(device)
+    assert "device_ids" not in req, "one worker per host owns its GPUs: reserve them by count"
+    return str(req["count"])
 
 
-def test_worker_reserves_exactly_one_gpu_and_runs_one_gpu_job_at_a_time(services):
+def _nccl_ready(svc: dict) -> None:
+    """NCCL between rank processes needs far more /dev/shm than Docker's 64 MB (or the host's IPC)."""
+    size = str(svc.get("shm_size", ""))
+    assert svc.get("ipc") == "host" or (size.endswith("gb") and int(size[:-2]) >= 8), size
+    assert svc["ulimits"]["memlock"] == -1
+
+
+def test_worker_owns_the_hosts_gpus_one_slot_each(services, monkeypatch):
     w = services["worker"]
-    assert _one_gpu(w) == "0"  # default of GPU_DEVICE
-    assert _one_gpu(rendered(COMPOSE, {"GPU_DEVICE": "2"})["services"]["worker"]) == "2"  # configurable
+    assert _gpus(w) == "all"  # default of GPU_COUNT
+    assert _gpus(rendered(COMPOSE, {"GPU_COUNT": "4"})["services"]["worker"]) == "4"  # configurable
+    _nccl_ready(w)
     cmd = argv(w["command"])
-    assert cmd[cmd.index("--concurrency") + 1] == "1"
+    # no --gpus/--slots/--concurrency: the worker takes every GPU its container sees, one slot each
+    assert not {"--gpus", "--slots", "--concurrency"} & set(cmd)
     assert "gpu" in _queues(w)
     assert _queues(rendered(COMPOSE, {"GPU_WORKER_QUEUES": "gpu"})["services"]["worker"]) == ["gpu"]
-    assert "GPU_COUNT" not in variables(COMPOSE)  # no multi-GPU reservation for a one-job worker
+    from worker.slots import resolve_slots
 
-
-def test_extra_gpu_workers_are_the_worker_on_their_own_gpu(services):
-    """worker-gpu1..7: one GPU each, all different, otherwise the same worker as `worker`."""
-    devices = [_one_gpu(services["worker"])] + [_one_gpu(services[n]) for n in EXTRA_GPU_WORKERS]
-    assert devices == [str(i) for i in range(8)]
-    base = {k: v for k, v in services["worker"].items() if k != "deploy"}
-    for name in EXTRA_GPU_WORKERS:
-        assert {k: v for k, v in services[name].items() if k not in ("deploy", "profiles")} == base, name
-    # GPU_WORKER_QUEUES applies to all of them
-    queued = rendered(COMPOSE, {"GPU_WORKER_QUEUES": "gpu"})["services"]
-    assert all(_queues(queued[n]) == ["gpu"] for n in EXTRA_GPU_WORKERS)
+    # what that default means inside the container: every visible GPU (here, 4 made visible)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert resolve_slots(None, None).ids == (0, 1, 2, 3)
 
 
 def test_cpu_worker_takes_the_cpu_queue_without_a_gpu(services):
@@ -347,11 +345,12 @@ def test_cpu_worker_takes_the_cpu_queue_without_a_gpu(services):
     assert _queues(w) == ["cpu"] and not _gpu_requests(w)
 
 
-def test_worker_host_runs_only_gpu_workers_each_on_its_own_gpu():
+def test_worker_host_runs_one_worker_owning_its_gpus():
     host = rendered(WORKER_HOST)["services"]
     assert set(host) == {"worker"}
-    assert _one_gpu(host["worker"]) == "0"
-    assert _one_gpu(rendered(WORKER_HOST, {"GPU_DEVICE": "3"})["services"]["worker"]) == "3"
+    assert _gpus(host["worker"]) == "all"
+    assert _gpus(rendered(WORKER_HOST, {"GPU_COUNT": "2"})["services"]["worker"]) == "2"
+    _nccl_ready(host["worker"])
     assert "gpu" in _queues(host["worker"])
     env = env_of(host["worker"])
     assert env["PRETEXTLAB_DATABASE_URL"] == DUMMY_ENV["PRETEXTLAB_DATABASE_URL"]
@@ -372,7 +371,7 @@ def test_exactly_one_beat_in_a_deployment(services):
 
 
 def test_artifacts_and_datasets_are_shared_named_volumes(main, services):
-    for name in ("api", "worker", "worker-cpu", *EXTRA_GPU_WORKERS):
+    for name in ("api", "worker", "worker-cpu"):
         env = env_of(services[name])
         assert _named_volume(main, services[name], env["PRETEXTLAB_ARTIFACT_ROOT"]) == "artifacts"
         assert _named_volume(main, services[name], env["PRETEXTLAB_DATA_ROOT"]) == "datasets"

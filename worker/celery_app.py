@@ -9,8 +9,11 @@ The broker only carries "job N is ready"; SQL decides whether it runs (see ``wor
   returns, so a worker killed mid-job leaves it unacknowledged and Redis redelivers it after the
   visibility timeout. Long before that the reconciler notices the expired lease and requeues the
   job; the late redelivery then finds it running or finished and is dropped.
-* ``worker_prefetch_multiplier=1`` and concurrency 1 (one job per GPU): a worker reserves at most
-  the message it runs, so queued jobs go to idle workers.
+* ``worker_prefetch_multiplier=1`` and concurrency = the worker's slots (its GPUs, or CPU slots):
+  a worker reserves at most one message per slot. It registers in SQL (``workers``) when ready,
+  heartbeats, and deregisters on shutdown (:class:`worker.slots.WorkerPresence`); a task takes
+  the devices its job needs from the worker's :class:`worker.slots.SlotPool`, and a job that does
+  not fit the free ones now stays queued in SQL, its message dropped and re-sent by the reconciler.
 * Pool ``threads``: the task runs in the worker process itself, so the SIGTERM that starts
   Celery's warm shutdown reaches it (``worker_shutting_down`` sets :data:`SHUTDOWN`); the job then
   checkpoints at its next step boundary, is handed back to the queue (re-dispatched at once), and
@@ -34,13 +37,17 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from api.db.session import sessions_for
 from api.settings import Settings, get_settings
+from worker.slots import SlotPool, Slots, WorkerPresence, resolve_slots
 
 QUEUES = ("gpu", "cpu")
 CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as well
 
 # Set when this worker process starts its warm shutdown (SIGTERM / SIGINT): running jobs hand back.
 SHUTDOWN = threading.Event()
+# This worker process's devices: "slots" (set by run_worker), then "name", "pool", "presence" once ready.
+FLEET: dict[str, Any] = {}
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -97,17 +104,40 @@ def _on_shutting_down(**_: Any) -> None:
     SHUTDOWN.set()
 
 
+@signals.worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    """Own the devices and register in SQL (also for a worker started with the `celery` command)."""
+    settings = app.conf.pretextlab_settings
+    slots: Slots = FLEET.get("slots") or resolve_slots(
+        settings.worker_gpus or None,
+        default_slots=int(getattr(getattr(sender, "controller", None), "concurrency", 1) or 1))
+    name = worker_id(getattr(sender, "hostname", None))
+    queues = [q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", []) or []
+              if q.name != CONTROL_QUEUE] or list(QUEUES)
+    presence = WorkerPresence(sessions_for(settings.database_url), name, slots, queues, settings.heartbeat_seconds)
+    FLEET.update(name=name, pool=SlotPool(slots), presence=presence.start())
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    presence = FLEET.pop("presence", None)
+    if presence is not None:
+        presence.stop()
+
+
 def worker_id(hostname: str | None = None) -> str:
     """Owner string for leases: node name + pid, unique even when a restarted node reuses its name."""
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
 def run_worker(queues: list[str] | tuple[str, ...] | str = QUEUES, concurrency: int = 1,
-               hostname: str | None = None, beat: bool = False, loglevel: str | None = None) -> None:
+               hostname: str | None = None, beat: bool = False, loglevel: str | None = None,
+               slots: Slots | None = None) -> None:
     """Start a Celery worker in this process (blocks until it shuts down).
 
-    ``queues``: the job queues to consume (the control queue is always added); ``concurrency``:
-    jobs at once (one per GPU); ``beat=True`` embeds the reconciler beat (``-B``) with its schedule
+    ``queues``: the job queues to consume (the control queue is always added); ``slots``: the
+    devices it owns (default: WORKER_GPUS, else every visible GPU, else ``concurrency`` CPU
+    slots), one task thread per slot; ``beat=True`` embeds the reconciler beat (``-B``) with its schedule
     file in a private temp folder -- run it on one worker per deployment (or use ``run_beat``);
     extra beats are harmless, only wasteful.
     """
@@ -115,7 +145,9 @@ def run_worker(queues: list[str] | tuple[str, ...] | str = QUEUES, concurrency: 
         queues = [q.strip() for q in queues.split(",") if q.strip()]
     qs = list(dict.fromkeys([*queues, CONTROL_QUEUE]))
     settings = app.conf.pretextlab_settings
-    argv = ["worker", "-Q", ",".join(qs), "-c", str(int(concurrency)), "-P", "threads",
+    slots = slots or resolve_slots(settings.worker_gpus or None, default_slots=concurrency)
+    FLEET["slots"] = slots
+    argv = ["worker", "-Q", ",".join(qs), "-c", str(len(slots.ids)), "-P", "threads",
             "--loglevel", loglevel or settings.log_level, "--without-gossip", "--without-mingle"]
     if hostname:
         argv += ["-n", hostname]

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Celery worker (PRETEXTLAB_BROKER_URL must be set)")
     worker.add_argument("--queues", default=None, help="comma-separated queues (default PRETEXTLAB_WORKER_QUEUES)")
-    worker.add_argument("--concurrency", type=int, default=1, help="jobs at a time (one per GPU)")
+    worker.add_argument("--concurrency", type=int, default=1, help="CPU slots when no GPU is visible (see --slots)")
+    worker.add_argument("--gpus", default=None, help="GPUs this worker owns: 0,1,2,3 or all (default: every visible GPU)")
+    worker.add_argument("--slots", type=int, default=None, help="CPU slots instead of GPUs (a host without GPUs)")
     worker.add_argument("--hostname", default=None, help="Celery node name")
     worker.add_argument("--beat", action="store_true", help="also run the reconciler beat (exactly one per deployment)")
 
@@ -107,9 +109,16 @@ def main(argv: list[str] | None = None) -> int:
                   "without a broker, `pretextlab serve` runs an embedded worker", file=sys.stderr)
             return 2
         from worker.celery_app import run_worker
+        from worker.slots import resolve_slots
 
         queues = [q.strip() for q in (args.queues or settings.worker_queues).split(",") if q.strip()]
-        run_worker(queues, concurrency=args.concurrency, hostname=args.hostname, beat=args.beat)
+        try:
+            gpus = args.gpus or (None if args.slots else settings.worker_gpus or None)
+            slots = resolve_slots(gpus, args.slots, default_slots=args.concurrency)
+        except ValueError as exc:
+            print(f"pretextlab worker: {exc}", file=sys.stderr)
+            return 2
+        run_worker(queues, concurrency=args.concurrency, hostname=args.hostname, beat=args.beat, slots=slots)
         return 0
     return 2
 

@@ -14,7 +14,9 @@ Each pass:
   REDISPATCH_AFTER_SECONDS, at most MAX_REDISPATCH_INTERVAL_S), so a job queued behind long jobs
   collects O(log(wait)) duplicate messages, not one per pass. Never dispatched -> sent at once.
   Evaluations waiting for an active source job are not sent (the claim would drop them); they are
-  sent as soon as the source has finished after their last dispatch.
+  sent as soon as the source has finished after their last dispatch. Neither are jobs larger than
+  every live worker on their queue (each would drop the message). Each pass writes why a queued job
+  cannot start on the live fleet (``jobs.waiting_reason``) and clears it once it can.
 
 Counting: ``attempt`` counts claims (a graceful hand-back keeps it, the next claim increments it);
 the give-up rule counts *losses* (JobRun rows with outcome ``lost``), so a job handed back by
@@ -35,6 +37,7 @@ from api.db.clock import as_utc, utcnow
 from api.db.jobs import mark_dispatched, queued_for_redispatch, queues_of
 from api.db.leases import ExpiredLease, earlier_losses, expire, expired_leases
 from api.db.models import ACTIVE_STATUSES
+from api.db.workers import forget_workers, note_waiting, too_large
 from api.settings import Settings
 
 log = logging.getLogger("pretextlab.reconciler")
@@ -45,6 +48,8 @@ Dispatch = Callable[[int, str], bool]  # (job_id, queue) -> published?
 
 # The longest wait between two re-sends of one queued job's message (the back-off's cap).
 MAX_REDISPATCH_INTERVAL_S = 3600.0
+# A worker silent this long (killed, never deregistered) leaves GET /v1/workers.
+FORGET_DEAD_WORKERS_S = 86400.0
 
 
 def redispatch_interval(dispatched_at: datetime, queued_since: datetime | None, base: float,
@@ -128,6 +133,12 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Settings,
             log.warning("job %s: lease expired (attempt %s): %s", lease.job_id, lease.attempt, what)
             report[what].append(lease.job_id)
 
+    try:  # queued jobs no live worker could fit say so (jobs.waiting_reason); long-dead workers go
+        with session_factory() as s, s.begin():
+            note_waiting(s, now - timedelta(seconds=settings.lease_seconds))
+            forget_workers(s, now - timedelta(seconds=FORGET_DEAD_WORKERS_S))
+    except Exception:
+        log.exception("noting the jobs that wait for a large enough worker failed")
     # queued jobs the broker may have lost (and the ones just requeued); embedded mode: nothing to send
     if dispatch is None and settings.broker_url is None:
         return {**{f"n_{k}": len(v) for k, v in report.items()}, **report}
@@ -142,10 +153,11 @@ def _redispatch_candidates(session_factory: sessionmaker[Session], settings: Set
     stale = now - timedelta(seconds=base)  # nothing sent more recently than this is due (SQL pre-filter)
     with session_factory() as s:
         rows = queued_for_redispatch(s, stale)
+        oversized = too_large(s, now - timedelta(seconds=settings.lease_seconds))
     due = []
     for q in rows:
-        if q.source_status in ACTIVE_STATUSES:
-            continue  # an evaluation waiting for its source: a message would only be dropped
+        if q.source_status in ACTIVE_STATUSES or q.id in oversized:
+            continue  # waiting for its source, or for a worker large enough: a message would only be dropped
         if (q.dispatched_at is None
                 or (q.source_finished_at is not None and as_utc(q.source_finished_at) > as_utc(q.dispatched_at))
                 or redispatch_due(now, q.dispatched_at, q.queued_since, base)):

@@ -38,15 +38,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.artifacts import latest_artifact, register_artifact
 from api.db.clock import utcnow
-from api.db.jobs import create_job, dependents_waiting, get_job, spec_of, waiting_on
+from api.db.jobs import create_job, dependents_waiting, get_job, gpus_needed, spec_of, waiting_on
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
+from api.db.workers import fits
 from api.settings import Settings
 from ssl_core.errors import PermanentError
 from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
 from worker.reconciler import send_and_mark
 from worker.sink import SqlSink
+from worker.slots import Placement, pin_thread
 
 log = logging.getLogger("pretextlab.worker")
 
@@ -82,12 +84,20 @@ def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path
 
 
 def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, Any], job_dir: Path,
-             sink: SqlSink) -> Outcome:
-    """Validate the spec and run ssl_core (torch is imported here, never at module load)."""
+             sink: SqlSink, placement: Placement | None = None) -> Outcome:
+    """Validate the spec and run ssl_core (torch is imported here, never at module load). A job
+    of several GPUs runs as that many rank processes on the placement's devices."""
     spec = parse_job_spec(spec_dict)
-    if spec.kind == "pretrain":
+    gpus = gpus_needed(spec_dict)
+    if spec.kind == "pretrain" and gpus > 1:
+        from ssl_core.launch import run_pretrain
+
+        res = run_pretrain(spec, job_dir, nproc=gpus, devices=placement.cuda_devices() if placement else None,
+                           sink=sink, should_stop=sink.should_stop, resume=True)
+    elif spec.kind == "pretrain":
         from ssl_core.train import pretrain
 
+        pin_thread(placement)
         res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
     else:
         from ssl_core.evaluate import evaluate
@@ -126,14 +136,18 @@ def eval_followups(job: Job) -> list[dict[str, Any]]:
 
 
 def run_job(job_id: int, *, worker_id: str, settings: Settings,
-            session_factory: sessionmaker[Session] | None = None, stop_event: threading.Event | None = None) -> str:
+            session_factory: sessionmaker[Session] | None = None, stop_event: threading.Event | None = None,
+            placement: Placement | None = None) -> str:
     """Claim, run and finish one job; returns the outcome (succeeded, failed, cancelled, released,
-    lost, or skipped when the job could not be claimed)."""
+    lost, or skipped when the job could not be claimed). With a ``placement`` only a job that
+    fits its devices is claimed, and the claim records them."""
     sessions = session_factory or sessions_for(settings.database_url)
     stop_event = stop_event or threading.Event()
     job_id = int(job_id)
     job_dir = settings.job_dir(job_id)
-    lease = claim(sessions, job_id, worker_id, settings.lease_seconds, job_dir)
+    where = {} if placement is None else dict(fits=fits(len(placement.devices)), worker=placement.worker,
+                                              devices=list(placement.devices), waiting_reason=None)
+    lease = claim(sessions, job_id, worker_id, settings.lease_seconds, job_dir, **where)
     if lease is None:
         with sessions() as s:
             waiting = waiting_on(s, job_id)
@@ -155,7 +169,7 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
         with sessions() as s:
             spec_dict = spec_of(s, job_id)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
-        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink)
+        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, placement)
     except LeaseLost:
         pass
     except Exception as exc:

@@ -28,6 +28,7 @@ from api.main import close_streams, create_app
 from api.settings import Settings
 from worker.local import LocalWorker
 from worker.reconciler import reconcile_loop
+from worker.slots import resolve_slots
 
 log = logging.getLogger("pretextlab.serve")
 JOIN_TIMEOUT_S = 120.0  # a job checkpoints at its next step boundary; this is only a safety net
@@ -83,10 +84,11 @@ def start_background(settings: Settings, stop_event: threading.Event) -> list[th
     """Local workers (embedded mode only) and the reconciler loop, as daemon threads."""
     sessions = sessions_for(settings.database_url)
     threads: list[threading.Thread] = []
-    if settings.broker_url is None:
-        host = f"{socket.gethostname()}:{os.getpid()}"
-        for i in range(settings.local_workers):
-            threads.append(LocalWorker(settings, f"local@{host}:{i}", stop_event, session_factory=sessions))
+    if settings.broker_url is None and settings.local_workers > 0:
+        # One worker owning WORKER_GPUS (or LOCAL_WORKERS CPU slots): it runs that many jobs at once.
+        slots = resolve_slots(settings.worker_gpus or None, default_slots=settings.local_workers, detect=False)
+        name = f"local@{socket.gethostname()}:{os.getpid()}"
+        threads.append(LocalWorker(settings, name, stop_event, session_factory=sessions, slots=slots))
     threads.append(threading.Thread(target=reconcile_loop, args=(sessions, settings, stop_event),
                                     name="reconciler", daemon=True))
     for t in threads:

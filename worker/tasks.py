@@ -12,10 +12,12 @@ import threading
 from celery.exceptions import Reject
 
 from api.db.session import sessions_for
+from api.db.workers import gpus_of, undispatch
 from api.settings import Settings
-from worker.celery_app import SHUTDOWN, app, worker_id
+from worker.celery_app import FLEET, SHUTDOWN, app, worker_id
 from worker.reconciler import reconcile_once
-from worker.runner import run_job
+from worker.runner import SKIPPED, run_job
+from worker.slots import Placement
 
 log = logging.getLogger("pretextlab.worker")
 
@@ -31,7 +33,30 @@ def run_job_task(self, job_id: int) -> str:
         # A message reaching a worker that is already shutting down: back to the broker for another.
         raise Reject(f"job {job_id}: worker shutting down", requeue=True)
     node = f"{self.request.hostname or 'celery'}:{threading.get_ident()}"
-    return run_job(int(job_id), worker_id=worker_id(node), settings=_settings(), stop_event=SHUTDOWN)
+    return _run_placed(int(job_id), worker_id(node), _settings())
+
+
+def _run_placed(job_id: int, owner: str, settings: Settings) -> str:
+    """Run the job on free devices of this worker; if too few are free now, leave it queued in SQL
+    (its message dropped, ``dispatched_at`` cleared so the reconciler sends it again)."""
+    pool = FLEET.get("pool")
+    if pool is None:  # not started as a worker (a task called in-process): no devices to share out
+        return run_job(job_id, worker_id=owner, settings=settings, stop_event=SHUTDOWN)
+    sessions = sessions_for(settings.database_url)
+    with sessions() as s:
+        gpus = gpus_of(s, job_id) or 1
+    devices = pool.acquire(gpus)
+    if devices is None:
+        with sessions() as s, s.begin():
+            undispatch(s, job_id)
+        log.info("job %s: needs %s device(s), %s free here; left queued for the reconciler to re-send",
+                 job_id, gpus, pool.free_count())
+        return SKIPPED
+    try:
+        return run_job(job_id, worker_id=owner, settings=settings, stop_event=SHUTDOWN,
+                       placement=Placement(FLEET["name"], pool.slots.kind, devices))
+    finally:
+        pool.release(devices)
 
 
 @app.task(name="pretextlab.reconcile", ignore_result=True)

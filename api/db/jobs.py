@@ -30,6 +30,13 @@ def queue_for(kind: str) -> str:
     return "gpu" if kind == "pretrain" else "cpu"
 
 
+def gpus_needed(spec: Mapping[str, Any]) -> int:
+    """Devices a job asks for (``jobs.gpus``): a pretraining spec's ``resources.gpus``, else 1."""
+    if spec.get("kind", "pretrain") != "pretrain":
+        return 1
+    return int((spec.get("resources") or {}).get("gpus", 1))
+
+
 def _denormalised(session: Session, spec: PretrainSpec | EvaluateSpec) -> dict[str, Any]:
     """Columns copied out of the spec for filters and the leaderboard."""
     if isinstance(spec, PretrainSpec):
@@ -63,13 +70,15 @@ def create_job(
     if not isinstance(spec, (PretrainSpec, EvaluateSpec)):
         spec = parse_job_spec(dict(spec))
     now = utcnow()
+    stored = spec.model_dump(mode="json")
     job = Job(
         kind=spec.kind,
         status="queued",
         name=name,
         tags=list(tags),
         priority=priority,
-        spec=spec.model_dump(mode="json"),
+        spec=stored,
+        gpus=gpus_needed(stored),
         queue=queue_for(spec.kind),
         source_job_id=getattr(spec, "source_job_id", None),
         parent_job_id=parent_job_id,

@@ -98,9 +98,11 @@ class JobLease:
 
 
 def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_seconds: float,
-          job_dir: Path | None = None) -> JobLease | None:
+          job_dir: Path | None = None, *, fits: Any = None, **placement: Any) -> JobLease | None:
     """Atomically take a queued job, in a transaction of its own; None if it is not claimable
-    (running, finished, cancelled, gone, or an evaluation waiting for its source)."""
+    (running, finished, cancelled, gone, or an evaluation waiting for its source). ``fits``: an
+    extra SQL condition (the job fits the worker's free devices); ``placement``: more job columns
+    to set (``worker``, ``devices``)."""
     now = utcnow()
     with sessions() as s, s.begin():
         fields: dict[str, Any] = dict(
@@ -109,8 +111,9 @@ def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_se
         )
         if job_dir is not None:
             fields["artifact_dir"] = str(job_dir)
+        where = [source_settled()] if fits is None else [source_settled(), fits]
         if not transition(s, job_id, ["queued"], "running", actor=worker_id, reason="claimed",
-                          where=source_settled(), **fields):
+                          where=where, **fields, **placement):
             return None
         attempt = s.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
         # Unique (job_id, attempt): if this ever collided, the whole claim rolls back.

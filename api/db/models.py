@@ -70,6 +70,11 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     artifact_dir: Mapped[str | None] = mapped_column(String(1000))
+    # placement: the GPUs (or CPU slots) a job needs, and where its current/last attempt runs
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    worker: Mapped[str | None] = mapped_column(String(200))
+    devices: Mapped[list[Any] | None] = mapped_column(JSON)
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
     # evaluation results, for the leaderboard
     top1: Mapped[float | None] = mapped_column(Float)
     top5: Mapped[float | None] = mapped_column(Float)
@@ -144,3 +149,17 @@ class JobRun(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))  # succeeded | failed | cancelled | released | lost
 
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_runs_attempt"),)
+
+
+class Worker(Base):
+    """A worker process and the GPUs (or CPU slots) it owns; alive while it heartbeats."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    device_kind: Mapped[str] = mapped_column(String(8))  # cuda | cpu
+    gpus: Mapped[list[Any]] = mapped_column(JSON)  # device ids (cuda) or slot numbers (cpu)
+    queues: Mapped[list[Any]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -26,6 +26,11 @@ from ssl_core.specs.recipes import default_augment, default_optim
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+MAX_GPUS_PER_JOB = 64
+
+
+class ResourcesSpec(Strict):
+    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
 
 
 class PretrainSpec(Strict):
@@ -45,6 +50,7 @@ class PretrainSpec(Strict):
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     log_every: int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
+    resources: ResourcesSpec = ResourcesSpec()
 
     @model_validator(mode="after")
     def _resolve_and_check(self) -> "PretrainSpec":

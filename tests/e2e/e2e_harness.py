@@ -66,8 +66,8 @@ class Cluster:
         assert p.alive(), p.log()[-3000:]
         return p
 
-    def worker(self, name: str, wait_ready: bool = True) -> Proc:
-        p = Proc(name, [sys.executable, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h"],
+    def worker(self, name: str, wait_ready: bool = True, extra: tuple[str, ...] = ()) -> Proc:
+        p = Proc(name, [sys.executable, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h", *extra],
                  self.env, self.tmp)
         self.procs.append(p)
         return self.wait_ready(p) if wait_ready else p

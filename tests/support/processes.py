@@ -1,5 +1,6 @@
 """Child processes of a test or benchmark: a logged process stopped by its own pid, a private
-redis-server, and the environment a service process (``pretextlab serve``/``worker``, uvicorn) gets."""
+redis-server, the environment a service process (``pretextlab serve``/``worker``, uvicorn) gets, and
+the process tree below a pid (to check that no rank process outlives its worker)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,32 @@ def service_env(**settings: Any) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"  # logs reach the file while the test still runs
     env.update({f"PRETEXTLAB_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
     return env
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (read from /proc: children, their children, ...)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 class Proc:
