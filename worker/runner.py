@@ -171,6 +171,8 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
         outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, settings)
     except LeaseLost:
         pass
+    except StoreUnavailable as exc:  # an object store (artifacts, a dataset) unreachable: back to the queue
+        sink.store_unavailable(exc)
     except Exception as exc:
         if is_connection_error(exc):
             # The store, not the job, failed: leave the job to its lease (the reconciler requeues it).

@@ -34,7 +34,7 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
 
 
 @router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact (streamed, or redirected to the store)",
-            response_class=FileResponse,
+            response_class=FileResponse, response_model=None,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"},
                        307: {"description": "S3 store: a presigned URL (Location) valid PRESIGN_SECONDS"}})
 def download_artifact(job_id: JobId, name: str, session: SessionDep,

@@ -93,3 +93,20 @@ def check_store_url(url: str) -> str:
     elif "://" in url and file_url_path(url) is None:
         raise ValueError(f"artifact_url: {url!r}: use file:///path or s3://bucket/prefix")
     return url
+
+
+def allowed_data_urls(text: str) -> list[S3Location]:
+    """``PRETEXTLAB_ALLOWED_DATA_URLS``: comma-separated s3:// prefixes datasets may be read from."""
+    return [parse_s3_url(u.strip(), "PRETEXTLAB_ALLOWED_DATA_URLS") for u in text.split(",") if u.strip()]
+
+
+def check_data_url(url: str, allowed: list[S3Location], field: str = "data.path") -> S3Location:
+    """An ``s3://`` dataset URL that is well formed and lies under one of the ``allowed`` prefixes
+    (none allowed by default: a worker's credentials may read buckets a user must not name)."""
+    loc = parse_s3_url(url, field)
+    if not any(loc.within(a) for a in allowed):
+        raise ValueError(
+            f"{field}: {url!r} is not under an allowed s3:// prefix "
+            f"({', '.join(a.url for a in allowed) or 'none configured'}); add its bucket/prefix to "
+            "PRETEXTLAB_ALLOWED_DATA_URLS")
+    return loc
