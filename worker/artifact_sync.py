@@ -60,7 +60,7 @@ class Publisher:
             with_retries(f"job {self.job_id}: upload {CHECKPOINT_FOLDER}/", lambda: self.store.put_folder(
                 self.prefix + CHECKPOINT_FOLDER + "/", folder), self.tries)
         else:
-            with_retries(f"job {self.job_id}: upload {rel}", lambda: self.store.put(self.prefix + rel, Path(path)),
+            with_retries(f"job {self.job_id}: upload {rel}", lambda: self.store.put_changed(self.prefix + rel, Path(path)),
                          self.tries)
 
     def outputs(self, names: list[str]) -> None:

@@ -233,12 +233,14 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         _dispatch_all(sessions, [], settings, dependents_of=job_id)  # they fail, clearly
         return FAILED
     if outcome.completed and sink.store_error is None:
-        try:
-            _register_outputs(lease, settings.job_dir(job_id),
-                              Publisher(settings.artifact_store(), job_id, settings.job_dir(job_id), settings.store_retries))
+        job_dir = settings.job_dir(job_id)
+        try:  # the final files in the store before the job is called succeeded
+            Publisher(settings.artifact_store(), job_id, job_dir, settings.store_retries).outputs(
+                [n for n, _ in FINAL_OUTPUTS if (job_dir / n).is_file()])
         except StoreUnavailable as exc:
             sink.store_unavailable(exc)
     if outcome.completed and sink.store_error is None:
+        _register_outputs(lease, settings.job_dir(job_id))
         result = outcome.result or {}
         extra: dict[str, Any] = {"result": result}
         if "top1" in result:  # evaluate jobs: the leaderboard reads these columns
@@ -271,14 +273,14 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
     return RELEASED
 
 
-def _register_outputs(lease: JobLease, job_dir: Path, publish: Publisher | None = None) -> None:
-    """Make sure the final files are stored and registered even if a sink call was missed (idempotent)."""
-    files = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
-    present = [(n, k, (job_dir / n).stat().st_size) for n, k in files if (job_dir / n).is_file()]
+FINAL_OUTPUTS = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
+
+
+def _register_outputs(lease: JobLease, job_dir: Path) -> None:
+    """Make sure the final files are registered even if a sink call was missed (idempotent upserts)."""
+    present = [(n, k, (job_dir / n).stat().st_size) for n, k in FINAL_OUTPUTS if (job_dir / n).is_file()]
     if not present:
         return
-    if publish is not None:
-        publish.outputs([n for n, _, _ in present])
     with lease.guarded() as s:
         for name, kind, size in present:
             register_artifact(s, lease.job_id, name, kind, size)

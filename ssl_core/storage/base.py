@@ -101,13 +101,23 @@ class ArtifactStore(ABC):
         return None
 
     # -- built on the primitives -------------------------------------------------------------------
+    def put_changed(self, key: str, path: Path) -> bool:
+        """:meth:`put` unless the stored object already has this file's size and mtime (one HEAD
+        instead of re-sending a multi-GB checkpoint the run stored already); True if it was sent."""
+        st = Path(path).stat()
+        info = self.info(key)
+        if info is not None and info.size == st.st_size and info.mtime_ns == st.st_mtime_ns:
+            return False
+        self.put(key, path)
+        return True
+
     def put_folder(self, prefix: str, folder: Path) -> list[str]:
-        """Store every file under ``folder`` as ``prefix + relative path``; returns the keys."""
+        """Store every changed file under ``folder`` as ``prefix + relative path``; returns the keys sent."""
         keys = []
         for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
             key = prefix + f.relative_to(folder).as_posix()
-            self.put(key, f)
-            keys.append(key)
+            if self.put_changed(key, f):
+                keys.append(key)
         return keys
 
     def pull_newer(self, prefix: str, folder: Path) -> list[str]:

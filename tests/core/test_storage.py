@@ -37,6 +37,10 @@ def test_put_get_list_delete_round_trip(any_store, tmp_path: Path):
     assert out.read_bytes() == src.read_bytes()
     assert out.stat().st_mtime_ns == src.stat().st_mtime_ns  # the stored mtime travels with the bytes
     assert any_store.info("jobs/7/nothing") is None
+    assert any_store.put_changed("jobs/7/backbone.safetensors", src) is False  # stored already: not re-sent
+    src.write_bytes(b"new")
+    assert any_store.put_changed("jobs/7/backbone.safetensors", src) is True
+    assert any_store.info("jobs/7/backbone.safetensors").size == 3
     with pytest.raises(StoreError):
         any_store.get("jobs/7/nothing", tmp_path / "x")
     assert any_store.delete_job(7) == 2

@@ -112,3 +112,19 @@ def _fresh_store_clients():
     open_store.cache_clear()  # a client per test: each test has its own server and credentials
     yield
     open_store.cache_clear()
+
+
+def test_db_upgrade_creates_the_artifact_bucket(s3_server, s3_bucket, tmp_path, monkeypatch):
+    """The deployment's migrate step (`pretextlab db upgrade`) creates the S3 artifact bucket."""
+    from api.settings import get_settings
+    from worker.cli import main
+
+    monkeypatch.setenv("PRETEXTLAB_ARTIFACT_URL", "s3://made-by-migrate/artifacts")
+    monkeypatch.setenv("PRETEXTLAB_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    get_settings.cache_clear()
+    try:
+        assert main(["db", "upgrade"]) == 0
+        assert main(["db", "upgrade"]) == 0  # idempotent
+    finally:
+        get_settings.cache_clear()
+    s3_server.client().head_bucket(Bucket="made-by-migrate")
