@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from api.db.artifacts import UnsafePath, check_artifact_name, register_artifact
 from api.db.leases import JobLease, LeaseLost
-from ssl_core.storage import StoreUnavailable
 from api.db.metrics import write_metrics as store_metrics
+from ssl_core.storage import StoreUnavailable
 
 log = logging.getLogger("pretextlab.worker")
 
