@@ -12,8 +12,11 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ssl_core.storage import ArtifactStore, open_store
+from ssl_core.storage.urls import check_store_url, file_url_path
 
 
 class Settings(BaseSettings):
@@ -22,6 +25,13 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///./pretextlab.sqlite", description="SQLAlchemy URL (sqlite or postgresql+psycopg)")
     broker_url: str | None = Field(None, description="redis://... = Celery; unset = embedded local worker")
     artifact_root: Path = Field(Path("./artifacts"), description="each job writes under ARTIFACT_ROOT/jobs/<id>/")
+    artifact_url: str | None = Field(None, description="file:///path or s3://bucket/prefix (unset = file://ARTIFACT_ROOT); "
+                                     "with s3:// ARTIFACT_ROOT is this host's scratch folder")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (unset = AWS_ENDPOINT_URL or AWS itself)")
+    s3_public_endpoint_url: str | None = Field(None, description="the endpoint presigned download URLs name")
+    presign_seconds: int = Field(300, ge=1, le=604800, description="lifetime of a presigned download URL")
+    store_retries: int = Field(3, ge=1, le=20, description="tries of an artifact upload before the job is requeued")
+    allowed_data_urls: str = Field("", description="s3:// prefixes image-folder datasets may be read from, comma-separated")
     data_root: Path = Field(Path("./data"), description="where datasets live")
     allowed_data_roots: str = Field("", description="extra data roots, os.pathsep- or comma-separated")
     fashion_mnist_source: Path | None = Field(None, description="Fashion-MNIST .gz files; unset = the Debian package's")
@@ -46,7 +56,8 @@ class Settings(BaseSettings):
     # enough to kill its worker (kill -9 mid-job, SIGTERM). 0 in every real deployment.
     test_step_delay: float = Field(0.0, ge=0, description="test knob: seconds slept per training step")
 
-    @field_validator("broker_url", "fashion_mnist_source", mode="before")
+    @field_validator("broker_url", "fashion_mnist_source", "artifact_url", "s3_endpoint_url", "s3_public_endpoint_url",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -60,7 +71,23 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @model_validator(mode="after")
+    def _file_url_is_the_root(self) -> "Settings":
+        """``file:///path`` is ARTIFACT_ROOT spelled as a URL (the two must not disagree)."""
+        if self.artifact_url is not None:
+            check_store_url(self.artifact_url)
+            path = file_url_path(self.artifact_url)
+            if path is not None:
+                self.artifact_root = path
+        return self
+
     # -- derived values ----------------------------------------------------------------------
+    def artifact_store(self) -> ArtifactStore:
+        """The store the job files live in (one per process): file://ARTIFACT_ROOT unless ARTIFACT_URL says s3://."""
+        url = self.artifact_url or Path(self.artifact_root).expanduser().resolve().as_uri()
+        return open_store(url, endpoint_url=self.s3_endpoint_url, public_endpoint_url=self.s3_public_endpoint_url,
+                          retries=self.store_retries)
+
     def token_list(self) -> list[str]:
         """The configured bearer tokens (empty list = authentication off)."""
         if self.api_tokens is None:

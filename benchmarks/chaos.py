@@ -22,6 +22,11 @@ multi-process launcher (``ssl_core.launch``).
     .venv/bin/python benchmarks/chaos.py --jobs 20 --workers 3 --kills 6 --out benchmarks/results/chaos.json
     .venv/bin/python benchmarks/chaos.py --jobs 12 --workers 2 --slots 2 --multi-jobs 6 --kills 4 \
         --out benchmarks/results/chaos_multi.json
+
+With ``--artifact-url s3://bucket/prefix`` the artifacts go to an S3-compatible server it starts
+(moto_server, a child process) and every worker gets its own scratch folder, so a resumed job can
+only continue from the checkpoint *object*; the report adds ``objects_missing`` (succeeded jobs
+without their backbone and checkpoint objects).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orphan-grace", type=float, default=15.0, help="seconds a killed worker's ranks may take to die")
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
                     help="an existing database to connect to for CREATE DATABASE")
+    ap.add_argument("--artifact-url", default=None, help="s3://bucket/prefix: artifacts on a moto_server it starts")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
@@ -88,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     api_port = free_port()
     redis_server = RedisServer(work)
     redis_server.start()
+    s3 = start_object_store(args.artifact_url, work) if args.artifact_url else None
     env = service_env(
         database_url=db_url, broker_url=redis_server.url, artifact_root=work / "artifacts", port=api_port,
         lease_seconds=args.lease, heartbeat_seconds=args.lease / 6, reconcile_seconds=1,
         redispatch_after_seconds=5, metric_flush_seconds=0.5, max_attempts=args.max_attempts, log_level="INFO",
-        test_step_delay=args.step_delay)
+        test_step_delay=args.step_delay, artifact_url=args.artifact_url)
+    env.update(s3.env() if s3 else {})
     py = sys.executable
     procs: list[Proc] = []
     workers: dict[str, Proc] = {}
@@ -101,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     def start_worker() -> str:
         counter["n"] += 1
         name = f"chaos{counter['n']}"
+        wenv = {**env, "PRETEXTLAB_ARTIFACT_ROOT": str(work / f"scratch-{name}")} if s3 else env  # no shared disk
         workers[name] = Proc(name, [py, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h",
-                                    "--slots", str(args.slots)], env, work)
+                                    "--slots", str(args.slots)], wenv, work)
         procs.append(workers[name])
         return name
 
@@ -238,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             "max_kill_to_requeue_s": round(max(kill_to_requeue), 2) if kill_to_requeue else None,
             "max_wait_after_kill_s": round(max(wait_after_kill), 2) if wait_after_kill else None,
             "max_requeue_to_claim_s": round(max(requeue_wait), 2) if requeue_wait else None,
+            "objects_missing": objects_missing(s3, args.artifact_url, [j for j in ids if jobs[j].status == "succeeded"]),
+            # runs that began by downloading their job's checkpoint object (another host's progress)
+            "resumed_from_object": sum(p.log().count("fetched its checkpoint from") for p in workers.values()),
             "wall_s": round(wall, 1),
             "config": {**vars(args), "pg_admin_url": "<redacted>"},
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -248,19 +260,48 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             p.stop(timeout=30)
         redis_server.stop()
+        if s3 is not None:
+            s3.stop()
         engine.dispose()
         drop_database(db_url, args.pg_admin_url)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{'submitted':>28} {report['submitted']}")
-    for k in ("succeeded", "failed", "lost", "run_twice", "orphan_ranks", "metric_gaps_or_duplicates", "runs_total",
+    for k in ("succeeded", "failed", "lost", "run_twice", "orphan_ranks", "metric_gaps_or_duplicates",
+              "objects_missing", "resumed_from_object", "runs_total",
               "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s", "wall_s"):
         print(f"{k:>28} {report[k]}")
     print(f"{'kills':>28} {len(kills)} ({sum(k['busy'] for k in kills)} mid-job); FLUSHALL once: "
           f"{report['flushall_at'] is not None}")
     print(f"wrote {out}")
-    return 0 if report["lost"] == 0 and report["run_twice"] == 0 and report["orphan_ranks"] == 0 else 1
+    return 0 if (report["lost"] == 0 and report["run_twice"] == 0 and report["orphan_ranks"] == 0
+                 and not report["objects_missing"]) else 1
+
+
+def start_object_store(url: str, work: Path):
+    """A moto_server holding the bucket of ``url`` (the artifact store of this run)."""
+    from ssl_core.storage import parse_s3_url
+    from tests.support.objstore import MotoS3
+
+    server = MotoS3(work).start()
+    server.create_bucket(parse_s3_url(url, "--artifact-url").bucket)
+    return server
+
+
+def objects_missing(s3, url: str | None, job_ids: list[int]) -> int | None:
+    """Succeeded jobs whose backbone or checkpoint is not an object in the store (None: no S3 run)."""
+    if s3 is None or url is None:
+        return None
+    from ssl_core.storage import parse_s3_url
+
+    loc = parse_s3_url(url, "--artifact-url")
+    client, missing = s3.client(), 0
+    for jid in job_ids:
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{loc.prefix}jobs/{jid}/")
+                .get("Contents", [])}
+        missing += not {f"{loc.prefix}jobs/{jid}/backbone.safetensors", f"{loc.prefix}jobs/{jid}/checkpoints/last.safetensors"} <= keys
+    return missing
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ missing service fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support.databases import postgres_reachable, sqlite_file_url, throwaway_database
+from tests.support.objstore import MotoS3
 from tests.support.processes import RedisServer
 from tests.support.services import unavailable
 
@@ -49,3 +51,23 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """A real S3-compatible server (moto_server) shared by the session; each test takes its own bucket."""
+    if not MotoS3.installed():
+        unavailable("moto_server is not installed (pip install 'moto[server]')")
+    server = MotoS3(tmp_path_factory.mktemp("moto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the session's moto server, with this process's AWS_* variables pointing at it."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server.create_bucket(f"pretextlab-{uuid.uuid4().hex[:12]}")

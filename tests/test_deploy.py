@@ -42,18 +42,24 @@ WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# What the compose files need to be rendered: a dummy token and password, and a remote DB/broker
-# and shared artifact directory for the worker host.
+# What the compose files need to be rendered: a dummy token and passwords, MinIO's public address,
+# and a remote DB/broker/object store for the worker host.
 DUMMY_ENV = {
     "PRETEXTLAB_API_TOKENS": "test-token",
     "POSTGRES_PASSWORD": "test-password",
+    "MINIO_ROOT_PASSWORD": "test-minio-password",
+    "PRETEXTLAB_S3_PUBLIC_ENDPOINT_URL": "http://gpu-host.example:9000",
     "PRETEXTLAB_DATABASE_URL": "postgresql+psycopg://pretextlab:pw@10.0.0.1:5432/pretextlab",
     "PRETEXTLAB_BROKER_URL": "redis://10.0.0.1:6379/0",
-    "ARTIFACTS_DIR": "/mnt/pretextlab-artifacts",
+    "PRETEXTLAB_ARTIFACT_URL": "s3://pretextlab/artifacts",
+    "PRETEXTLAB_S3_ENDPOINT_URL": "http://10.0.0.1:9000",
 }
+# boto3 reads these itself (credentials and region of the object store): not settings of ours.
+BOTO3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 # ssl_core reads these two straight from the environment (it must not import api).
 SSL_CORE_ENV = {"PRETEXTLAB_DATA_ROOT", "PRETEXTLAB_ALLOWED_DATA_ROOTS"}
-THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}}
+THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
+                   "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
 
 
 # -- reading the files ------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def run_compose(tmp_path: Path, compose_file: Path, env: dict[str, str], *args: 
     env_file = tmp_path / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("PRETEXTLAB_", "POSTGRES_", "GPU_", "API_", "ARTIFACTS_", "COMPOSE_"))}
+             if not k.startswith(("PRETEXTLAB_", "POSTGRES_", "GPU_", "API_", "ARTIFACT_", "COMPOSE_", "MINIO_", "AWS_"))}
     return subprocess.run(
         [docker_compose(), "-f", str(compose_file), "--env-file", str(env_file), *args, "config", "-q"],
         cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120,
@@ -213,13 +219,14 @@ def test_compose_refuses_to_start_without_a_token(tmp_path):
     assert res.returncode != 0 and ("PRETEXTLAB_API_TOKENS" in res.stderr or "POSTGRES_PASSWORD" in res.stderr)
 
 
-def test_worker_host_needs_remote_database_broker_and_shared_artifacts(tmp_path):
-    for missing in ("PRETEXTLAB_DATABASE_URL", "PRETEXTLAB_BROKER_URL", "ARTIFACTS_DIR"):
+def test_worker_host_needs_remote_database_broker_and_object_store(tmp_path):
+    for missing in ("PRETEXTLAB_DATABASE_URL", "PRETEXTLAB_BROKER_URL", "PRETEXTLAB_ARTIFACT_URL",
+                    "PRETEXTLAB_S3_ENDPOINT_URL", "MINIO_ROOT_PASSWORD"):
         env = {k: v for k, v in DUMMY_ENV.items() if k != missing}
         res = run_compose(tmp_path, WORKER_HOST, env)
         assert res.returncode != 0 and missing in res.stderr, missing
-    with pytest.raises(KeyError, match="ARTIFACTS_DIR"):
-        interpolate(load(WORKER_HOST), {k: v for k, v in DUMMY_ENV.items() if k != "ARTIFACTS_DIR"})
+    with pytest.raises(KeyError, match="PRETEXTLAB_ARTIFACT_URL"):
+        interpolate(load(WORKER_HOST), {k: v for k, v in DUMMY_ENV.items() if k != "PRETEXTLAB_ARTIFACT_URL"})
 
 
 # -- the services of the deployment ------------------------------------------------------------
@@ -234,7 +241,7 @@ def services(main) -> dict:
 
 
 def test_every_service_of_the_deployment_is_there(services):
-    assert {"postgres", "redis", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
+    assert {"postgres", "redis", "minio", "migrate", "api", "worker", "reconciler", "worker-cpu"} <= set(services)
     assert services["worker-cpu"].get("profiles") == ["cpu"]  # optional
     assert not [n for n in services if n.startswith("worker-gpu")]  # one worker owns the host's GPUs
     for name, svc in services.items():
@@ -355,9 +362,12 @@ def test_worker_host_runs_one_worker_owning_its_gpus():
     env = env_of(host["worker"])
     assert env["PRETEXTLAB_DATABASE_URL"] == DUMMY_ENV["PRETEXTLAB_DATABASE_URL"]
     assert env["PRETEXTLAB_BROKER_URL"] == DUMMY_ENV["PRETEXTLAB_BROKER_URL"]
-    # Shared artifact storage: the bind source is ARTIFACTS_DIR, the target the artifact root.
-    assert f"{DUMMY_ENV['ARTIFACTS_DIR']}:{env['PRETEXTLAB_ARTIFACT_ROOT']}" in host["worker"]["volumes"]
-    assert "shared" in WORKER_HOST.read_text().lower() and "NFS" in WORKER_HOST.read_text()
+    # Only network endpoints: the object store by URL, every volume a local named one (no NFS mount).
+    assert env["PRETEXTLAB_ARTIFACT_URL"] == DUMMY_ENV["PRETEXTLAB_ARTIFACT_URL"]
+    assert env["PRETEXTLAB_S3_ENDPOINT_URL"] == DUMMY_ENV["PRETEXTLAB_S3_ENDPOINT_URL"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == DUMMY_ENV["MINIO_ROOT_PASSWORD"]
+    named = set(load(WORKER_HOST).get("volumes") or {})
+    assert {v.split(":")[0] for v in host["worker"]["volumes"]} <= named
 
 
 def test_exactly_one_beat_in_a_deployment(services):
@@ -370,6 +380,27 @@ def test_exactly_one_beat_in_a_deployment(services):
     assert _queues(services["reconciler"]) == [CONTROL_QUEUE]
 
 
+def test_minio_is_the_artifact_store_with_a_volume_a_healthcheck_and_a_bucket_from_migrate(main, services):
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio:RELEASE.") and not minio["image"].endswith(":latest")
+    _named_volume(main, minio, "/data")
+    assert argv(minio["healthcheck"]["test"])[-3:] == ["mc", "ready", "local"]
+    # Credentials from .env: the password is required, the services use the same pair.
+    assert env_of(minio)["MINIO_ROOT_PASSWORD"] == DUMMY_ENV["MINIO_ROOT_PASSWORD"]
+    assert "MINIO_ROOT_PASSWORD:?" in COMPOSE.read_text() and set(env_of(minio)) <= THIRD_PARTY_ENV["minio"]
+    for name in ("api", "worker", "worker-cpu", "reconciler", "migrate"):
+        env = env_of(services[name])
+        assert env["PRETEXTLAB_ARTIFACT_URL"] == "s3://pretextlab/artifacts", name
+        assert env["PRETEXTLAB_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            env_of(minio)["MINIO_ROOT_USER"], env_of(minio)["MINIO_ROOT_PASSWORD"]), name
+    assert services["migrate"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert argv(services["migrate"]["command"]) == ["pretextlab", "db", "upgrade"]  # upgrades, then the bucket
+    assert env_of(services["api"])["PRETEXTLAB_S3_PUBLIC_ENDPOINT_URL"] == DUMMY_ENV["PRETEXTLAB_S3_PUBLIC_ENDPOINT_URL"]
+    for name in ("api", "worker", "reconciler"):
+        assert services[name]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
 def test_artifacts_and_datasets_are_shared_named_volumes(main, services):
     for name in ("api", "worker", "worker-cpu"):
         env = env_of(services[name])
@@ -377,7 +408,7 @@ def test_artifacts_and_datasets_are_shared_named_volumes(main, services):
         assert _named_volume(main, services[name], env["PRETEXTLAB_DATA_ROOT"]) == "datasets"
     # Workers write, the API reads; every container agrees on the paths.
     roots = {(env_of(s)["PRETEXTLAB_ARTIFACT_ROOT"], env_of(s)["PRETEXTLAB_DATA_ROOT"])
-             for n, s in services.items() if n not in ("postgres", "redis")}
+             for n, s in services.items() if n not in ("postgres", "redis", "minio")}
     roots.add(tuple(env_of(rendered(WORKER_HOST)["services"]["worker"])[k]
                     for k in ("PRETEXTLAB_ARTIFACT_ROOT", "PRETEXTLAB_DATA_ROOT")))
     assert len(roots) == 1
@@ -601,7 +632,7 @@ def test_worker_image_has_cuda_torch_and_fashion_mnist():
 def test_every_environment_variable_is_a_setting():
     known = settings_env_names()
     for where, svc, dockerfile in _our_services():
-        unknown = set(env_of(svc)) - known
+        unknown = set(env_of(svc)) - known - BOTO3_ENV
         assert not unknown, f"{where} sets {sorted(unknown)}, which no setting reads"
     for dockerfile in (API_DOCKERFILE, WORKER_DOCKERFILE):
         for i, a in parse_dockerfile(dockerfile):

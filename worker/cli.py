@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    up = db_sub.add_parser("upgrade", help="apply migrations up to head")
+    up = db_sub.add_parser("upgrade", help="apply migrations up to head (and create an S3 artifact bucket)")
     up.add_argument("--url", help="database URL (default PRETEXTLAB_DATABASE_URL)")
 
     for name, help_text in (
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url or settings.database_url
         upgrade(url)
         print(f"database at head: {_redact(url)}")
+        store = settings.artifact_store()  # an S3 artifact store: its bucket is created here (the migrate step)
+        if store.remote and store.ensure_bucket():
+            print(f"artifact bucket created: {store.url}")
         return 0
     if args.command == "serve":
         from worker.serve import serve

@@ -46,6 +46,8 @@ from api.db.workers import fits
 from api.settings import Settings
 from ssl_core.errors import PermanentError
 from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
+from ssl_core.storage import StoreUnavailable
+from worker.artifact_sync import Publisher, fetch_source, pull_checkpoint
 from worker.reconciler import send_and_mark
 from worker.sink import SqlSink
 from worker.slots import Placement, pin_thread
@@ -66,8 +68,9 @@ class Outcome:
     result: dict[str, Any] | None = None
 
 
-def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path:
-    """The registered backbone of a pretraining job (an evaluate job's ``source_job_id``)."""
+def _source_weights(sessions: sessionmaker[Session], source_job_id: int, settings: Settings) -> Path:
+    """The registered backbone of a pretraining job (an evaluate job's ``source_job_id``), fetched
+    from the artifact store into this host's scratch folder when the store is remote."""
     with sessions() as s:
         src = get_job(s, source_job_id)
         if src is None:
@@ -77,32 +80,42 @@ def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path
             raise PermanentError(
                 f"source_job_id: job {source_job_id} ({src.status}) has no backbone weights"
                 + (" yet" if src.status in ACTIVE_STATUSES else ""))
-        path = Path(src.artifact_dir) / art.name
+        path, size = Path(src.artifact_dir) / art.name, art.size
+    store = settings.artifact_store()
+    if store.remote:
+        path = fetch_source(store, source_job_id, art.name, settings.job_dir(source_job_id) / art.name, size,
+                            settings.store_retries)
     if not path.is_file():
         raise PermanentError(f"source_job_id: the backbone file of job {source_job_id} is missing ({art.name})")
     return path
 
 
 def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, Any], job_dir: Path,
-             sink: SqlSink, placement: Placement | None = None) -> Outcome:
+             sink: SqlSink, settings: Settings, placement: Placement | None = None) -> Outcome:
     """Validate the spec and run ssl_core (torch is imported here, never at module load). A job
     of several GPUs runs as that many rank processes on the placement's devices."""
     spec = parse_job_spec(spec_dict)
-    gpus = gpus_needed(spec_dict)
-    if spec.kind == "pretrain" and gpus > 1:
-        from ssl_core.launch import run_pretrain
+    if spec.kind == "pretrain":
+        try:  # another worker's progress first (a remote store only)
+            pull_checkpoint(settings.artifact_store(), job_id, job_dir, settings.store_retries)
+        except StoreUnavailable as exc:
+            sink.store_unavailable(exc)
+            return Outcome(False)
+        gpus = gpus_needed(spec_dict)
+        if gpus > 1:
+            from ssl_core.launch import run_pretrain
 
-        res = run_pretrain(spec, job_dir, nproc=gpus, devices=placement.cuda_devices() if placement else None,
-                           sink=sink, should_stop=sink.should_stop, resume=True)
-    elif spec.kind == "pretrain":
-        from ssl_core.train import pretrain
+            res = run_pretrain(spec, job_dir, nproc=gpus, devices=placement.cuda_devices() if placement else None,
+                               sink=sink, should_stop=sink.should_stop, resume=True)
+        else:
+            from ssl_core.train import pretrain
 
-        pin_thread(placement)
-        res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
+            pin_thread(placement)
+            res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
     else:
         from ssl_core.evaluate import evaluate
 
-        weights = _source_weights(sessions, spec.source_job_id) if spec.source_job_id is not None else None
+        weights = _source_weights(sessions, spec.source_job_id, settings) if spec.source_job_id is not None else None
         res = evaluate(spec, job_dir, sink=sink, should_stop=sink.should_stop, weights_path=weights)
     return Outcome(True, res.to_dict()) if res.completed else Outcome(False)
 
@@ -162,16 +175,19 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker_id, lease.attempt)
     sink = SqlSink(lease, job_dir, flush_seconds=settings.metric_flush_seconds,
                    heartbeat_seconds=settings.heartbeat_seconds, stop_event=stop_event,
-                   step_delay=settings.test_step_delay).start()
+                   step_delay=settings.test_step_delay,
+                   publish=Publisher(settings.artifact_store(), job_id, job_dir, settings.store_retries)).start()
     error: BaseException | None = None
     outcome = Outcome(False)
     try:
         with sessions() as s:
             spec_dict = spec_of(s, job_id)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
-        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, placement)
+        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, settings, placement)
     except LeaseLost:
         pass
+    except StoreUnavailable as exc:  # an object store (artifacts, a dataset) unreachable: back to the queue
+        sink.store_unavailable(exc)
     except Exception as exc:
         if is_connection_error(exc):
             # The store, not the job, failed: leave the job to its lease (the reconciler requeues it).
@@ -231,7 +247,14 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         lease.finish(["running", "cancelling"], "failed", FAILED, reason=msg, error=msg, **done)
         _dispatch_all(sessions, [], settings, dependents_of=job_id)  # they fail, clearly
         return FAILED
-    if outcome.completed:
+    if outcome.completed and sink.store_error is None:
+        job_dir = settings.job_dir(job_id)
+        try:  # the final files in the store before the job is called succeeded
+            Publisher(settings.artifact_store(), job_id, job_dir, settings.store_retries).outputs(
+                [n for n, _ in FINAL_OUTPUTS if (job_dir / n).is_file()])
+        except StoreUnavailable as exc:
+            sink.store_unavailable(exc)
+    if outcome.completed and sink.store_error is None:
         _register_outputs(lease, settings.job_dir(job_id))
         result = outcome.result or {}
         extra: dict[str, Any] = {"result": result}
@@ -249,6 +272,14 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         _dispatch_all(sessions, [], settings, dependents_of=job_id)
         log.info("job %s: cancelled", job_id)
         return CANCELLED
+    if sink.store_error is not None:
+        # The artifact store is unreachable: the checkpoint is kept in this host's scratch folder and the
+        # job goes back to the queue. Not re-dispatched at once (dispatched_at = now): the reconciler
+        # sends it again after redispatch_after_seconds, so an outage is not a claim/release hot loop.
+        lease.finish(["running"], "queued", RELEASED, reason=f"artifact store unreachable: {sink.store_error}"[:500],
+                     owner=None, lease_expires_at=None, dispatched_at=now)
+        log.warning("job %s: handed back to the queue (artifact store unreachable)", job_id)
+        return RELEASED
     # shutting down: hand the job back; the attempt stays, the next claim increments it
     lease.finish(["running"], "queued", RELEASED, reason="worker shutting down; job handed back",
                  owner=None, lease_expires_at=None, dispatched_at=None)
@@ -257,10 +288,12 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
     return RELEASED
 
 
+FINAL_OUTPUTS = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
+
+
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:
     """Make sure the final files are registered even if a sink call was missed (idempotent upserts)."""
-    files = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
-    present = [(n, k, (job_dir / n).stat().st_size) for n, k in files if (job_dir / n).is_file()]
+    present = [(n, k, (job_dir / n).stat().st_size) for n, k in FINAL_OUTPUTS if (job_dir / n).is_file()]
     if not present:
         return
     with lease.guarded() as s:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from api.db.artifacts import UnsafePath, check_artifact_name, register_artifact
 from api.db.leases import JobLease, LeaseLost
 from api.db.metrics import write_metrics as store_metrics
+from ssl_core.storage import StoreUnavailable
 
 log = logging.getLogger("pretextlab.worker")
 
@@ -46,8 +47,10 @@ class SqlSink:
 
     def __init__(self, lease: JobLease, job_dir: Path, *, flush_seconds: float, heartbeat_seconds: float,
                  stop_event: threading.Event | None = None, write_metrics: Callable[..., Any] | None = None,
-                 step_delay: float = 0.0):
+                 step_delay: float = 0.0, publish: Callable[[str, Path, str], None] | None = None):
         self.lease = lease
+        self._publish = publish  # stores a file in the artifact store before it is registered
+        self.store_error: str | None = None  # set when the store stayed unreachable: the run stops
         self.job_dir = Path(job_dir)
         self.flush_seconds = float(flush_seconds)
         self.heartbeat_seconds = float(heartbeat_seconds)
@@ -94,6 +97,14 @@ class SqlSink:
         except UnsafePath as exc:
             log.warning("job %s: artifact %r not registered: %s", self.lease.job_id, rel, exc)
             return
+        if self._publish is not None:
+            if self.store_error is not None:
+                return  # the store is down: the file stays local, the job goes back to the queue
+            try:
+                self._publish(rel, path, kind)
+            except StoreUnavailable as exc:
+                self.store_unavailable(exc)
+                return
         with self._lock:
             self._artifacts.append((rel, kind, size))
         try:
@@ -121,12 +132,19 @@ class SqlSink:
             self._flush()
 
     # -- worker side ---------------------------------------------------------------------------
+    def store_unavailable(self, exc: BaseException) -> None:
+        """The artifact store stayed unreachable: stop at the next step boundary (files stay local)."""
+        log.error("job %s: artifact store unreachable; stopping to hand the job back: %s", self.lease.job_id, exc)
+        self.store_error = str(exc)
+
     def stop_reason(self) -> str | None:
-        """'lost' | 'cancel' | 'shutdown' | None, in that order of precedence."""
+        """'lost' | 'cancel' | 'store' | 'shutdown' | None, in that order of precedence."""
         if self.lease.lost:
             return "lost"
         if self.lease.cancel_requested:
             return "cancel"
+        if self.store_error is not None:
+            return "store"
         if self.stop_event.is_set():
             return "shutdown"
         return None

@@ -1,11 +1,13 @@
-"""/v1/jobs/{id}/artifacts: the files a job registered, streamed from its own folder only."""
+"""/v1/jobs/{id}/artifacts: the files a job registered (listed from SQL). A download is streamed from
+the job's own folder (Range requests work) with the filesystem store, and answered with a 307 redirect
+to a short-lived presigned URL with an S3 store, so the API serves no bytes itself."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from api.db.artifacts import UnsafePath, check_artifact_name, get_artifact, list_artifacts as stored_artifacts
 from api.db.clock import as_utc
@@ -14,6 +16,7 @@ from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
 from api.schemas import ERROR_RESPONSES, ArtifactList, ArtifactOut
 from api.security import require_token, resolve_artifact
+from ssl_core.storage import job_prefix
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(require_token)],
                    responses=ERROR_RESPONSES)
@@ -30,10 +33,12 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
     return ArtifactList(job_id=job_id, items=items)
 
 
-@router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact (streamed)",
-            response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}})
-def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+@router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact (streamed, or redirected to the store)",
+            response_class=FileResponse, response_model=None,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+                       307: {"description": "S3 store: a presigned URL (Location) valid PRESIGN_SECONDS"}})
+def download_artifact(job_id: JobId, name: str, session: SessionDep,
+                      settings: SettingsDep) -> FileResponse | RedirectResponse:
     try:
         name = check_artifact_name(name)
     except UnsafePath as exc:
@@ -42,6 +47,10 @@ def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: S
     if get_artifact(session, job_id, name) is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact named {name!r}",
                        {"job_id": job_id, "name": name})
+    store = settings.artifact_store()
+    if store.remote:  # presigning is local computation: the store is not contacted here
+        url = store.presigned_url(job_prefix(job_id) + name, settings.presign_seconds, filename=name.rsplit("/", 1)[-1])
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
         path = resolve_artifact(settings.job_dir(job_id), name)
     except UnsafePath as exc:

@@ -36,6 +36,7 @@ from api.schemas import (
 from api.security import UnsafePath, require_token, resolve_data_path, resolve_weights
 from api.settings import Settings
 from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
+from ssl_core.storage.urls import allowed_data_urls, check_data_url, is_s3_url
 
 log = logging.getLogger("pretextlab.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
@@ -123,6 +124,12 @@ def _check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> 
     roots = settings.allowed_roots()
     for field, path in fields:
         if path is None:
+            continue
+        if is_s3_url(path):  # object storage: well formed and under an allowed prefix (no network here)
+            try:
+                check_data_url(path, allowed_data_urls(settings.allowed_data_urls), field)
+            except ValueError as exc:
+                raise ApiError(422, "invalid_spec", str(exc), {"loc": field, "path": path}) from None
             continue
         try:
             resolve_data_path(path, roots, field)

@@ -100,6 +100,10 @@ def loader_workers(settings: DataSettings | None = None) -> int:
 def resolve_path(path: str | os.PathLike[str], settings: DataSettings | None = None) -> Path:
     """A user-given dataset path, relative to the data root or absolute, resolved with symlinks
     followed; it must lie inside one of :func:`allowed_roots` and exist, else DatasetError."""
+    if isinstance(path, str) and path.lower().startswith("s3://"):  # object storage: a cached local copy
+        from ssl_core.data.remote import fetch_dataset
+
+        path = fetch_dataset(path, (settings or DataSettings.from_env()).data_root)
     try:
         real = resolve_inside(path, allowed_roots(settings), field="dataset path")
     except PathOutsideRoots as e:
