@@ -245,7 +245,7 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
 
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:
     """Make sure the final files are registered even if a sink call was missed (idempotent upserts)."""
-    files = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
+    files = [("backbone.safetensors", "backbone"), ("checkpoints/last.safetensors", "checkpoint"), ("result.json", "result")]
     present = [(n, k, (job_dir / n).stat().st_size) for n, k in files if (job_dir / n).is_file()]
     if not present:
         return
