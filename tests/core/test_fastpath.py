@@ -367,7 +367,7 @@ def test_fused_cuda_optimizer_matches_a_for_loop() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)).cuda()
     ref = copy.deepcopy(model)
-    spec = PretrainSpec.model_validate({"optim": OptimSpec(name="sgd", lr=0.1, weight_decay=1e-4)})
+    spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "optim": OptimSpec(name="sgd", lr=0.1, weight_decay=1e-4)})
     fused = build_optimizer(model, spec.optim)
     assert fused.defaults["fused"] is True
     loop = loop_optimizer(ref, spec)
