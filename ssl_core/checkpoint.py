@@ -46,6 +46,8 @@ CHECKPOINT_VERSION = 2  # 2: safetensors + JSON metadata (1 was a torch.save pic
 CHECKPOINT_FORMAT = "pretextlab-checkpoint"
 LAST_CHECKPOINT = Path("checkpoints") / "last.safetensors"  # under a run's out dir
 LEGACY_CHECKPOINT = Path("checkpoints") / "last.pt"  # version 1: ignored, never unpickled
+RESUME_STATE_KEYS = frozenset({"model", "optimizer", "scaler", "epoch", "step_in_epoch", "step", "epoch_loss_sum",
+                               "epoch_steps", "rng"})  # what Trainer.restore reads
 _STATE_KEY = "pretextlab_state"  # the metadata entry holding the JSON skeleton
 # Spec fields a resume may change: how the run executes or reports, not what it computes. A resumed
 # run on another GPU type is legitimate (the numbers then differ in the last bits, as on any other
@@ -142,10 +144,15 @@ def resume_checkpoint(out_dir: Path, spec: PretrainSpec, run_key: str | None) ->
         return None
     check_resume_spec(stored_spec, spec)
     try:
-        return load_checkpoint(path)
+        state = load_checkpoint(path)
     except CheckpointFormatError as e:
         set_aside(path, str(e))
         return None
+    missing = sorted(RESUME_STATE_KEYS - state.keys())
+    if missing:
+        set_aside(path, f"it lacks {', '.join(missing)}")
+        return None
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
