@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned to the builds this project supports (pip then keeps them).
-	$(PIP) install -q "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
+	$(PIP) install -q "torch>=2.10,<=2.14.1" "torchvision>=0.25,<=0.29.1"
 	$(PIP) install -q -e '.[ml,test]'
 	touch $(STAMP)
 

@@ -1,8 +1,9 @@
 # pretextlab GPU worker image: the official PyTorch CUDA runtime image (torch + torchvision built for
-# CUDA 12.4 / cuDNN 9), plus the worker, ssl_core and Debian/Ubuntu's dataset-fashion-mnist.
+# CUDA 12.6 / cuDNN 9; torch 2.14.1, the newest pyproject.toml allows), plus the worker, ssl_core and
+# Debian/Ubuntu's dataset-fashion-mnist.
 #   docker build -f docker/worker.Dockerfile -t pretextlab-worker .
 # The host needs only the NVIDIA driver and the NVIDIA Container Toolkit; CUDA itself is in the image.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \

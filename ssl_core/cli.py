@@ -159,7 +159,7 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set epochs=5 --set method.temperature=0.2")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT (OUT/checkpoints/last.pt; same spec, epochs may grow); "
+                   help="continue the run in OUT (OUT/checkpoints/last.safetensors; same spec, epochs may grow); "
                         "without it an OUT that holds a checkpoint is refused")
     p.add_argument("--no-progress", action="store_true",
                    help="print metric lines (on stderr) instead of a progress bar; stdout gets the result JSON")
@@ -174,7 +174,7 @@ def train_main(argv: list[str]) -> int:
     except (ValidationError, ValueError) as e:
         return _fail_validation(e)
 
-    if not args.resume and (args.out / "checkpoints" / "last.pt").exists():
+    if not args.resume and (args.out / "checkpoints" / "last.safetensors").exists():
         print(f"{args.out} already holds a run: pass --resume to continue it, or choose a new --out",
               file=sys.stderr)
         return 2

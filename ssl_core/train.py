@@ -1,14 +1,15 @@
 """The pretraining loop.
 
-    pretrain(spec, out_dir, sink, should_stop, resume) -> PretrainResult
+    pretrain(spec, out_dir, sink, should_stop, resume, run_key) -> PretrainResult
 
 :func:`pretrain` reads top to bottom: check a checkpoint belongs to this run, set up (a
 :class:`Trainer`), restore, then epochs of steps until the end or a stop request, then export.
 The Trainer holds the parts: one epoch, one step, the end of an epoch (epoch loss, kNN monitor,
 checkpoint), the metric reads, the checkpoint and the export.
 
-Files written under ``out_dir``: ``checkpoints/last.pt`` (every ``checkpoint_every`` epochs, on a
-stop request and at the end; written atomically; see :mod:`ssl_core.checkpoint`),
+Files written under ``out_dir``: ``checkpoints/last.safetensors`` (every ``checkpoint_every`` epochs,
+on a stop request and at the end; written atomically, never unpickled; only resumed by the run whose
+``run_key`` it records; see :mod:`ssl_core.checkpoint`),
 ``backbone.safetensors`` (the backbone alone, with its metadata; at the end; see
 :mod:`ssl_core.backbone_file`). Steps are global optimizer steps and continue on resume.
 
@@ -44,8 +45,7 @@ from torch import Tensor
 from ssl_core import registry
 from ssl_core.backbone_file import backbone_metadata, export_backbone
 from ssl_core.batches import data_source
-from ssl_core.checkpoint import (CHECKPOINT_VERSION, LAST_CHECKPOINT, check_resume_spec, load_checkpoint,
-                                 restore_rng, rng_state, save_checkpoint)
+from ssl_core.checkpoint import LAST_CHECKPOINT, restore_rng, resume_checkpoint, rng_state, save_checkpoint
 from ssl_core.data import load_dataset
 from ssl_core.errors import NonFiniteLossError, SpecError
 from ssl_core.evaluate import knn_accuracy
@@ -168,8 +168,8 @@ class KnnMonitor:
 class Trainer:
     """One pretraining run: its parts (built in ``__init__``) and where it stands (epoch, step)."""
 
-    def __init__(self, spec: PretrainSpec, out_dir: Path, sink: Sink):
-        self.spec, self.out_dir, self.sink = spec, out_dir, sink
+    def __init__(self, spec: PretrainSpec, out_dir: Path, sink: Sink, run_key: str | None = None):
+        self.spec, self.out_dir, self.sink, self.run_key = spec, out_dir, sink, run_key
         self.checkpoint_path = out_dir / LAST_CHECKPOINT
         seed_everything(spec.seed)
         self.device = resolve_device(spec.device)
@@ -269,10 +269,10 @@ class Trainer:
         self.sink.flush()
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/last.pt`` at the current position (never for a diverged model)."""
+        """Write ``checkpoints/last.safetensors`` at the current position (never for a diverged model)."""
         self.totals.check_finite()
         state = {
-            "version": CHECKPOINT_VERSION, "spec": self.spec.model_dump_json(),
+            "run_key": self.run_key, "torch_version": str(torch.__version__), "spec": self.spec.model_dump_json(),
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step, "sched_step": self.step,
@@ -280,7 +280,7 @@ class Trainer:
             "rng": rng_state(self.device, self.aug_gen),
         }
         path = save_checkpoint(self.checkpoint_path, state)
-        self.sink.artifact("last.pt", path, "checkpoint")
+        self.sink.artifact(path.name, path, "checkpoint")
         return path
 
     def stop(self) -> PretrainResult:
@@ -307,19 +307,19 @@ class Trainer:
 
 
 def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
-             should_stop: Callable[[], bool] | None = None, resume: bool = True) -> PretrainResult:
-    """Run (or continue, with ``resume``) the pretraining ``spec`` describes, writing into ``out_dir``."""
+             should_stop: Callable[[], bool] | None = None, resume: bool = True,
+             run_key: str | None = None) -> PretrainResult:
+    """Run (or continue, with ``resume``) the pretraining ``spec`` describes, writing into ``out_dir``.
+    ``run_key``: the job's identity, recorded in the checkpoint; only a checkpoint recording the same
+    key is resumed (another is set aside and the run starts fresh)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sink = sink or NullSink()
     should_stop = should_stop or sink.should_stop
 
-    checkpoint_path = out_dir / LAST_CHECKPOINT
-    ck = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
-    if ck is not None:
-        check_resume_spec(ck["spec"], spec)  # only the same run, checked before any data is loaded
-
-    trainer = Trainer(spec, out_dir, sink)
+    # only this run's checkpoint, its spec checked before any data is loaded
+    ck = resume_checkpoint(out_dir, spec, run_key) if resume else None
+    trainer = Trainer(spec, out_dir, sink, run_key)
     if ck is not None:
         trainer.restore(ck)
         del ck

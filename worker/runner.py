@@ -288,7 +288,7 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
     return RELEASED
 
 
-FINAL_OUTPUTS = [("backbone.safetensors", "backbone"), ("checkpoints/last.pt", "checkpoint"), ("result.json", "result")]
+FINAL_OUTPUTS = [("backbone.safetensors", "backbone"), ("checkpoints/last.safetensors", "checkpoint"), ("result.json", "result")]
 
 
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssl_core.data.budget import check_dataset_budget
 from ssl_core.data.dataset import SPLIT_SEED, Raw, subset_indices
 from ssl_core.data.settings import DataSettings, resolve_path
 from ssl_core.errors import DatasetError
@@ -126,9 +127,9 @@ def streaming_samples(
 ) -> list[tuple[str, int]] | None:
     """The (file, label) pairs to stream when an image folder is too big for memory, else None.
 
-    An image folder whose decoded uint8 tensor (every file of the split, C x S x S bytes each)
-    exceeds PRETEXTLAB_MAX_IN_MEMORY_BYTES is refused by ``load_dataset``; the trainer streams it
-    instead (DataLoader workers decode each batch, :class:`DecodedImages`). ``subset`` selects the
+    An image folder whose decoded uint8 tensor (the files kept after ``subset``, C x S x S bytes
+    each) exceeds PRETEXTLAB_MAX_IN_MEMORY_BYTES is refused by ``load_dataset``; the trainer streams
+    it instead (DataLoader workers decode each batch, :class:`DecodedImages`). ``subset`` selects the
     same files ``load_dataset`` would keep. Other datasets are never streamed: they need no
     decoding (STL-10's unlabeled split is a memory-mapped uint8 view that is sliced per batch).
     """
@@ -138,18 +139,25 @@ def streaming_samples(
         raise DatasetError("dataset image_folder: needs data.path (a folder inside the allowed data roots)")
     settings = settings or DataSettings.from_env()
     samples, _ = image_folder_files(resolve_path(path, settings), split)
+    keep = subset_indices(len(samples), subset, seed)
+    samples = samples if keep is None else [samples[i] for i in keep.tolist()]
     if len(samples) * channels * image_size * image_size <= settings.max_in_memory_bytes:
         return None
-    keep = subset_indices(len(samples), subset, seed)
-    return samples if keep is None else [samples[i] for i in keep.tolist()]
+    return samples
 
 
 def load_image_folder(settings: DataSettings, split: str, path: Path | None, size: int | None,
-                      channels: int | None) -> Raw:
+                      channels: int | None, subset: int | None = None, seed: int = 0) -> Raw:
+    """The folder's images decoded to (N, C, size, size): only the ``subset`` kept (the files are
+    listed, the subset drawn, the budget checked, then those files decoded)."""
     if path is None or size is None:
         raise DatasetError("dataset image_folder: needs data.path and data.image_size")
     channels = channels or DATASETS["image_folder"].channels
     samples, classes = image_folder_files(path, split)
+    keep = subset_indices(len(samples), subset, seed)
+    if keep is not None:
+        samples = [samples[i] for i in keep.tolist()]
+    check_dataset_budget(settings, "image_folder", split, len(samples), channels, size)
     need = len(samples) * channels * size * size
     limit = settings.max_in_memory_bytes
     if need > limit:

@@ -1,9 +1,14 @@
 """One entry point per task: :func:`load_dataset` (cached in-process) and :func:`prepare`.
 
-Decoded tensors are memoised on (data root, name, split, path, size, channels), so the
-trainer's kNN monitor and a following evaluation do not read files again. The settings do not
-select a cache entry beyond the data root: a changed memory limit, for instance, does not
-reload a set already decoded.
+Order of work, so memory follows the request and not the dataset: the budget is checked first
+(:mod:`ssl_core.data.budget`: N after ``subset`` x C x S x S bytes, before any file is read or
+decoded), then the subset is taken, and only then are channels converted and images resized.
+
+Decoded tensors are memoised on (data root, name, split, path, size, channels, subset, seed), so
+the trainer's kNN monitor and a following evaluation do not read files again; the cache holds at
+most :data:`CACHE_SIZE` entries and ``PRETEXTLAB_MAX_CACHE_BYTES`` bytes (least recently used
+dropped first; a larger set is returned but not kept). The settings do not select a cache entry
+beyond the data root: a changed memory limit, for instance, does not reload a set already decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.data.archives import archive_dir, load_cifar10, load_cifar100, load_stl10, torchvision_set
+from ssl_core.data.budget import SPLIT_SIZES, check_dataset_budget, kept
 from ssl_core.data.bundled import load_digits, load_synthetic
 from ssl_core.data.dataset import ImageTensorDataset, Raw, RawLoader, convert_channels, resize_images, subset_indices
 from ssl_core.data.fashion_mnist import load_fashion_mnist, prepare_fashion_mnist
@@ -38,9 +44,21 @@ _cache_lock = threading.Lock()  # local workers may load from several threads
 
 
 def _decode(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
-            channels: int | None) -> Raw:
-    """The loader's tensors, converted to ``channels`` and resized to ``size`` (None = native)."""
-    x, y, k = DATASET_LOADERS[name](settings, split, Path(path) if path else None, size, channels)
+            channels: int | None, subset: int | None, seed: int) -> Raw:
+    """The loader's tensors: budget checked, subset taken, then converted to ``channels`` and resized
+    to ``size`` (None = native)."""
+    if name == "image_folder":  # lists its files, checks the budget and decodes only the kept ones
+        return load_image_folder(settings, split, Path(path) if path else None, size, channels,
+                                 subset=subset, seed=seed)
+    info = DATASETS[name]
+    out_channels, out_size = channels or info.channels, size or int(info.image_size or 0)
+    check_dataset_budget(settings, name, split, kept(SPLIT_SIZES[name][split], subset), out_channels, out_size)
+    x, y, k = DATASET_LOADERS[name](settings, split, None, size, channels)
+    idx = subset_indices(int(x.shape[0]), subset, seed)
+    if idx is not None:
+        x = x[idx]  # STL-10's memory-mapped split: only these rows are read
+        y = y[idx] if y is not None else None
+    check_dataset_budget(settings, name, split, int(x.shape[0]), out_channels, out_size)  # files may differ
     if channels is not None:
         x = convert_channels(x, channels)
     if size is not None and size != x.shape[-1]:
@@ -48,19 +66,26 @@ def _decode(settings: DataSettings, name: str, split: str, path: str | None, siz
     return x, y, k
 
 
+def _nbytes(value: Raw) -> int:
+    x, y, _ = value
+    return x.nbytes + (y.nbytes if y is not None else 0)
+
+
 def _cached(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
-            channels: int | None) -> Raw:
-    """:func:`_decode`, memoised (least recently used of :data:`CACHE_SIZE` entries dropped first)."""
-    key = (str(settings.data_root), name, split, path, size, channels)
+            channels: int | None, subset: int | None, seed: int) -> Raw:
+    """:func:`_decode`, memoised (see the module docstring for the cache's bounds)."""
+    key = (str(settings.data_root), name, split, path, size, channels, subset, seed if subset is not None else None)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    value = _decode(settings, name, split, path, size, channels)
+    value = _decode(settings, name, split, path, size, channels, subset, seed)
+    if _nbytes(value) > settings.max_cache_bytes:
+        return value  # larger than the whole cache: used once, not kept
     with _cache_lock:
         _cache[key] = value
         _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
+        while len(_cache) > CACHE_SIZE or sum(_nbytes(v) for v in _cache.values()) > settings.max_cache_bytes:
             _cache.popitem(last=False)
     return value
 
@@ -73,8 +98,9 @@ def load_dataset(
 
     path: image_folder only (see :func:`~ssl_core.data.settings.resolve_path`); image_size: resize
     side (None = native); channels: 1 or 3 (None = native; 3 on a gray set repeats it); subset: a
-    seeded random subset of that many images (in their original order); settings: default read
-    from the environment, once, here.
+    seeded random subset of that many images (in their original order), taken before resizing;
+    settings: default read from the environment, once, here. DatasetError when the decoded set
+    would exceed PRETEXTLAB_MAX_DATASET_BYTES (checked before anything is decoded).
     """
     if name not in DATASET_LOADERS:
         raise DatasetError(f"unknown dataset {name!r} (one of {sorted(DATASET_LOADERS)})")
@@ -91,11 +117,7 @@ def load_dataset(
     size = image_size if (image_size != info.image_size or name == "image_folder") else None
     if channels == info.channels:
         channels = None
-    x, y, k = _cached(settings, name, split, resolved, size, channels)
-    idx = subset_indices(int(x.shape[0]), subset, seed)
-    if idx is not None:
-        x = x[idx]
-        y = y[idx] if y is not None else None
+    x, y, k = _cached(settings, name, split, resolved, size, channels, subset, seed)
     return ImageTensorDataset(images=x, labels=y, num_classes=k, name=name, split=split)
 
 

@@ -1,6 +1,6 @@
 """Where the data lives and what the loaders may do: the one place that reads the environment.
 
-:meth:`DataSettings.from_env` reads the six ``PRETEXTLAB_*`` variables below; every public
+:meth:`DataSettings.from_env` reads the ``PRETEXTLAB_*`` variables below; every public
 entry point of :mod:`ssl_core.data` takes a ``settings`` argument (default: read once, at the
 call) and hands it down, so nothing deeper reads the environment. ssl_core must not import
 ``api``, so these names are declared here as well as in the service's Settings; they agree.
@@ -10,7 +10,11 @@ call) and hands it down, so nothing deeper reads the environment. ssl_core must 
 * ``PRETEXTLAB_ALLOW_DOWNLOAD`` -- ``1``/``true``/``yes`` lets torchvision download missing sets;
 * ``PRETEXTLAB_FASHION_MNIST_SOURCE`` -- where the Fashion-MNIST .gz files are copied from
   (default: the Debian package's folder);
-* ``PRETEXTLAB_MAX_IN_MEMORY_BYTES`` -- the largest decoded image folder held in memory (default 8 GiB);
+* ``PRETEXTLAB_MAX_IN_MEMORY_BYTES`` -- the largest decoded image folder held in memory (default 8 GiB;
+  pretraining streams a larger one from disk);
+* ``PRETEXTLAB_MAX_DATASET_BYTES`` -- the largest decoded dataset a task may ask for, any dataset
+  (default 16 GiB; larger requests are refused before anything is decoded, see :mod:`ssl_core.data.budget`);
+* ``PRETEXTLAB_MAX_CACHE_BYTES`` -- the most bytes the in-process dataset cache keeps (default 8 GiB);
 * ``PRETEXTLAB_LOADER_WORKERS`` -- DataLoader decode workers when streaming (default: one per core but one).
 """
 
@@ -27,6 +31,9 @@ from ssl_core.specs import DEBIAN_FASHION_MNIST
 
 # image folders whose decoded tensor would exceed this stay on disk: use stream_image_folder()
 DEFAULT_MAX_IN_MEMORY_BYTES = 8 << 30
+# a decoded dataset above this is refused (all of stl10's 105k images at 224 px: 15.8 GB fits)
+DEFAULT_MAX_DATASET_BYTES = 16 << 30
+DEFAULT_MAX_CACHE_BYTES = 8 << 30  # decoded sets kept between tasks of a worker process
 _TRUE = ("1", "true", "yes")
 
 
@@ -50,6 +57,8 @@ class DataSettings:
     fashion_mnist_source: Path = DEBIAN_FASHION_MNIST
     max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY_BYTES
     loader_workers: int | None = None  # None = one per usable CPU core but one, at most 16
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "DataSettings":
@@ -64,6 +73,8 @@ class DataSettings:
             fashion_mnist_source=Path(env.get("PRETEXTLAB_FASHION_MNIST_SOURCE") or cls.fashion_mnist_source),
             max_in_memory_bytes=_int_var(env, "PRETEXTLAB_MAX_IN_MEMORY_BYTES", cls.max_in_memory_bytes),
             loader_workers=max(0, _int_var(env, "PRETEXTLAB_LOADER_WORKERS", 0)) if workers else None,
+            max_dataset_bytes=_int_var(env, "PRETEXTLAB_MAX_DATASET_BYTES", cls.max_dataset_bytes),
+            max_cache_bytes=_int_var(env, "PRETEXTLAB_MAX_CACHE_BYTES", cls.max_cache_bytes),
         )
 
     @property

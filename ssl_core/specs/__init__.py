@@ -20,8 +20,8 @@ from ssl_core.specs.augment import (
     PCAContrastOp, RandomAffineOp, RandomCropOp, RandomResizedCropOp, RotateOp, SharpenOp, SolarizeOp,
 )
 from ssl_core.specs.base import (
-    MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_PERMUTATIONS, MAX_QUEUE_ELEMENTS, MAX_QUEUE_SIZE, MAX_SUBSET,
-    Strict,
+    MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_FOLLOWUPS, MAX_IMAGE_SIZE, MAX_MILESTONES, MAX_PATH_LENGTH,
+    MAX_PERMUTATIONS, MAX_QUEUE_ELEMENTS, MAX_QUEUE_SIZE, MAX_SEED, MAX_SUBSET, Strict,
 )
 from ssl_core.specs.data import (
     DATASET_FOLDERS, DATASETS, DEBIAN_FASHION_MNIST, FASHION_FILES, DatasetInfo, DatasetName, DataSpec,
@@ -42,8 +42,9 @@ from ssl_core.specs.optim import OptimSpec
 from ssl_core.specs.recipes import default_augment, default_optim
 
 __all__ = [
-    "DATASETS", "DATASET_FOLDERS", "DEBIAN_FASHION_MNIST", "FASHION_FILES", "JOB_SPEC_ADAPTER", "MAX_BATCH_SIZE",
-    "MAX_EPOCHS", "MAX_IMAGE_SIZE", "MAX_PERMUTATIONS", "MAX_QUEUE_ELEMENTS", "MAX_QUEUE_SIZE", "MAX_SUBSET",
+    "DATASETS", "DATASET_FOLDERS", "DEBIAN_FASHION_MNIST", "FASHION_FILES", "JOB_SPEC_ADAPTER", "MAX_AUGMENT_OPS",
+    "MAX_BATCH_SIZE", "MAX_EPOCHS", "MAX_FOLLOWUPS", "MAX_IMAGE_SIZE", "MAX_MILESTONES", "MAX_PATH_LENGTH",
+    "MAX_PERMUTATIONS", "MAX_QUEUE_ELEMENTS", "MAX_QUEUE_SIZE", "MAX_SEED", "MAX_SUBSET",
     "METHOD_NAMES", "AugmentOp", "BackboneSpec", "ColorJitterOp", "DataSpec", "DatasetInfo", "DatasetName",
     "DetexturizeOp", "Device", "EdgeMapOp", "EvalDataSpec", "EvaluateSpec", "ExemplarSpec", "FinetuneProtocol",
     "GaussianBlurOp", "GrayscaleOp", "HSVPowerOp", "HorizontalFlipOp", "JigsawSpec", "JobSpec", "KnnProtocol",

@@ -9,24 +9,24 @@ torch) and the loaders in :mod:`ssl_core.data` read the same names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ssl_core.specs.base import MAX_IMAGE_SIZE, MAX_SUBSET, Strict, climbs_or_has_nul
+from ssl_core.specs.base import MAX_IMAGE_SIZE, MAX_PATH_LENGTH, MAX_SUBSET, Int, IntChoice, Real, Strict, climbs_or_has_nul
 
 
 class DatasetInfo(Strict):
     name: str
-    image_size: int | None  # native side in pixels; None = varies (resize required)
-    channels: int
-    num_classes: int | None
+    image_size: Int | None  # native side in pixels; None = varies (resize required)
+    channels: Int
+    num_classes: Int | None
     pretrain_split: str
     train_split: str  # labelled split used as the kNN bank / probe training set
     test_split: str
     splits: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[Real, ...]
+    std: tuple[Real, ...]
     description: str
 
 
@@ -100,13 +100,13 @@ class DataSpec(Strict):
     dataset: DatasetName = "fashion_mnist"
     split: str | None = Field(None, description="None = the dataset's pretraining split")
     path: str | None = Field(
-        None, description="image_folder only: a folder inside the allowed data roots (relative to the data root or absolute)"
+        None, max_length=MAX_PATH_LENGTH, description="image_folder only: a folder inside the allowed data roots (relative to the data root or absolute)"
     )
-    image_size: int | None = Field(
+    image_size: Int | None = Field(
         None, ge=4, le=MAX_IMAGE_SIZE, description="resize side in pixels; None = the dataset's native size"
     )
-    subset: int | None = Field(None, ge=1, le=MAX_SUBSET, description="use a seeded random subset of this many images")
-    channels: Literal[1, 3] | None = Field(None, description="None = the dataset's own; 3 on a grayscale set repeats it")
+    subset: Int | None = Field(None, ge=1, le=MAX_SUBSET, description="use a seeded random subset of this many images")
+    channels: Annotated[Literal[1, 3], IntChoice] | None = Field(None, description="None = the dataset's own; 3 on a grayscale set repeats it")
 
     @model_validator(mode="after")
     def _check(self) -> "DataSpec":

@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from ssl_core.specs.base import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_SUBSET, Strict, climbs_or_has_nul
+from ssl_core.specs.base import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_FOLLOWUPS, MAX_IMAGE_SIZE, MAX_PATH_LENGTH, MAX_SUBSET, Bool,
+                                 Int, Real, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DATASETS, DatasetName
 
 
@@ -15,28 +16,28 @@ class KnnProtocol(Strict):
     """Weighted kNN (Wu et al. 2018): cosine similarity, top-k, exp(s/t) votes."""
 
     protocol: Literal["knn"] = "knn"
-    k: int = Field(200, ge=1, le=10_000)
-    temperature: float = Field(0.1, gt=0.0, le=10.0)
+    k: Int = Field(200, ge=1, le=10_000)
+    temperature: Real = Field(0.1, gt=0.0, le=10.0)
 
 
 class LinearProtocol(Strict):
     """Linear probe on frozen features: SGD momentum 0.9, wd 0, cosine (solo-learn / lightly recipes)."""
 
     protocol: Literal["linear"] = "linear"
-    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
-    lr: float = Field(0.1, gt=0.0, le=100.0)
-    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    augment: bool = Field(False, description="crop + flip per epoch; False = features computed once")
+    epochs: Int = Field(100, ge=1, le=MAX_EPOCHS)
+    lr: Real = Field(0.1, gt=0.0, le=100.0)
+    batch_size: Int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    weight_decay: Real = Field(0.0, ge=0.0, le=1.0)
+    augment: Bool = Field(False, description="crop + flip per epoch; False = features computed once")
 
 
 class FinetuneProtocol(Strict):
     protocol: Literal["finetune"] = "finetune"
-    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
-    lr: float = Field(0.01, gt=0.0, le=100.0)
-    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
-    augment: bool = True
+    epochs: Int = Field(30, ge=1, le=MAX_EPOCHS)
+    lr: Real = Field(0.01, gt=0.0, le=100.0)
+    batch_size: Int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    weight_decay: Real = Field(5e-4, ge=0.0, le=1.0)
+    augment: Bool = True
 
 
 ProtocolSpec = Annotated[Union[KnnProtocol, LinearProtocol, FinetuneProtocol], Field(discriminator="protocol")]
@@ -46,12 +47,12 @@ class EvalDataSpec(Strict):
     """Labelled data for evaluation: a train split (kNN bank / probe training) and a test split."""
 
     dataset: DatasetName = "fashion_mnist"
-    path: str | None = None
+    path: str | None = Field(None, max_length=MAX_PATH_LENGTH)
     train_split: str | None = None
     test_split: str | None = None
-    train_subset: int | None = Field(None, ge=1, le=MAX_SUBSET)
-    test_subset: int | None = Field(None, ge=1, le=MAX_SUBSET)
-    image_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
+    train_subset: Int | None = Field(None, ge=1, le=MAX_SUBSET)
+    test_subset: Int | None = Field(None, ge=1, le=MAX_SUBSET)
+    image_size: Int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
 
     @model_validator(mode="after")
     def _check(self) -> "EvalDataSpec":
@@ -84,16 +85,17 @@ class EvalDataSpec(Strict):
 class MonitorSpec(Strict):
     """Online kNN monitor during pretraining."""
 
-    every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, description="0 = off")
-    train_subset: int = Field(5000, ge=10, le=MAX_SUBSET)
-    test_subset: int = Field(2000, ge=10, le=MAX_SUBSET)
-    k: int = Field(200, ge=1, le=10_000)
-    temperature: float = Field(0.1, gt=0.0, le=10.0)
+    every_epochs: Int = Field(0, ge=0, le=MAX_EPOCHS, description="0 = off")
+    train_subset: Int = Field(5000, ge=10, le=MAX_SUBSET)
+    test_subset: Int = Field(2000, ge=10, le=MAX_SUBSET)
+    k: Int = Field(200, ge=1, le=10_000)
+    temperature: Real = Field(0.1, gt=0.0, le=10.0)
 
 
 class PretrainEvalSpec(Strict):
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
     after: list[ProtocolSpec] = Field(
-        default_factory=list, description="evaluations queued as jobs when the pretraining succeeds"
+        default_factory=list, max_length=MAX_FOLLOWUPS,
+        description="evaluations queued as jobs when the pretraining succeeds"
     )
     data: EvalDataSpec | None = Field(None, description="None = the pretraining dataset's labelled splits")

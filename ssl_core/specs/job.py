@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, TypeAdapter, model_validator
 
 from ssl_core.specs.augment import AugmentOp
-from ssl_core.specs.base import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_QUEUE_ELEMENTS, Strict, climbs_or_has_nul
+from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_PATH_LENGTH, MAX_QUEUE_ELEMENTS, MAX_SEED,
+                                 Bool, Int, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DataSpec
 from ssl_core.specs.evaluation import EvalDataSpec, KnnProtocol, PretrainEvalSpec, ProtocolSpec
-from ssl_core.specs.method import MethodSpec, SimCLRSpec
+from ssl_core.specs.method import MethodSpec
 from ssl_core.specs.model import BackboneSpec
 from ssl_core.specs.optim import OptimSpec
 from ssl_core.specs.recipes import default_augment, default_optim
@@ -35,20 +36,20 @@ class ResourcesSpec(Strict):
 
 class PretrainSpec(Strict):
     kind: Literal["pretrain"] = "pretrain"
-    method: MethodSpec = Field(default_factory=SimCLRSpec)
+    method: MethodSpec = Field(description="required: which pretext task or contrastive method")
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
     data: DataSpec = Field(default_factory=DataSpec)
-    augment: list[AugmentOp] | None = Field(None, description="None = the method's paper pipeline")
+    augment: list[AugmentOp] | None = Field(None, max_length=MAX_AUGMENT_OPS, description="None = the method's paper pipeline")
     optim: OptimSpec | None = Field(None, description="None = the method's paper optimizer")
-    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(256, ge=2, le=MAX_BATCH_SIZE)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    epochs: Int = Field(100, ge=1, le=MAX_EPOCHS)
+    batch_size: Int = Field(256, ge=2, le=MAX_BATCH_SIZE)
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     precision: Precision = "auto"
-    channels_last: bool = True
-    compile: bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
-    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
-    log_every: int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
+    channels_last: Bool = True
+    compile: Bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
+    checkpoint_every: Int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
+    log_every: Int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
     resources: ResourcesSpec = ResourcesSpec()
 
@@ -128,16 +129,16 @@ class EvaluateSpec(Strict):
     """An evaluation job: a backbone (weights file, pretraining job, or a baseline) on labelled data."""
 
     kind: Literal["evaluate"] = "evaluate"
-    weights: str | None = Field(None, description="a backbone .safetensors file written by a pretraining")
-    source_job_id: int | None = Field(None, ge=1, description="the pretraining job whose backbone to evaluate")
+    weights: str | None = Field(None, max_length=MAX_PATH_LENGTH, description="a backbone .safetensors file written by a pretraining")
+    source_job_id: Int | None = Field(None, ge=1, description="the pretraining job whose backbone to evaluate")
     baseline: Literal["random_init", "raw_pixels"] | None = Field(
         None, description="evaluate a baseline instead of trained weights"
     )
     backbone: BackboneSpec | None = Field(None, description="random_init baseline: the backbone to build")
     protocol: ProtocolSpec = Field(default_factory=KnnProtocol)
     data: EvalDataSpec = Field(default_factory=EvalDataSpec)
-    batch_size: int = Field(512, ge=1, le=MAX_BATCH_SIZE, description="feature extraction batch")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    batch_size: Int = Field(512, ge=1, le=MAX_BATCH_SIZE, description="feature extraction batch")
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     precision: Precision = "auto"
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from ssl_core.specs.base import MAX_IMAGE_SIZE, MAX_PERMUTATIONS, MAX_QUEUE_SIZE, Strict
+from ssl_core.specs.base import (MAX_IMAGE_SIZE, MAX_PERMUTATIONS, MAX_QUEUE_SIZE, MAX_SEED, Bool, Int, IntChoice, Real,
+                                 Strict)
 
 if TYPE_CHECKING:
     from ssl_core.specs.job import PretrainSpec
@@ -23,8 +24,8 @@ class ExemplarSpec(Strict):
     """Exemplar-CNN (Dosovitskiy et al., NIPS 2014): N surrogate classes of heavily augmented seed images."""
 
     name: Literal["exemplar"] = "exemplar"
-    num_classes: int = Field(8000, ge=2, le=100_000, description="N: seed images = surrogate classes")
-    samples_per_class: int = Field(
+    num_classes: Int = Field(8000, ge=2, le=100_000, description="N: seed images = surrogate classes")
+    samples_per_class: Int = Field(
         100, ge=1, le=10_000,
         description="K: transformed samples per surrogate class in one epoch (an epoch is N*K samples; "
         "paper sweeps K 1-300, saturating near 100)",
@@ -32,8 +33,8 @@ class ExemplarSpec(Strict):
     seed_selection: Literal["gradient", "random"] = Field(
         "gradient", description="gradient: sample seeds in proportion to mean squared gradient magnitude (paper)"
     )
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    hidden_dim: int = Field(512, ge=8, le=8192, description="FC layer before the N-way softmax (paper: 128-1024)")
+    dropout: Real = Field(0.5, ge=0.0, lt=1.0)
+    hidden_dim: Int = Field(512, ge=8, le=8192, description="FC layer before the N-way softmax (paper: 128-1024)")
 
 
 class RelativePositionSpec(Strict):
@@ -44,14 +45,14 @@ class RelativePositionSpec(Strict):
     """
 
     name: Literal["relative_position"] = "relative_position"
-    patch_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE, description="None = (side - 2*gap - 2*jitter) // 3")
-    gap: int = Field(2, ge=0, le=128)
-    jitter: int = Field(1, ge=0, le=64)
+    patch_size: Int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE, description="None = (side - 2*gap - 2*jitter) // 3")
+    gap: Int = Field(2, ge=0, le=128)
+    jitter: Int = Field(1, ge=0, le=64)
     chromatic: Literal["drop", "gray", "none"] = Field(
         "drop", description="per-patch guard against chromatic aberration: drop 2 of 3 channels to noise, or grayscale"
     )
-    downsample_p: float = Field(0.0, ge=0.0, le=1.0, description="paper: some patches downsampled and upsampled back")
-    hidden_dim: int = Field(512, ge=8, le=8192, description="fc7/fc8 width (paper 4096)")
+    downsample_p: Real = Field(0.0, ge=0.0, le=1.0, description="paper: some patches downsampled and upsampled back")
+    hidden_dim: Int = Field(512, ge=8, le=8192, description="fc7/fc8 width (paper 4096)")
 
     def resolved_patch_size(self, image_size: int) -> int:
         return self.patch_size or (image_size - 2 * self.gap - 2 * self.jitter) // 3
@@ -64,13 +65,13 @@ class JigsawSpec(Strict):
     """
 
     name: Literal["jigsaw"] = "jigsaw"
-    num_permutations: int = Field(100, ge=2, le=MAX_PERMUTATIONS)
-    permutation_seed: int = Field(0, ge=0)
-    tile_size: int | None = Field(None, ge=3, le=MAX_IMAGE_SIZE, description="None = round(cell * 64/75)")
-    grayscale_p: float = Field(0.3, ge=0.0, le=1.0)
-    channel_jitter: int = Field(2, ge=0, le=8, description="per-channel shift in pixels (paper: 0-2 px)")
-    tile_dim: int = Field(256, ge=8, le=8192, description="fc6 per tile (paper 1024)")
-    hidden_dim: int = Field(512, ge=8, le=8192, description="fc7 (paper 4096)")
+    num_permutations: Int = Field(100, ge=2, le=MAX_PERMUTATIONS)
+    permutation_seed: Int = Field(0, ge=0, le=MAX_SEED)
+    tile_size: Int | None = Field(None, ge=3, le=MAX_IMAGE_SIZE, description="None = round(cell * 64/75)")
+    grayscale_p: Real = Field(0.3, ge=0.0, le=1.0)
+    channel_jitter: Int = Field(2, ge=0, le=8, description="per-channel shift in pixels (paper: 0-2 px)")
+    tile_dim: Int = Field(256, ge=8, le=8192, description="fc6 per tile (paper 1024)")
+    hidden_dim: Int = Field(512, ge=8, le=8192, description="fc7 (paper 4096)")
 
     def resolved_tile_size(self, image_size: int) -> int:
         cell = image_size // 3
@@ -81,27 +82,27 @@ class SimCLRSpec(Strict):
     """SimCLR (Chen et al., ICML 2020): NT-Xent over 2N views; the projection g is discarded after training."""
 
     name: Literal["simclr"] = "simclr"
-    temperature: float = Field(0.5, gt=0.0, le=10.0, description="paper CIFAR: 0.5")
-    projection_dim: int = Field(128, ge=2, le=8192)
-    projection_hidden_dim: int | None = Field(None, ge=2, le=16384, description="None = the backbone's feature dim")
+    temperature: Real = Field(0.5, gt=0.0, le=10.0, description="paper CIFAR: 0.5")
+    projection_dim: Int = Field(128, ge=2, le=8192)
+    projection_hidden_dim: Int | None = Field(None, ge=2, le=16384, description="None = the backbone's feature dim")
 
 
 class MoCoSpec(Strict):
     """MoCo v1 (He et al., CVPR 2020) and v2 (Chen et al., 2020)."""
 
     name: Literal["moco"] = "moco"
-    version: Literal[1, 2] = 2
-    queue_size: int = Field(65536, ge=1, le=MAX_QUEUE_SIZE, description="K")
-    momentum: float = Field(0.999, ge=0.0, le=1.0, description="m in theta_k <- m*theta_k + (1-m)*theta_q")
-    temperature: float | None = Field(None, gt=0.0, le=10.0, description="None = 0.07 (v1) / 0.2 (v2)")
-    mlp_head: bool | None = Field(None, description="None = linear for v1, 2-layer MLP for v2")
-    projection_dim: int = Field(128, ge=2, le=8192)
+    version: Annotated[Literal[1, 2], IntChoice] = 2
+    queue_size: Int = Field(65536, ge=1, le=MAX_QUEUE_SIZE, description="K")
+    momentum: Real = Field(0.999, ge=0.0, le=1.0, description="m in theta_k <- m*theta_k + (1-m)*theta_q")
+    temperature: Real | None = Field(None, gt=0.0, le=10.0, description="None = 0.07 (v1) / 0.2 (v2)")
+    mlp_head: Bool | None = Field(None, description="None = linear for v1, 2-layer MLP for v2")
+    projection_dim: Int = Field(128, ge=2, le=8192)
     shuffle_bn: Literal["auto", "split", "shuffle", "off"] = Field(
         "auto",
         description="auto: all-gather shuffle under multi-process training, split-batch BN on one device",
     )
-    bn_splits: int = Field(8, ge=1, le=256, description="sub-batches for single-device split BN")
-    symmetric: bool = Field(False, description="symmetric loss (MoCo CIFAR demo); papers use the asymmetric one")
+    bn_splits: Int = Field(8, ge=1, le=256, description="sub-batches for single-device split BN")
+    symmetric: Bool = Field(False, description="symmetric loss (MoCo CIFAR demo); papers use the asymmetric one")
 
     @model_validator(mode="after")
     def _resolve(self) -> "MoCoSpec":

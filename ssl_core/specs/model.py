@@ -6,15 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from ssl_core.specs.base import Strict
+from ssl_core.specs.base import Bool, Int, Strict
 
 
 class BackboneSpec(Strict):
     name: Literal["resnet18", "resnet34", "resnet50", "convnet"] = "resnet18"
-    cifar_stem: bool | None = Field(
+    cifar_stem: Bool | None = Field(
         None, description="3x3 stride-1 first conv, no max-pool; None = on for images of 64 px and less"
     )
-    width: int = Field(32, ge=4, le=512, description="convnet only: channels of the first block (doubles per block)")
+    width: Int = Field(32, ge=4, le=512, description="convnet only: channels of the first block (doubles per block)")
 
     def resolved_cifar_stem(self, image_size: int) -> bool:
         return self.cifar_stem if self.cifar_stem is not None else image_size <= 64

@@ -1,6 +1,6 @@
 """The artifact store interface, its errors, and the one rule for object keys.
 
-Keys are relative POSIX paths (``jobs/<id>/checkpoints/last.pt``). :func:`check_key` refuses any
+Keys are relative POSIX paths (``jobs/<id>/checkpoints/last.safetensors``). :func:`check_key` refuses any
 spelling that could leave the store's root or prefix -- ``..``, absolute paths, backslashes, empty or
 ``.`` components, control characters -- before a key reaches a filesystem path or an S3 request, so a
 key that escapes is refused the same way by both stores.

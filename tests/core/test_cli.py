@@ -55,7 +55,7 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     rc = train_main([str(EXAMPLES / "tiny" / "rotation.json"), "--out", str(out), "--set", "epochs=1"])
     assert rc == 0
-    assert (out / "backbone.safetensors").exists() and (out / "checkpoints" / "last.pt").exists()
+    assert (out / "backbone.safetensors").exists() and (out / "checkpoints" / "last.safetensors").exists()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(x["type"] == "metrics" and "train/loss" in x["values"] for x in lines)
     captured = capsys.readouterr()

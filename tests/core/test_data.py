@@ -234,7 +234,9 @@ def test_streaming_samples_only_over_the_limit_and_same_subset_as_in_memory(
     assert D.streaming_samples("image_folder", "all", **kw) is None  # 10 x 192 B fit the 8 GiB default
     assert D.streaming_samples("synthetic", "train", path=None, image_size=32, channels=3) is None
     in_memory = D.load_dataset("image_folder", "all", subset=6, seed=3, **kw)
-    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", str(10 * 3 * 8 * 8 - 1))  # one byte short
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", str(6 * 3 * 8 * 8))  # the subset decides, not the folder
+    assert D.streaming_samples("image_folder", "all", subset=6, seed=3, **kw) is None
+    monkeypatch.setenv("PRETEXTLAB_MAX_IN_MEMORY_BYTES", str(6 * 3 * 8 * 8 - 1))  # one byte short
     samples = D.streaming_samples("image_folder", "all", subset=6, seed=3, **kw)
     assert samples is not None and len(samples) == 6
     decoded = torch.stack([D.DecodedImages(samples, 8, 3)[i][0] for i in range(6)])
@@ -252,12 +254,15 @@ def test_data_settings_read_the_six_variables_and_their_defaults(tmp_path: Path)
     assert defaults.data_root == Path("data").absolute() and defaults.extra_roots == ()
     assert defaults.allow_download is False and defaults.fashion_mnist_source == DEBIAN
     assert defaults.max_in_memory_bytes == 8 << 30 and defaults.loader_workers is None
+    assert defaults.max_dataset_bytes == 16 << 30 and defaults.max_cache_bytes == 8 << 30
     env = {
         "PRETEXTLAB_DATA_ROOT": str(tmp_path / "d"), "PRETEXTLAB_ALLOWED_DATA_ROOTS": f"/a,{os.pathsep}/b ",
         "PRETEXTLAB_ALLOW_DOWNLOAD": "Yes", "PRETEXTLAB_FASHION_MNIST_SOURCE": "/src",
         "PRETEXTLAB_MAX_IN_MEMORY_BYTES": "123", "PRETEXTLAB_LOADER_WORKERS": "-2",
+        "PRETEXTLAB_MAX_DATASET_BYTES": "456", "PRETEXTLAB_MAX_CACHE_BYTES": "789",
     }
     s = D.DataSettings.from_env(env)
+    assert (s.max_dataset_bytes, s.max_cache_bytes) == (456, 789)
     assert s.allowed_roots == [tmp_path / "d", Path("/a"), Path("/b")]
     assert s.allow_download and s.fashion_mnist_source == Path("/src")
     assert s.max_in_memory_bytes == 123 and s.loader_workers == 0 and D.loader_workers(s) == 0
@@ -341,6 +346,66 @@ def test_bad_names_and_splits() -> None:
 
 
 def test_load_from_spec() -> None:
-    spec = specs.PretrainSpec(data={"dataset": "synthetic", "subset": 20, "image_size": 16})
+    spec = specs.PretrainSpec(method={"name": "rotation"}, data={"dataset": "synthetic", "subset": 20, "image_size": 16})
     ds = D.load_from_spec(spec.data, seed=0)
     assert ds.images.shape == (20, 3, 16, 16) and ds.split == "train"
+
+
+# ---------------------------------------------------------------------------
+# Memory bounds: the budget before any decoding, the subset before the resize, a cache bounded in bytes
+def test_a_request_over_the_budget_is_refused_before_anything_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl_core.data.load as load
+
+    def never(*a, **k):
+        raise AssertionError("the loader ran")
+
+    monkeypatch.setitem(load.DATASET_LOADERS, "synthetic", never)
+    settings = D.DataSettings.from_env()
+    tight = D.DataSettings(data_root=settings.data_root, max_dataset_bytes=100 * 3 * 64 * 64 - 1)
+    with pytest.raises(DatasetError) as err:
+        D.load_dataset("synthetic", "train", image_size=64, subset=100, settings=tight)
+    msg = str(err.value)
+    assert "data.image_size" in msg and "data.subset" in msg and "PRETEXTLAB_MAX_DATASET_BYTES" in msg
+    assert "100 images of 3 x 64 x 64 px need 1,228,800 bytes" in msg
+    monkeypatch.setenv("PRETEXTLAB_MAX_DATASET_BYTES", "1000")  # the environment's budget, for every set
+    with pytest.raises(DatasetError, match="PRETEXTLAB_MAX_DATASET_BYTES"):
+        D.load_dataset("digits", "train")
+
+
+def test_the_subset_is_taken_before_the_resize(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl_core.data.load as load
+
+    resized = []
+    real = load.resize_images
+    monkeypatch.setattr(load, "resize_images", lambda x, size: (resized.append(x.shape[0]), real(x, size))[1])
+    ds = D.load_dataset("synthetic", "train", image_size=48, subset=10, seed=4)
+    assert resized == [10] and ds.images.shape == (10, 3, 48, 48)
+    full = D.load_dataset("synthetic", "train", image_size=48)  # the same images as subsetting afterwards
+    idx = D.subset_indices(2000, 10, 4)
+    assert torch.equal(ds.images, full.images[idx])
+
+
+def test_stl10_at_512_px_with_a_small_subset_fits(monkeypatch: pytest.MonkeyPatch, data_env: Path) -> None:
+    """All of stl10's unlabeled split at 512 px would be 79 GB; ten images are 7.9 MB, and only they are read."""
+    import numpy as np
+
+    folder = data_env / "stl10_binary"
+    folder.mkdir()
+    n = 40  # a small stand-in for unlabeled_X.bin (same layout); the budget uses the real split's size
+    np.random.default_rng(0).integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tofile(folder / "unlabeled_X.bin")
+    ds = D.load_dataset("stl10", "unlabeled", image_size=512, subset=10)
+    assert ds.images.shape == (10, 3, 512, 512)
+    with pytest.raises(DatasetError, match=r"100000 images of 3 x 512 x 512 px need 73\.24 GiB"):
+        D.load_dataset("stl10", "unlabeled", image_size=512)
+
+
+def test_the_cache_is_bounded_in_bytes(data_env: Path) -> None:
+    import ssl_core.data.load as load
+
+    one = 20 * 3 * 32 * 32 + 20 * 8  # 20 synthetic images and their labels
+    settings = D.DataSettings(data_root=data_env, max_cache_bytes=2 * one)
+    for seed in range(3):
+        D.load_dataset("synthetic", "train", subset=20, seed=seed, settings=settings)
+    assert len(load._cache) == 2 and sum(load._nbytes(v) for v in load._cache.values()) == 2 * one
+    D.load_dataset("synthetic", "train", settings=settings)  # bigger than the whole cache: not kept
+    assert len(load._cache) == 2

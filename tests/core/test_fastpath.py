@@ -367,7 +367,7 @@ def test_fused_cuda_optimizer_matches_a_for_loop() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)).cuda()
     ref = copy.deepcopy(model)
-    spec = PretrainSpec.model_validate({"optim": OptimSpec(name="sgd", lr=0.1, weight_decay=1e-4)})
+    spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "optim": OptimSpec(name="sgd", lr=0.1, weight_decay=1e-4)})
     fused = build_optimizer(model, spec.optim)
     assert fused.defaults["fused"] is True
     loop = loop_optimizer(ref, spec)
@@ -398,12 +398,17 @@ def test_channels_last_and_compile_switches_reach_the_model(monkeypatch, tmp_pat
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     # the real Pipeline.compile is checked in tests/core/test_augment.py
     monkeypatch.setattr(A.Pipeline, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    import ssl_core.train as train_module
+
+    trained = []  # the first conv's weight as the model holds it when a checkpoint is written
+    save = train_module.Trainer.save_checkpoint
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", lambda self: (
+        trained.append(self.method.state_dict()["backbone.features.0.weight"]), save(self))[1])
     for channels_last, compile_ in ((True, True), (False, False)):
         spec = loop_spec(METHOD_CONFIGS["simclr"], log_every=10, channels_last=channels_last, compile=compile_)
         out = tmp_path / f"cl{channels_last}"
         pretrain(spec, out, resume=False)
-        state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
-        conv = state["backbone.features.0.weight"]  # (out, in, 3, 3): saved with the layout it trained in
+        conv = trained[-1]  # (out, in, 3, 3): the layout it trained in
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert conv.is_contiguous() != channels_last
     assert compiled == ["ConvNet", "Pipeline"]  # the backbone and the augmentation, once, and only when asked

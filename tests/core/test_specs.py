@@ -63,7 +63,50 @@ def refused(spec: dict, *needles: str) -> str:
     ],
 )
 def test_invalid_pretrain_specs_name_the_field(spec: dict, needles: tuple[str, ...]) -> None:
-    refused(spec, *needles)
+    refused({"method": {"name": "simclr"}, **spec}, *needles)
+
+
+ROTATION = {"method": {"name": "rotation"}}
+
+
+@pytest.mark.parametrize(
+    "spec,needles",
+    [
+        ({}, ("method", "Field required")),  # no silent ResNet-18 x 100 epochs of SimCLR
+        ({"epochs": 3}, ("method", "Field required")),
+        ({**ROTATION, "epochs": "3"}, ("epochs", "valid integer")),
+        ({**ROTATION, "epochs": True}, ("epochs", "valid integer")),
+        ({**ROTATION, "epochs": 3.0}, ("epochs", "valid integer")),
+        ({**ROTATION, "batch_size": "64"}, ("batch_size", "valid integer")),
+        ({**ROTATION, "data": {"subset": True}}, ("data.subset", "valid integer")),
+        ({**ROTATION, "data": {"channels": True}}, ("data.channels", "valid integer")),
+        ({"method": {"name": "moco", "version": True}}, ("method.moco.version", "valid integer")),
+        ({"method": {"name": "simclr", "temperature": "0.5"}}, ("method.simclr.temperature", "valid number")),
+        ({**ROTATION, "compile": "yes"}, ("compile", "valid boolean")),
+        ({**ROTATION, "channels_last": 1}, ("channels_last", "valid boolean")),
+        ({**ROTATION, "optim": {"lr": float("nan")}}, ("optim.lr", "must be finite")),
+        ({**ROTATION, "optim": {"lr": float("inf")}}, ("optim.lr", "must be finite")),
+        ({"method": {"name": "simclr", "temperature": float("-inf")}}, ("method.simclr.temperature", "must be finite")),
+        ({**ROTATION, "optim": {"betas": [0.9, float("nan")]}}, ("optim.betas.1", "must be finite")),
+        ({**ROTATION, "augment": [{"op": "horizontal_flip"}] * 10_001}, ("augment", "at most 64 items")),
+        ({**ROTATION, "eval": {"after": [{"protocol": "knn"}] * 17}}, ("eval.after", "at most 16 items")),
+        ({**ROTATION, "optim": {"schedule": "step", "milestones": [1.0] * 33}}, ("optim.milestones", "at most 32")),
+        ({"method": {"name": "jigsaw", "permutation_seed": 2**40}}, ("method.jigsaw.permutation_seed",)),
+        ({**ROTATION, "data": {"dataset": "image_folder", "path": "x" * 5000, "image_size": 32}}, ("data.path",)),
+    ],
+)
+def test_spec_types_and_sizes_are_exact(spec: dict, needles: tuple[str, ...]) -> None:
+    text = refused(spec, *needles)
+    assert text.count("\n  ") <= 3  # one error, not one per list item
+    if "must be finite" in needles:
+        assert "less than or equal" not in text  # NaN is not reported as out of range
+
+
+def test_exact_types_still_accept_what_a_spec_means() -> None:
+    spec = PretrainSpec.model_validate({**ROTATION, "optim": {"lr": 1, "betas": [0, 1]}, "compile": False,
+                                        "augment": [{"op": "horizontal_flip"}] * 64})
+    assert spec.optim.lr == 1.0 and isinstance(spec.optim.lr, float) and spec.optim.betas == (0.0, 1.0)
+    assert PretrainSpec.model_validate_json(spec.model_dump_json()) == spec  # a stored spec reads back
 
 
 @pytest.mark.parametrize(

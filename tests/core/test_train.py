@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from ssl_core.errors import NonFiniteLossError, PermanentError
 from ssl_core.specs import PretrainSpec
@@ -57,7 +58,7 @@ def stop_after(n: int):
 
 
 def model_state(out: Path) -> dict:
-    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    return load_checkpoint(out / "checkpoints" / "last.safetensors")["model"]
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -117,7 +118,10 @@ def test_resume_with_more_epochs_continues_global_steps(tmp_path):
 
 def test_checkpoint_round_trip_and_contents(tmp_path):
     r = pretrain(tiny_spec("moco_v2", epochs=1), tmp_path)
-    ck = torch.load(r.checkpoint_path, weights_only=True)  # loads without unpickling code
+    assert r.checkpoint_path.name == "last.safetensors"
+    with safe_open(str(r.checkpoint_path), framework="pt") as f:  # a safetensors file: no pickle inside
+        assert f.metadata()["format"] == "pretextlab-checkpoint"
+    ck = load_checkpoint(r.checkpoint_path)
     assert {"model", "optimizer", "scaler", "epoch", "step", "step_in_epoch", "rng", "spec"} <= ck.keys()
     assert {"torch", "cuda", "aug", "python", "numpy"} <= ck["rng"].keys()
     assert PretrainSpec.model_validate_json(ck["spec"]).method.name == "moco"
@@ -147,14 +151,14 @@ def test_nan_loss_raises_naming_the_step(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "build_method", build)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2\b"):
         pretrain(tiny_spec("simclr", log_every=100), tmp_path)  # found at the end-of-epoch read
-    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # a diverged model is never saved
+    assert not (tmp_path / "checkpoints" / "last.safetensors").exists()  # a diverged model is never saved
 
 
 def test_should_stop_from_sink_and_metrics(tmp_path):
     sink = ListSink(stop_after=2)
     r = pretrain(tiny_spec("simclr"), tmp_path, sink=sink)
     assert not r.completed and r.step == 2 and r.checkpoint_path.exists()
-    assert ("last.pt", r.checkpoint_path, "checkpoint") in sink.artifacts
+    assert ("last.safetensors", r.checkpoint_path, "checkpoint") in sink.artifacts
     names = set().union(*(v.keys() for _, v, _ in sink.rows))
     assert {"train/loss", "train/lr", "train/images_per_sec", "train/pretext_acc"} <= names
     assert [s for s, _, _ in sink.rows] == [1, 2]

@@ -47,7 +47,7 @@ def test_job_over_http_then_sigterm_hands_back_to_another_worker(make_cluster, p
         assert m, m
         arts = http.get(f"/v1/jobs/{jid}/artifacts").json()
         names = {a["name"] for a in (arts["items"] if isinstance(arts, dict) else arts)}
-        assert {"backbone.safetensors", "checkpoints/last.pt"} <= names
+        assert {"backbone.safetensors", "checkpoints/last.safetensors"} <= names
         r = http.get(f"/v1/jobs/{jid}/artifacts/backbone.safetensors")
         assert r.status_code == 200 and len(r.content) > 100
     assert metric_steps(c.sessions, jid) == list(range(1, STEPS_PER_EPOCH + 1))

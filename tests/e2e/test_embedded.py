@@ -42,7 +42,7 @@ def test_embedded_serve_runs_cancels_and_hands_back(make_cluster, sqlite_url):
         assert r.status_code == 202 and r.json()["status"] == "cancelling", r.text
     c.wait_status(long, "cancelled", timeout=60)
     assert runs(c.sessions, long)[-1].outcome == "cancelled"
-    assert (c.tmp / "artifacts" / "jobs" / str(long) / "checkpoints" / "last.pt").is_file()
+    assert (c.tmp / "artifacts" / "jobs" / str(long) / "checkpoints" / "last.safetensors").is_file()
 
     # SIGTERM the server mid-job: the job is handed back, the process exits, a restart finishes it
     jid3 = c.submit(tiny_pretrain(epochs=6))

@@ -59,7 +59,7 @@ def test_tiny_job_succeeds_with_metrics_progress_artifacts(store):
     assert j.progress["total_steps"] == 2 * STEPS_PER_EPOCH
     assert metric_steps(store.sessions, jid) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     arts = artifacts(store.sessions, jid)
-    assert arts["backbone.safetensors"] == "backbone" and arts["checkpoints/last.pt"] == "checkpoint"
+    assert arts["backbone.safetensors"] == "backbone" and arts["checkpoints/last.safetensors"] == "checkpoint"
     assert (store.settings.job_dir(jid) / "backbone.safetensors").is_file()
     assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "succeeded")]
     assert events(store.sessions, jid)[-1] == ("running", "succeeded", "w")
@@ -72,7 +72,7 @@ def test_handback_then_resume_continues_steps_without_duplicates(sqlite_store):
     assert out == RELEASED
     j = job(st.sessions, jid)
     assert (j.status, j.owner, j.attempt) == ("queued", None, 1)
-    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    assert (st.settings.job_dir(jid) / "checkpoints" / "last.safetensors").is_file()
     first = metric_steps(st.sessions, jid)
     assert first and max(first) < 3 * STEPS_PER_EPOCH
     assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
@@ -92,7 +92,7 @@ def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store):
     assert result["out"] == CANCELLED
     j = job(st.sessions, jid)
     assert j.status == "cancelled" and j.result is None
-    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    assert (st.settings.job_dir(jid) / "checkpoints" / "last.safetensors").is_file()
     assert max(metric_steps(st.sessions, jid)) < 50 * STEPS_PER_EPOCH
     assert [e[:2] for e in events(st.sessions, jid)][-2:] == [("running", "cancelling"), ("cancelling", "cancelled")]
     assert runs(st.sessions, jid)[-1].outcome == "cancelled"

@@ -38,7 +38,7 @@ def test_a_job_stores_its_checkpoint_and_backbone_as_objects(sqlite_store, s3_se
     stored = objects(s3_server, s3_bucket, jid)
     with st.sessions() as s:
         registered = {a.name: a.size for a in s.scalars(select(Artifact).where(Artifact.job_id == jid))}
-    assert {"backbone.safetensors", "checkpoints/last.pt"} <= set(stored)
+    assert {"backbone.safetensors", "checkpoints/last.safetensors"} <= set(stored)
     for name, size in registered.items():  # every registered file is an object of the same size
         assert stored[name] == size, name
     # an evaluation on another host, with an empty scratch folder, reads the backbone from the store
@@ -63,7 +63,7 @@ def test_an_unreachable_store_sends_the_job_back_with_its_checkpoint_kept(sqlite
 
         def stop_after_first_checkpoint() -> None:  # the store goes away mid-run
             deadline = time.monotonic() + 60
-            while "checkpoints/last.pt" not in objects(server, bucket, jid) and time.monotonic() < deadline:
+            while "checkpoints/last.safetensors" not in objects(server, bucket, jid) and time.monotonic() < deadline:
                 time.sleep(0.02)
             server.stop()
 
@@ -75,7 +75,7 @@ def test_an_unreachable_store_sends_the_job_back_with_its_checkpoint_kept(sqlite
         j = job(st.sessions, jid)
         assert j.status == "queued" and j.dispatched_at is not None  # re-sent later, by the reconciler
         assert [r.outcome for r in runs(st.sessions, jid)] == ["released"]
-        local = tmp_path / "host" / "jobs" / str(jid) / "checkpoints" / "last.pt"
+        local = tmp_path / "host" / "jobs" / str(jid) / "checkpoints" / "last.safetensors"
         assert local.is_file()  # the stop checkpoint, kept on this worker's disk
         steps_before = metric_steps(st.sessions, jid)
         assert STEPS_PER_EPOCH <= len(steps_before) < 6 * STEPS_PER_EPOCH
@@ -86,7 +86,7 @@ def test_an_unreachable_store_sends_the_job_back_with_its_checkpoint_kept(sqlite
         assert run_job(jid, worker_id="w1", settings=settings, session_factory=st.sessions) == SUCCEEDED
         assert metric_steps(st.sessions, jid) == list(range(1, 6 * STEPS_PER_EPOCH + 1))
         assert job(st.sessions, jid).result["step"] == 6 * STEPS_PER_EPOCH
-        assert {"backbone.safetensors", "checkpoints/last.pt"} <= set(objects(server, bucket, jid))
+        assert {"backbone.safetensors", "checkpoints/last.safetensors"} <= set(objects(server, bucket, jid))
     finally:
         server.stop()
 

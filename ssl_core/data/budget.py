@@ -1,0 +1,51 @@
+"""The memory budget of a dataset request, checked before anything is decoded or resized.
+
+A decoded set is ``N x C x S x S`` uint8 bytes (N images after ``subset``, C channels, S the side
+after resizing). :func:`check_dataset_budget` refuses a request above
+``PRETEXTLAB_MAX_DATASET_BYTES`` (:class:`~ssl_core.data.settings.DataSettings`) with a
+DatasetError naming ``data.image_size`` / ``data.subset`` and the computed size, so one small
+spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes are
+known (:data:`SPLIT_SIZES`), so the check runs before their files are read; an image folder's is
+the number of its files, counted before any is decoded.
+"""
+
+from __future__ import annotations
+
+from ssl_core.data.bundled import SYNTHETIC_SIZES
+from ssl_core.data.settings import DataSettings
+from ssl_core.errors import DatasetError
+
+# images per split of the built-in sets (digits: the seeded 80/20 split of 1797)
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "fashion_mnist": {"train": 60_000, "test": 10_000},
+    "digits": {"train": 1438, "test": 359},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "stl10": {"unlabeled": 100_000, "train": 5000, "test": 8000, "train+unlabeled": 105_000},
+    "synthetic": SYNTHETIC_SIZES,  # the same dict: a benchmark that resizes the set is budgeted right
+}
+
+
+def kept(n: int, subset: int | None) -> int:
+    """Images left of ``n`` after ``subset``."""
+    return n if subset is None else min(n, subset)
+
+
+def decoded_bytes(n: int, channels: int, size: int) -> int:
+    return n * channels * size * size
+
+
+def check_dataset_budget(settings: DataSettings, name: str, split: str, n: int, channels: int, size: int) -> int:
+    """The decoded bytes of ``n`` images of ``channels`` x ``size`` x ``size``; DatasetError above the budget."""
+    need = decoded_bytes(n, channels, size)
+    limit = settings.max_dataset_bytes
+    if need > limit:
+        raise DatasetError(
+            f"dataset {name} ({split}): {n} images of {channels} x {size} x {size} px need {_gib(need)} decoded, "
+            f"more than this worker's budget PRETEXTLAB_MAX_DATASET_BYTES ({_gib(limit)}); lower data.image_size "
+            "or data.subset (or, for an evaluation, data.train_subset / data.test_subset / data.image_size)")
+    return need
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**24 else f"{n:,} bytes"
