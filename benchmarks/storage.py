@@ -60,13 +60,13 @@ def throughput(store: ArtifactStore, src: Path, work: Path, repeats: int) -> dic
 
 def checkpoint_overhead(store: ArtifactStore, job_dir: Path, size_mb: int, repeats: int) -> float:
     """Median seconds the worker spends storing one checkpoint of ``size_mb`` after writing it."""
-    ck = job_dir / "checkpoints" / "last.pt"
+    ck = job_dir / "checkpoints" / "last.safetensors"
     ck.parent.mkdir(parents=True, exist_ok=True)
     publish = Publisher(store, 1, job_dir)
     times = []
     for _ in range(repeats):
         ck.write_bytes(os.urandom(size_mb * MB))  # the trainer's write, not timed: both stores do it
-        times.append(timed(lambda: publish("checkpoints/last.pt", ck, "checkpoint")))
+        times.append(timed(lambda: publish("checkpoints/last.safetensors", ck, "checkpoint")))
     return statistics.median(times)
 
 

@@ -46,7 +46,7 @@ def test_kill9_resumes_from_the_object_checkpoint_on_another_host(make_cluster, 
             return s.scalar(select(Artifact.id).where(Artifact.job_id == jid, Artifact.kind == "checkpoint")) is not None
 
     wait_for(checkpoint_registered, 90, "a first checkpoint", on_timeout=c.logs)
-    assert "checkpoints/last.pt" in stored(s3_server, s3_bucket, jid)  # registered = stored first
+    assert "checkpoints/last.safetensors" in stored(s3_server, s3_bucket, jid)  # registered = stored first
     victim = runs(c.sessions, jid)[0].worker.split("@")[0]
     survivor = "h2" if victim == "h1" else "h1"
     with c.sessions() as s:
@@ -62,7 +62,7 @@ def test_kill9_resumes_from_the_object_checkpoint_on_another_host(make_cluster, 
         after = dict(s.execute(select(Metric.step, Metric.created_at)
                                .where(Metric.job_id == jid, Metric.name == "train/loss")).all())
     assert all(after[st] == before[st] for st in range(1, STEPS_PER_EPOCH + 1))  # not recomputed
-    assert {"backbone.safetensors", "checkpoints/last.pt"} <= stored(s3_server, s3_bucket, jid)
+    assert {"backbone.safetensors", "checkpoints/last.safetensors"} <= stored(s3_server, s3_bucket, jid)
     with c.client() as http:
         r = http.get(f"/v1/jobs/{jid}/artifacts/backbone.safetensors")
         assert r.status_code == 307 and r.headers["location"].startswith(s3_server.endpoint)
