@@ -77,7 +77,7 @@ def secured(make_settings: Callable[..., Settings], settings: Settings) -> TestC
 def test_nothing_without_a_token_then_login_then_csrf(make_settings: Callable[..., Settings],
                                                       settings: Settings) -> None:
     with secured(make_settings, settings) as c:
-        job = c.post("/v1/jobs", json={"name": "hidden"}, headers={"Authorization": "Bearer tok-a"}).json()["id"]
+        job = c.post("/v1/jobs", json={"name": "hidden", "spec": {"method": {"name": "rotation"}}}, headers={"Authorization": "Bearer tok-a"}).json()["id"]
         for path in ("/ui/", f"/ui/jobs/{job}", "/ui/compare?ids=1", "/ui/leaderboard", "/ui/workers"):
             r = c.get(path, follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next=")
