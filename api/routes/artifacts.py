@@ -13,15 +13,15 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
 from api.schemas import ERROR_RESPONSES, ArtifactList, ArtifactOut
-from api.security import require_token, resolve_artifact
+from api.security import PrincipalDep, require_token, resolve_artifact
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(require_token)],
                    responses=ERROR_RESPONSES)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="Files registered by a job")
-def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
-    job_or_404(session, job_id)
+def list_artifacts(job_id: JobId, session: SessionDep, who: PrincipalDep) -> ArtifactList:
+    job_or_404(session, job_id, who)
     items = [
         ArtifactOut(name=a.name, kind=a.kind, size=a.size, created_at=as_utc(a.created_at),
                     updated_at=as_utc(a.updated_at), url=f"/v1/jobs/{job_id}/artifacts/{quote(a.name)}")
@@ -33,12 +33,13 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
 @router.get("/{job_id}/artifacts/{name:path}", summary="Download one artifact (streamed)",
             response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}})
-def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: SettingsDep,
+                      who: PrincipalDep) -> FileResponse:
     try:
         name = check_artifact_name(name)
     except UnsafePath as exc:
         raise ApiError(400, "unsafe_artifact_name", str(exc), {"name": name[:300]}) from None
-    job_or_404(session, job_id)
+    job_or_404(session, job_id, who)
     if get_artifact(session, job_id, name) is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact named {name!r}",
                        {"job_id": job_id, "name": name})

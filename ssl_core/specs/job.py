@@ -26,6 +26,9 @@ from ssl_core.specs.recipes import default_augment, default_optim
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# Run time of a job over all its attempts; past it the worker checkpoints and fails the job. The
+# deployment may set a lower ceiling (PRETEXTLAB_MAX_RUNTIME_S).
+MaxRuntime = Annotated[int | None, Field(None, ge=1, le=366 * 86400, description="seconds; None = no limit")]
 
 
 class PretrainSpec(Strict):
@@ -44,6 +47,7 @@ class PretrainSpec(Strict):
     compile: bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     log_every: int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
+    max_runtime_s: MaxRuntime = None
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
 
     @model_validator(mode="after")
@@ -134,6 +138,7 @@ class EvaluateSpec(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Device = "auto"
     precision: Precision = "auto"
+    max_runtime_s: MaxRuntime = None
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateSpec":
