@@ -62,6 +62,9 @@ class SqlSink:
         self._wake = threading.Event()  # flush()/artifact()/close() ask the writer to write now
         self._last_beat = time.monotonic()
         self._step_delay = float(step_delay)
+        # max_runtime: set by the runner once the spec is read (worker.limits); monotonic seconds
+        self.runtime_limit_s: int | None = None
+        self.deadline: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"sink-job-{lease.job_id}", daemon=True)
 
     # -- Sink protocol -------------------------------------------------------------------------
@@ -122,11 +125,13 @@ class SqlSink:
 
     # -- worker side ---------------------------------------------------------------------------
     def stop_reason(self) -> str | None:
-        """'lost' | 'cancel' | 'shutdown' | None, in that order of precedence."""
+        """'lost' | 'cancel' | 'max_runtime' | 'shutdown' | None, in that order of precedence."""
         if self.lease.lost:
             return "lost"
         if self.lease.cancel_requested:
             return "cancel"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "max_runtime"
         if self.stop_event.is_set():
             return "shutdown"
         return None
