@@ -2,8 +2,10 @@
 artifact rows of jobs finished long ago (the retention period).
 
 Only finished jobs (succeeded, failed, cancelled) are ever touched: a running job's rows are
-guarded by its lease and a queued job has nothing to prune. Files are the caller's business
-(``worker.retention``): rows go first, so a folder without a row is an orphan any sweep may remove.
+guarded by its lease and a queued job has nothing to prune. Rows go first, folders after
+(:func:`remove_job_folder`), so a folder without a row is an orphan any sweep may remove:
+:func:`prune` is that sweep (the reconciler, the ``pretextlab.prune`` beat, ``pretextlab db prune``).
+One artifact root belongs to one database: a folder whose id has no row there is removed.
 """
 
 from __future__ import annotations
