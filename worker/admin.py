@@ -24,7 +24,7 @@ def add_parsers(sub: Any, db_sub: Any) -> None:
     t_sub.add_parser("list", help="names, admin flag, created and revoked dates (never the tokens)")
     revoke = t_sub.add_parser("revoke", help="refuse a token from now on")
     revoke.add_argument("name")
-    prune_p = db_sub.add_parser("prune", help="retention: metrics/artifacts of old finished jobs, orphaned folders")
+    prune_p = db_sub.add_parser("prune", help="retention: metrics/artifacts of old finished jobs, deleted jobs' folders")
     prune_p.add_argument("--days", type=float, help="override PRETEXTLAB_RETENTION_DAYS for this run")
 
 
@@ -60,5 +60,5 @@ def prune_main(args: argparse.Namespace, settings: Settings) -> int:
     report = prune(sessions_for(settings.database_url), settings.artifact_root, days)
     print(f"pruned the rows of {len(report['jobs_pruned'])} job(s) ({report['metrics_deleted']} metrics, "
           f"{report['artifacts_deleted']} artifacts); removed {len(report['folders_removed'])} folder(s)"
-          + ("" if days is not None else " (no retention period: orphaned folders only)"))
+          + ("" if days is not None else " (no retention period: deleted jobs' folders only)"))
     return 0

@@ -84,7 +84,7 @@ def make_app(settings: Settings | None = None) -> Celery:
                 "schedule": float(settings.reconcile_seconds),
                 "options": {"queue": CONTROL_QUEUE, "expires": float(settings.reconcile_seconds)},
             },
-            "prune": {  # retention and orphaned job folders (api.db.retention.prune)
+            "prune": {  # retention and deleted jobs' folders (api.db.retention.prune)
                 "task": "pretextlab.prune",
                 "schedule": float(settings.prune_seconds),
                 "options": {"queue": CONTROL_QUEUE, "expires": float(settings.prune_seconds)},

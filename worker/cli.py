@@ -3,7 +3,7 @@
     pretextlab serve                 API + embedded local worker + reconciler (SQLite by default)
     pretextlab worker                a Celery worker (needs PRETEXTLAB_BROKER_URL)
     pretextlab db upgrade            apply Alembic migrations (and create the app role, see api.db.roles)
-    pretextlab db prune              retention: old finished jobs' metrics/artifacts, orphaned folders
+    pretextlab db prune              retention: old finished jobs' metrics/artifacts, deleted jobs' folders
     pretextlab token create|list|revoke   named API tokens, stored hashed
     pretextlab data prepare NAME     put a dataset where the loaders read it (offline where possible)
     pretextlab train SPEC.json ...   a pretraining run, locally, no server

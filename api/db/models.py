@@ -161,3 +161,14 @@ class ApiToken(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobTombstone(Base):
+    """A deleted job whose folder may still exist (the API that deleted it may not write there):
+    the retention sweep removes the folder, then this row. Only folders named here or belonging to
+    expired jobs are ever removed -- never a folder merely because no row names it."""
+
+    __tablename__ = "job_tombstones"
+
+    job_id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

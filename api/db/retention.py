@@ -1,11 +1,11 @@
-"""Removing what a deployment no longer wants to keep: a finished job whole, or the metrics and
-artifact rows of jobs finished long ago (the retention period).
+"""Removing what a deployment no longer wants to keep: a finished job whole (``DELETE``), or the
+metrics, artifact rows and folders of jobs finished long ago (the retention period).
 
 Only finished jobs (succeeded, failed, cancelled) are ever touched: a running job's rows are
-guarded by its lease and a queued job has nothing to prune. Rows go first, folders after
-(:func:`remove_job_folder`), so a folder without a row is an orphan any sweep may remove:
-:func:`prune` is that sweep (the reconciler, the ``pretextlab.prune`` beat, ``pretextlab db prune``).
-One artifact root belongs to one database: a folder whose id has no row there is removed.
+guarded by its lease and a queued job has nothing to prune. A folder is removed only when SQL
+names it -- a deleted job's tombstone, or a job past retention -- never because no row mentions
+it: a fresh database pointed at a kept artifact root must not wipe that root. :func:`prune` is the
+sweep (the reconciler loop, the ``pretextlab.prune`` beat, ``pretextlab db prune``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import secrets
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any
 
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.clock import utcnow
-from api.db.models import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobRun, Metric
+from api.db.models import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobRun, JobTombstone, Metric
 
 log = logging.getLogger("pretextlab.retention")
 
@@ -34,7 +34,8 @@ def active_dependents(session: Session, job_id: int) -> list[int]:
 
 
 def delete_job(session: Session, job_id: int) -> bool:
-    """Delete a finished job and every row that belongs to it (metrics, artifacts, events, runs).
+    """Delete a finished job and every row that belongs to it (metrics, artifacts, events, runs),
+    leaving a tombstone until its folder is gone (:func:`forget_tombstone`).
 
     Evaluations that measured it keep their rows and results; their ``source_job_id`` and
     ``parent_job_id`` become NULL (the foreign keys say SET NULL, done here for SQLite too).
@@ -48,40 +49,38 @@ def delete_job(session: Session, job_id: int) -> bool:
     for column in (Job.source_job_id, Job.parent_job_id):
         session.execute(update(Job).where(column == job_id).values({column.key: None})
                         .execution_options(synchronize_session=False))
+    session.add(JobTombstone(job_id=job_id, deleted_at=utcnow()))
+    session.flush()
     return True
 
 
-class Pruned(NamedTuple):
-    jobs: list[int]
-    metrics: int
-    artifacts: int
+def forget_tombstone(session: Session, job_id: int) -> None:
+    """The deleted job's folder is gone: nothing left to sweep for it."""
+    session.execute(delete(JobTombstone).where(JobTombstone.job_id == job_id)
+                    .execution_options(synchronize_session=False))
 
 
-def prune_finished_before(session: Session, cutoff: datetime, batch: int = 500) -> Pruned:
-    """Delete the metric and artifact rows of up to ``batch`` jobs that finished before ``cutoff``
-    (the job row, its events, runs and result stay: the record that it ran). Does not commit."""
+def tombstones(session: Session, limit: int = 1000) -> list[int]:
+    return list(session.scalars(select(JobTombstone.job_id).order_by(JobTombstone.job_id).limit(limit)))
+
+
+def expired_jobs(session: Session, cutoff: datetime, batch: int = 500) -> list[int]:
+    """Finished before ``cutoff`` and still holding metric or artifact rows (not yet pruned)."""
     has_rows = or_(exists().where(Metric.job_id == Job.id), exists().where(Artifact.job_id == Job.id))
-    ids = list(session.scalars(select(Job.id).where(Job.status.in_(FINAL_STATUSES), Job.finished_at < cutoff,
-                                                    has_rows).order_by(Job.id).limit(batch)))
-    if not ids:
-        return Pruned([], 0, 0)
-    m = session.execute(delete(Metric).where(Metric.job_id.in_(ids)).execution_options(synchronize_session=False))
-    a = session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)).execution_options(synchronize_session=False))
-    return Pruned(ids, m.rowcount or 0, a.rowcount or 0)
+    return list(session.scalars(select(Job.id).where(Job.status.in_(FINAL_STATUSES), Job.finished_at < cutoff,
+                                                     has_rows).order_by(Job.id).limit(batch)))
 
 
-def folders_to_remove(session: Session, folder_ids: Iterable[int], cutoff: datetime | None) -> list[int]:
-    """Of the job ids that have a folder, those whose folder may go: no job row (a deleted job, or
-    a database reset under kept storage), or finished before ``cutoff`` (None: no retention)."""
-    ids = sorted(set(folder_ids))
-    remove: list[int] = []
-    for k in range(0, len(ids), 1000):
-        chunk = ids[k:k + 1000]
-        rows = dict(session.execute(select(Job.id, Job.finished_at).where(
-            Job.id.in_(chunk), or_(Job.status.in_(ACTIVE_STATUSES), Job.finished_at.is_(None),
-                                   Job.finished_at >= cutoff) if cutoff is not None else Job.id.in_(chunk))).all())
-        remove += [i for i in chunk if i not in rows]
-    return remove
+def drop_job_data(session: Session, job_ids: list[int]) -> tuple[int, int]:
+    """Delete the metric and artifact rows of finished ``job_ids`` (the job row, events, runs and
+    result stay: the record that it ran); returns (metrics, artifacts) deleted. Does not commit."""
+    if not job_ids:
+        return 0, 0
+    finished = select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(FINAL_STATUSES))
+    m = session.execute(delete(Metric).where(Metric.job_id.in_(finished)).execution_options(synchronize_session=False))
+    a = session.execute(delete(Artifact).where(Artifact.job_id.in_(finished))
+                        .execution_options(synchronize_session=False))
+    return m.rowcount or 0, a.rowcount or 0
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -102,38 +101,35 @@ def remove_job_folder(jobs_root: Path, job_id: int) -> bool:
     return True
 
 
-def _folder_ids(jobs_root: Path) -> list[int]:
-    try:
-        names = os.listdir(jobs_root)
-    except FileNotFoundError:
-        return []
-    return [int(n) for n in names if n.isdigit()]
-
-
 def prune(sessions: sessionmaker[Session], artifact_root: Path, retention_days: float | None,
           now: datetime | None = None) -> dict[str, Any]:
-    """One retention pass: metric/artifact rows of jobs finished more than ``retention_days`` ago
-    (none when it is None), then every job folder without a row or past retention, and leftovers
-    of interrupted removals. Returns counts."""
-    now = now or utcnow()
-    cutoff = now - timedelta(days=retention_days) if retention_days is not None else None
+    """One sweep: the folders of deleted jobs (tombstones), then, with a retention period, the
+    folders and metric/artifact rows of jobs finished more than ``retention_days`` ago (folder
+    first: rows are dropped only for jobs whose folder is gone, so a failure is retried). Returns
+    what was done."""
     jobs_root = Path(artifact_root).resolve() / "jobs"
+    with sessions() as s:
+        dead = tombstones(s)
+    removed = [i for i in dead if remove_job_folder(jobs_root, i)]
+    with sessions() as s, s.begin():
+        for i in removed:
+            forget_tombstone(s, i)
     pruned: list[int] = []
     metrics = artifacts = 0
+    cutoff = (now or utcnow()) - timedelta(days=retention_days) if retention_days is not None else None
     while cutoff is not None:
+        with sessions() as s:
+            batch = [i for i in expired_jobs(s, cutoff) if i not in pruned]
+        gone = [i for i in batch if remove_job_folder(jobs_root, i)]
         with sessions() as s, s.begin():
-            batch = prune_finished_before(s, cutoff)
-        pruned += batch.jobs
-        metrics, artifacts = metrics + batch.metrics, artifacts + batch.artifacts
-        if not batch.jobs:
+            m, a = drop_job_data(s, gone)
+        pruned, metrics, artifacts = pruned + gone, metrics + m, artifacts + a
+        if len(gone) < len(batch) or not batch:  # some folder could not go: next sweep
             break
-    with sessions() as s:
-        doomed = folders_to_remove(s, _folder_ids(jobs_root), cutoff)
-    removed = [i for i in doomed if remove_job_folder(jobs_root, i)]
     for leftover in jobs_root.glob(".deleting-*") if jobs_root.is_dir() else []:
-        shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(leftover, ignore_errors=True)  # our own renamed-aside folders, interrupted
     if pruned or removed:
-        log.info("retention: pruned rows of %d job(s) (%d metrics, %d artifacts), removed %d folder(s)",
-                 len(pruned), metrics, artifacts, len(removed))
+        log.info("retention: removed %d deleted job folder(s); pruned %d job(s) (%d metrics, %d artifacts)",
+                 len(removed), len(pruned), metrics, artifacts)
     return {"jobs_pruned": pruned, "metrics_deleted": metrics, "artifacts_deleted": artifacts,
-            "folders_removed": removed}
+            "folders_removed": removed + pruned}

@@ -1,13 +1,14 @@
 """DELETE /v1/jobs/{id}: remove a finished job -- its rows (job, events, runs, metrics, artifacts)
 and its artifact folder. Active jobs answer 409; so does a pretraining whose evaluations are
 still queued or running (they need its backbone). Finished evaluations of it keep their results
-and lose the link (``source_job_id`` becomes null)."""
+and lose the link (``source_job_id`` becomes null). A folder this process cannot remove is left to
+the retention sweep (``api.db.retention``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from api.db.retention import active_dependents, delete_job, remove_job_folder
+from api.db.retention import active_dependents, delete_job, forget_tombstone, remove_job_folder
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
@@ -32,7 +33,9 @@ def delete_finished_job(job_id: JobId, session: SessionDep, settings: SettingsDe
         session.rollback()
         raise ApiError(409, "conflict", f"job {job_id} changed while deleting; retry", {"job_id": job_id})
     session.commit()
-    # Rows first: a folder without a row is an orphan the retention sweep removes, so a read-only
-    # artifact mount here (the compose API) only delays the files until the next sweep.
-    remove_job_folder(settings.job_dir(job_id).parent, job_id)
+    # Rows first, with a tombstone naming the folder: where this process may not write the
+    # artifact root (the compose API mounts it read-only) the retention sweep removes it later.
+    if remove_job_folder(settings.job_dir(job_id).parent, job_id):
+        forget_tombstone(session, job_id)
+        session.commit()
     return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""Owners and named tokens: jobs.created_by, jobs.followups, the api_tokens table.
+"""Owners and named tokens: jobs.created_by, jobs.followups, the api_tokens and job_tombstones tables.
 
 Revision ID: 0002_owners_tokens
 Revises: 0001_initial
@@ -7,6 +7,7 @@ Create Date: 2026-11-30
 ``created_by`` is the name of the token that submitted a job (``owner`` stays the worker holding
 its lease); ``followups`` is how many evaluations the job queues when it succeeds (``eval.after``),
 so the active-job caps can count them before they exist. Tokens are stored as SHA-256 hashes.
+A tombstone names a deleted job whose folder the retention sweep still has to remove.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("revoked_at", TS, nullable=True),
     )
+    op.create_table(
+        "job_tombstones",
+        sa.Column("job_id", Id, primary_key=True, autoincrement=False),
+        sa.Column("deleted_at", TS, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("job_tombstones")
     op.drop_table("api_tokens")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_created_by_status")

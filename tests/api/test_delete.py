@@ -12,7 +12,7 @@ from api.db.artifacts import register_artifact
 from api.db.jobs import transition
 from api.db.leases import claim, end_run
 from api.db.metrics import write_metrics
-from api.db.models import Artifact, Job, JobEvent, JobRun, Metric
+from api.db.models import Artifact, Job, JobEvent, JobRun, JobTombstone, Metric
 import api.db.retention as retention
 from api_helpers import PRETRAIN, submit
 
@@ -45,6 +45,8 @@ def test_delete_removes_rows_and_files(client, settings, db):
     assert _rows(db, jid) == {"Job": 0, "JobEvent": 0, "JobRun": 0, "Metric": 0, "Artifact": 0}
     assert not settings.job_dir(jid).exists()
     assert not any(settings.job_dir(jid).parent.iterdir())  # no trash left behind
+    with db() as s:
+        assert s.get(JobTombstone, jid) is None  # the folder went at once: nothing for the sweep
     assert client.get(f"/v1/jobs/{jid}").status_code == 404
     assert client.delete(f"/v1/jobs/{jid}").status_code == 404
 
@@ -84,5 +86,10 @@ def test_a_folder_the_api_cannot_remove_is_swept_later(client, settings, db, mon
     assert client.delete(f"/v1/jobs/{jid}").status_code == 204
     monkeypatch.undo()
     assert _rows(db, jid)["Job"] == 0 and settings.job_dir(jid).exists()
+    with db() as s:
+        assert s.get(JobTombstone, jid) is not None
     report = retention.prune(db, settings.artifact_root, None)  # the reconciler's sweep
     assert report["folders_removed"] == [jid] and not settings.job_dir(jid).exists()
+    with db() as s:
+        assert s.get(JobTombstone, jid) is None
+    assert retention.prune(db, settings.artifact_root, None)["folders_removed"] == []

@@ -98,9 +98,10 @@ def test_retention_prunes_only_old_finished_jobs(store):
     active = _finished_with_data(store, None)  # queued, created long ago does not matter
     with store.sessions() as s, s.begin():
         s.execute(update(Job).where(Job.id == active).values(created_at=utcnow() - timedelta(days=400)))
-    orphan = store.settings.job_dir(99_999)
-    orphan.mkdir(parents=True)
-    (orphan / "last.pt").write_bytes(b"x")
+    # A folder no row names (another database's job, a reset database) is never the sweep's to remove.
+    stranger = store.settings.job_dir(99_999)
+    stranger.mkdir(parents=True)
+    (stranger / "last.pt").write_bytes(b"x")
 
     report = prune(store.sessions, store.settings.artifact_root, 30)
     assert sorted(report["jobs_pruned"]) == sorted([old, old_failed, old_cancelled])
@@ -109,10 +110,22 @@ def test_retention_prunes_only_old_finished_jobs(store):
         assert _counts(store, jid) == (0, 0, False)
         assert job(store.sessions, jid) is not None  # the record that it ran stays
     assert _counts(store, recent) == (5, 1, True) and _counts(store, active) == (5, 1, True)
-    assert not orphan.exists() and 99_999 in report["folders_removed"]
+    assert stranger.exists()
     # idempotent: nothing left to do
     again = prune(store.sessions, store.settings.artifact_root, 30)
     assert again["jobs_pruned"] == [] and again["folders_removed"] == []
-    # no retention period: only orphans go
+    # no retention period: nothing of a live job goes
     assert prune(store.sessions, store.settings.artifact_root, None)["jobs_pruned"] == []
     assert _counts(store, recent) == (5, 1, True)
+
+
+def test_a_folder_that_cannot_go_keeps_its_rows_for_the_next_sweep(store, monkeypatch):
+    import api.db.retention as retention
+
+    old = _finished_with_data(store, 40)
+    monkeypatch.setattr(retention.os, "rename", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    assert prune(store.sessions, store.settings.artifact_root, 30)["jobs_pruned"] == []
+    assert _counts(store, old) == (5, 1, True)
+    monkeypatch.undo()
+    assert prune(store.sessions, store.settings.artifact_root, 30)["jobs_pruned"] == [old]
+    assert _counts(store, old) == (0, 0, False)
