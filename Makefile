@@ -6,6 +6,9 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# `make run` is a single-user server on loopback: no token. AUTH=on (with `pretextlab token create`
+# or PRETEXTLAB_API_TOKENS) for anything else; AUTH=off beyond loopback is refused.
+AUTH   ?= off
 PYTEST_ARGS ?=
 
 .PHONY: run test install migrate data clean-venv
@@ -27,7 +30,7 @@ data: $(STAMP)
 	$(VENV)/bin/pretextlab data prepare fashion_mnist
 
 run: migrate data
-	$(VENV)/bin/pretextlab serve --host $(HOST) --port $(PORT)
+	PRETEXTLAB_AUTH=$(AUTH) $(VENV)/bin/pretextlab serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

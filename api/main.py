@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from api import errors
 from api.db.session import check_schema_current, make_engine, session_factory
-from api.routes import artifacts, catalog, docs, events, health, jobs, metrics, results, ui, workers
+from api.db.tokens import live_token_count
+from api.routes import artifacts, catalog, deletion, docs, events, health, jobs, metrics, results, ui, workers
 from api.routes.events import close_streams  # noqa: F401 - serve ends open streams at shutdown
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
@@ -26,8 +27,22 @@ DESCRIPTION = """Self-supervised pretraining as a service: submit pretraining (R
 relative position, Jigsaw, SimCLR, MoCo) and evaluation (kNN, linear probe, fine-tune) jobs, follow
 their metrics, download checkpoints and backbones, compare results.
 
-Errors are always `{"error": {"code", "message", "details"}}`. When `PRETEXTLAB_API_TOKENS` is set,
-every `/v1` call needs `Authorization: Bearer <token>`."""
+Errors are always `{"error": {"code", "message", "details"}}`. Every `/v1` call needs
+`Authorization: Bearer <token>` (a named token or one of `PRETEXTLAB_API_TOKENS`) unless the
+server runs with `PRETEXTLAB_AUTH=off` on loopback. Non-admin tokens see their own jobs only."""
+
+
+class AuthRefused(RuntimeError):
+    """The settings would expose the API without (sound) authentication: it does not start."""
+
+
+def check_auth(settings: Settings, sessions) -> None:  # noqa: ANN001 - a sessionmaker
+    """Raise :class:`AuthRefused` unless ``settings.auth_refusal`` accepts them."""
+    with sessions() as s:
+        named = live_token_count(s)
+    refusal = settings.auth_refusal(named)
+    if refusal is not None:
+        raise AuthRefused(f"pretextlab: refusing to start: {refusal}")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         try:
             check_schema_current(engine)  # SchemaOutOfDate: refuse to start
+            check_auth(settings, session_factory(engine))  # AuthRefused: no open API
         except BaseException:
             engine.dispose()
             raise
@@ -52,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # docs: offline copies
     app.state.settings = settings
     errors.install(app)
-    for module in (health, jobs, metrics, artifacts, catalog, results, events, workers):
+    for module in (health, jobs, deletion, metrics, artifacts, catalog, results, events, workers):
         app.include_router(module.router)
     ui.install(app)
     docs.install(app)

@@ -106,6 +106,7 @@ class JobOut(BaseModel):
     attempt: int
     max_attempts: int
     owner: str | None
+    created_by: str | None = Field(None, description="the name of the token that submitted it")
     cancel_requested: bool
     progress: Progress | None
     result: dict[str, Any] | None
@@ -130,7 +131,7 @@ class JobOut(BaseModel):
             id=job.id, kind=job.kind, status=job.status, name=job.name, tags=list(job.tags or []),
             priority=job.priority, spec=job.spec, method=job.method, dataset=job.dataset, protocol=job.protocol,
             queue=job.queue, source_job_id=job.source_job_id, parent_job_id=job.parent_job_id,
-            attempt=job.attempt, max_attempts=job.max_attempts, owner=job.owner,
+            attempt=job.attempt, max_attempts=job.max_attempts, owner=job.owner, created_by=job.created_by,
             cancel_requested=bool(job.cancel_requested),
             progress=Progress(**job.progress) if isinstance(job.progress, dict) else None,
             result=job.result, error=job.error, top1=job.top1, top5=job.top5, artifacts=artifacts,

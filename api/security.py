@@ -1,7 +1,11 @@
 """Who gets in and what a request may touch: bearer tokens, the body-size limit, safe paths.
 
-- Tokens (``PRETEXTLAB_API_TOKENS``) are compared with :func:`hmac.compare_digest` against every
-  configured token (no early exit on the first match, so timing says nothing) and never logged.
+- :func:`authenticate` turns a bearer token into a :class:`Principal` (name, admin). Environment
+  tokens (``PRETEXTLAB_API_TOKENS``, admins named env-1, env-2, ...) are compared with
+  :func:`hmac.compare_digest` against every one (no early exit, so timing says nothing); named
+  tokens (``pretextlab token create``) are found by their SHA-256. Tokens are never logged.
+- With ``PRETEXTLAB_AUTH=off`` (allowed on a loopback bind only) every request is the admin
+  ``local``, and a request that reached the server over a non-loopback address is refused anyway.
 - The body limit is a pure ASGI middleware that counts bytes as they arrive, so a chunked body
   without ``Content-Length`` is cut off at the limit too.
 - Artifact names (checked by ``api.db.artifacts.check_artifact_name``) and weights paths are
@@ -12,41 +16,61 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from sqlalchemy.orm import Session
+
 from api.db.artifacts import CONTROL_CHARS, UnsafePath, check_artifact_name
 from api.ui import session as ui_session
+from api.db.tokens import find_token
+from api.settings import Settings
 from ssl_core.paths import PathOutsideRoots, resolve_inside
 
 
 # -- authentication ---------------------------------------------------------------------------
-bearer_scheme = HTTPBearer(auto_error=False, description="PRETEXTLAB_API_TOKENS: `Authorization: Bearer <token>`")
+bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`: a named token "
+                           "(`pretextlab token create`) or one of PRETEXTLAB_API_TOKENS")
+LOCAL = "local"  # the principal of every request when PRETEXTLAB_AUTH=off
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request: a token's name (jobs record it as ``created_by``) and whether it is an
+    admin (admins see and act on every job; others on their own only)."""
+
+    name: str
+    admin: bool
 
 
 def token_matches(given: str, tokens: list[str]) -> bool:
     """Constant-time comparison against every configured token."""
+    return env_token_index(given, tokens) is not None
+
+
+def env_token_index(given: str, tokens: list[str]) -> int | None:
+    """The position of ``given`` among ``tokens`` (compared with every one), or None."""
     given_b = given.encode("utf-8", "surrogateescape")
-    ok = False
-    for token in tokens:
-        ok |= hmac.compare_digest(given_b, token.encode("utf-8"))
-    return ok
-
-
-def verify_token(settings: Any, token: str) -> str | None:
-    """The identity a presented token stands for (None: unknown). The dashboard's login calls
-    this one function; today an identity is the token's position in PRETEXTLAB_API_TOKENS."""
-    tokens = settings.token_list()
-    given_b = token.encode("utf-8", "surrogateescape")
     found = None
-    for i, candidate in enumerate(tokens):  # every token compared: timing says nothing
-        if hmac.compare_digest(given_b, candidate.encode("utf-8")):
-            found = f"token-{i + 1}"
+    for i, token in enumerate(tokens):
+        if hmac.compare_digest(given_b, token.encode("utf-8")) and found is None:
+            found = i
     return found
+
+
+def authenticate(token: str, settings: Settings, session: Session) -> Principal | None:
+    """The principal a bearer token stands for, or None if it is unknown or revoked."""
+    i = env_token_index(token, settings.token_list())
+    if i is not None:
+        return Principal(f"env-{i + 1}", admin=True)
+    row = find_token(session, token)
+    return Principal(row.name, admin=bool(row.admin)) if row is not None else None
 
 
 def unauthorized(message: str) -> HTTPException:
@@ -54,17 +78,28 @@ def unauthorized(message: str) -> HTTPException:
                          headers={"WWW-Authenticate": 'Bearer realm="pretextlab"'})
 
 
-async def require_token(
+def _reached_over_network(request: Request) -> bool:
+    server = request.scope.get("server") or ("",)
+    try:
+        return not ipaddress.ip_address(str(server[0])).is_loopback
+    except ValueError:  # a unix socket, or a test client's made-up name
+        return False
+
+
+def require_token(
     request: Request,
     _doc: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
-) -> None:
-    """Dependency on every /v1 router: a no-op unless tokens are configured.
+) -> Principal:
+    """Dependency on every /v1 router: the request's :class:`Principal`.
 
     ``_doc`` only makes the OpenAPI document show the bearer scheme; the header is parsed here so
     that a missing header (401), a malformed one (401) and an unknown token (403) differ."""
-    tokens = request.app.state.settings.token_list()
-    if not tokens:
-        return
+    settings: Settings = request.app.state.settings
+    if not settings.auth_enabled:
+        if _reached_over_network(request):
+            raise HTTPException(403, detail={"code": "forbidden", "message": "authentication is off "
+                                             "(PRETEXTLAB_AUTH=off): this server answers loopback connections only"})
+        return Principal(LOCAL, admin=True)
     header = request.headers.get("authorization")
     if not header and request.cookies.get(ui_session.COOKIE):  # the dashboard's session cookie
         session = ui_session.current(request)
@@ -72,15 +107,21 @@ async def require_token(
             raise HTTPException(403, detail={"code": "csrf_failed", "message":
                                              f"missing or wrong {ui_session.CSRF_HEADER} header"})
         if session is not None:
-            return
+            return Principal(session.identity, session.admin)
     if not header:
         raise unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
     scheme, _, value = header.partition(" ")
     value = value.strip()
     if scheme.lower() != "bearer" or not value or " " in value:
         raise unauthorized("malformed Authorization header: expected `Bearer <token>`")
-    if not token_matches(value, tokens):
+    with request.app.state.sessionmaker() as session:
+        principal = authenticate(value, settings, session)
+    if principal is None:
         raise HTTPException(403, detail={"code": "forbidden", "message": "unknown API token"})
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_token)]
 
 
 # -- body size limit --------------------------------------------------------------------------

@@ -7,10 +7,12 @@ engine agree on them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,11 +38,17 @@ class Settings(BaseSettings):
     allowed_data_roots: str = Field("", description="extra data roots, os.pathsep- or comma-separated")
     fashion_mnist_source: Path | None = Field(None, description="Fashion-MNIST .gz files; unset = the Debian package's")
     # SecretStr: its repr and str are '**********', so a logged Settings object leaks nothing.
-    api_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; unset = no auth")
+    api_tokens: SecretStr | None = Field(None, description="comma-separated admin bearer tokens (>= 32 chars each)")
+    auth: Literal["on", "off"] = Field("on", description="off: no tokens at all, refused unless HOST is loopback")
     host: str = Field("127.0.0.1", description="bind address of `pretextlab serve` (loopback by default)")
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request bodies larger than this get 413")
     max_active_jobs: int = Field(10_000, ge=1, description="queued + running + cancelling jobs allowed at once")
+    max_active_jobs_per_owner: int = Field(1_000, ge=1, description="the same, per token (follow-ups included)")
+    max_runtime_s: int | None = Field(None, ge=1, description="ceiling on a job's run time (s); unset = none")
+    retention_days: float | None = Field(None, gt=0, description="prune metrics/artifacts of jobs finished earlier")
+    prune_seconds: float = Field(600.0, gt=0, description="period of the retention sweep (and deleted jobs' folders)")
+    db_app_password: SecretStr | None = Field(None, description="`db upgrade` creates role pretextlab_app with it")
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="worker losses before a job fails (every new job's limit)")
@@ -54,9 +62,12 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO")
     # Seconds a worker sleeps at each step boundary: the fault-injection tests hold a job open long
     # enough to kill its worker (kill -9 mid-job, SIGTERM). 0 in every real deployment.
+    session_secret: SecretStr | None = Field(None, description="key signing the dashboard's session cookie; "
+                                             "set it when several API processes serve /ui/ (unset: per process)")
     test_step_delay: float = Field(0.0, ge=0, description="test knob: seconds slept per training step")
 
     @field_validator("broker_url", "fashion_mnist_source", "artifact_url", "s3_endpoint_url", "s3_public_endpoint_url",
+                     "max_runtime_s", "retention_days", "db_app_password", "session_secret",
                      mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
@@ -96,7 +107,30 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.token_list())
+        return self.auth == "on"
+
+    def auth_refusal(self, named_tokens: int) -> str | None:
+        """Why the API must not start with these settings (None: it may). ``named_tokens`` is the
+        number of live tokens in the api_tokens table (``pretextlab token create``)."""
+        raw = self.api_tokens.get_secret_value() if self.api_tokens is not None else ""
+        entries = [t.strip() for t in raw.split(",")] if raw.strip() else []
+        if any(not t for t in entries):
+            return ("PRETEXTLAB_API_TOKENS holds an empty entry (e.g. ',' or 'a,,b'): list the tokens "
+                    "separated by single commas")
+        short = [i + 1 for i, t in enumerate(entries) if len(t) < MIN_TOKEN_CHARS]
+        if short:
+            return (f"PRETEXTLAB_API_TOKENS: token(s) {short} are shorter than {MIN_TOKEN_CHARS} characters; "
+                    "make one with `python3 -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
+        if self.auth == "off":
+            if entries or not is_loopback(str(self.host)):
+                where = "tokens are set" if entries else f"PRETEXTLAB_HOST is {self.host!r}, not a loopback address"
+                return (f"PRETEXTLAB_AUTH=off is refused: {where}. Authentication may be off only for a "
+                        "server bound to 127.0.0.1/::1 (PRETEXTLAB_HOST)")
+            return None
+        if not entries and named_tokens == 0:
+            return ("no API token: create one with `pretextlab token create NAME --admin`, or set "
+                    "PRETEXTLAB_API_TOKENS, or PRETEXTLAB_AUTH=off for a loopback-only single-user server")
+        return None
 
     @property
     def embedded(self) -> bool:
@@ -114,6 +148,22 @@ class Settings(BaseSettings):
     def job_dir(self, job_id: int) -> Path:
         """ARTIFACT_ROOT/jobs/<id>: the one folder a job writes to and the API serves from."""
         return Path(self.artifact_root).resolve() / "jobs" / str(int(job_id))
+
+
+MIN_TOKEN_CHARS = 32
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or a loopback name. Anything else -- 0.0.0.0, ::, an interface address, a
+    hostname that resolves who knows where, an empty host (all interfaces) -- is reachable from outside."""
+    h = (host or "").strip().strip("[]")
+    if h.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

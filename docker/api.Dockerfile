@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PRETEXTLAB_ARTIFACT_ROOT=/var/lib/pretextlab/artifacts \
-    PRETEXTLAB_DATA_ROOT=/var/lib/pretextlab/data
+    PRETEXTLAB_DATA_ROOT=/var/lib/pretextlab/data \
+    PRETEXTLAB_HOST=0.0.0.0
 
 # Same uid/gid as the worker image, so both can write the shared artifacts and datasets volumes.
 # The mount points exist (owned by that user) so a fresh named volume inherits the ownership.
@@ -41,5 +42,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-# 0.0.0.0 inside the container only; docker-compose.yml requires PRETEXTLAB_API_TOKENS.
+# 0.0.0.0 inside the container only, declared as PRETEXTLAB_HOST above: the API refuses to start
+# without a token of >= 32 characters, and refuses PRETEXTLAB_AUTH=off on this non-loopback bind.
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

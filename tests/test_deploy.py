@@ -49,6 +49,8 @@ DUMMY_ENV = {
     "POSTGRES_PASSWORD": "test-password",
     "MINIO_ROOT_PASSWORD": "test-minio-password",
     "PRETEXTLAB_S3_PUBLIC_ENDPOINT_URL": "http://gpu-host.example:9000",
+    "PRETEXTLAB_DB_APP_PASSWORD": "test-app-password",
+    "REDIS_PASSWORD": "test-redis-password",
     "PRETEXTLAB_DATABASE_URL": "postgresql+psycopg://pretextlab:pw@10.0.0.1:5432/pretextlab",
     "PRETEXTLAB_BROKER_URL": "redis://10.0.0.1:6379/0",
     "PRETEXTLAB_ARTIFACT_URL": "s3://pretextlab/artifacts",
@@ -58,7 +60,7 @@ DUMMY_ENV = {
 BOTO3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 # ssl_core reads these two straight from the environment (it must not import api).
 SSL_CORE_ENV = {"PRETEXTLAB_DATA_ROOT", "PRETEXTLAB_ALLOWED_DATA_ROOTS"}
-THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
+THIRD_PARTY_ENV = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}, "redis": {"REDISCLI_AUTH"},
                    "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
 
 
@@ -674,8 +676,13 @@ def test_the_settings_accept_each_service_environment(monkeypatch, services, ser
     for k, v in env_of(services[service]).items():
         monkeypatch.setenv(k, v)
     s = Settings()
-    assert s.database_url == "postgresql+psycopg://pretextlab:test-password@postgres:5432/pretextlab"
-    assert s.broker_url == "redis://redis:6379/0"  # Celery mode, not the embedded worker
+    if service == "migrate":  # the superuser migrates and makes the app role ...
+        assert s.database_url == "postgresql+psycopg://pretextlab:test-password@postgres:5432/pretextlab"
+        assert s.db_app_password.get_secret_value() == "test-app-password"
+    else:  # ... which everything else connects as
+        assert s.database_url == "postgresql+psycopg://pretextlab_app:test-app-password@postgres:5432/pretextlab"
+        assert s.db_app_password is None
+    assert s.broker_url == "redis://:test-redis-password@redis:6379/0"  # Celery mode, with the password
     if service == "api":
         assert s.token_list() == ["test-token"] and s.auth_enabled
 
@@ -688,3 +695,69 @@ def test_env_example_documents_every_variable_and_nothing_else():
     assert documented - used == set(), f".env.example names variables no compose file reads: {sorted(documented - used)}"
     # The settings it names are real settings.
     assert {v for v in documented if v.startswith("PRETEXTLAB_")} <= settings_env_names()
+
+
+# -- the closed network (docs/security.md) -----------------------------------------------------------
+def test_redis_is_patched_and_needs_a_password(services, tmp_path):
+    redis = services["redis"]
+    version = tuple(int(x) for x in redis["image"].split(":")[1].split("-")[0].split("."))
+    assert version >= (7, 4, 6), "Redis < 7.4.6 has a Lua remote-code-execution bug (CVE-2025-49844)"
+    cmd = argv(redis["command"])
+    assert cmd[cmd.index("--requirepass") + 1] == DUMMY_ENV["REDIS_PASSWORD"]
+    assert env_of(redis)["REDISCLI_AUTH"] == DUMMY_ENV["REDIS_PASSWORD"]  # the healthcheck authenticates
+    for name, svc in services.items():
+        broker = env_of(svc).get("PRETEXTLAB_BROKER_URL")
+        if broker is not None:
+            assert broker == f"redis://:{DUMMY_ENV['REDIS_PASSWORD']}@redis:6379/0", name
+    for missing in ("REDIS_PASSWORD", "PRETEXTLAB_DB_APP_PASSWORD"):
+        res = run_compose(tmp_path, COMPOSE, {k: v for k, v in DUMMY_ENV.items() if k != missing})
+        assert res.returncode != 0 and missing in res.stderr, missing
+
+
+def test_only_migrate_connects_as_the_superuser(services):
+    from sqlalchemy.engine import make_url
+
+    for name, svc in services.items():
+        url = env_of(svc).get("PRETEXTLAB_DATABASE_URL")
+        if url is None:
+            continue
+        expected = "pretextlab" if name == "migrate" else "pretextlab_app"
+        assert make_url(url).username == expected, name
+    assert env_of(services["migrate"])["PRETEXTLAB_DB_APP_PASSWORD"] == DUMMY_ENV["PRETEXTLAB_DB_APP_PASSWORD"]
+    from api.db.roles import APP_ROLE
+
+    assert APP_ROLE == "pretextlab_app"
+
+
+def test_the_api_mounts_artifacts_read_only_and_the_sweep_writes(services):
+    def mode(svc: dict, target: str) -> str:
+        (v,) = [v for v in svc["volumes"] if v.split(":")[1] == target]
+        return v.split(":")[2] if v.count(":") == 2 else "rw"
+
+    root = env_of(services["api"])["PRETEXTLAB_ARTIFACT_ROOT"]
+    assert mode(services["api"], root) == "ro"
+    assert mode(services["reconciler"], root) == "rw"  # pretextlab.prune removes folders
+    for name in ("worker", "worker-cpu"):
+        assert mode(services[name], root) == "rw"
+
+
+def test_celery_remote_control_is_off():
+    from worker.celery_app import make_app
+
+    assert make_app().conf.worker_enable_remote_control is False
+
+
+def test_the_api_image_declares_its_bind_so_auth_off_is_refused():
+    from api.settings import Settings
+
+    env = dict(kv.split("=", 1) for i, a in parse_dockerfile(API_DOCKERFILE) if i == "ENV" for kv in shlex.split(a))
+    _, cmd = image_defaults(API_DOCKERFILE)
+    assert env["PRETEXTLAB_HOST"] == cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    s = Settings(host=env["PRETEXTLAB_HOST"], auth="off", database_url="sqlite://")
+    assert "PRETEXTLAB_AUTH=off is refused" in s.auth_refusal(0)
+    assert "no API token" in Settings(host="0.0.0.0", database_url="sqlite://").auth_refusal(0)
+
+
+def test_the_deployment_docs_cover_tls_for_cross_host_links():
+    text = (ROOT / "docs" / "deployment.md").read_text() + ENV_EXAMPLE.read_text()
+    assert "sslmode=verify-full" in text and "rediss://" in text

@@ -74,11 +74,15 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_pool="threads",
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # No remote control: whoever reaches Redis could otherwise shut every worker down or
+        # change its queues (`celery control shutdown`). Nothing here uses it (gossip and mingle
+        # are off too); workers are managed by their process supervisor.
+        worker_enable_remote_control=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport_options(settings),
         task_queues=[Queue(q) for q in (*QUEUES, CONTROL_QUEUE)],
         task_default_queue="gpu",
-        task_routes={"pretextlab.reconcile": {"queue": CONTROL_QUEUE}},
+        task_routes={"pretextlab.reconcile": {"queue": CONTROL_QUEUE}, "pretextlab.prune": {"queue": CONTROL_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         beat_schedule={
@@ -86,7 +90,12 @@ def make_app(settings: Settings | None = None) -> Celery:
                 "task": "pretextlab.reconcile",
                 "schedule": float(settings.reconcile_seconds),
                 "options": {"queue": CONTROL_QUEUE, "expires": float(settings.reconcile_seconds)},
-            }
+            },
+            "prune": {  # retention and deleted jobs' folders (api.db.retention.prune)
+                "task": "pretextlab.prune",
+                "schedule": float(settings.prune_seconds),
+                "options": {"queue": CONTROL_QUEUE, "expires": float(settings.prune_seconds)},
+            },
         },
         timezone="UTC",
     )

@@ -2,7 +2,9 @@
 
     pretextlab serve                 API + embedded local worker + reconciler (SQLite by default)
     pretextlab worker                a Celery worker (needs PRETEXTLAB_BROKER_URL)
-    pretextlab db upgrade            apply Alembic migrations to PRETEXTLAB_DATABASE_URL
+    pretextlab db upgrade            apply Alembic migrations (and create the app role, see api.db.roles)
+    pretextlab db prune              retention: old finished jobs' metrics/artifacts, deleted jobs' folders
+    pretextlab token create|list|revoke   named API tokens, stored hashed
     pretextlab data prepare NAME     put a dataset where the loaders read it (offline where possible)
     pretextlab train SPEC.json ...   a pretraining run, locally, no server
     pretextlab evaluate ...          evaluate a backbone (kNN, linear probe, fine-tune)
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db_sub.add_parser("upgrade", help="apply migrations up to head (and create an S3 artifact bucket)")
     up.add_argument("--url", help="database URL (default PRETEXTLAB_DATABASE_URL)")
+    from worker.admin import add_parsers
+
+    add_parsers(sub, db_sub)
 
     for name, help_text in (
         ("train", "pretrain locally: pretextlab train SPEC.json --out DIR [--set key=value ...] [--resume]"),
@@ -89,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     from api.settings import get_settings
 
     settings = get_settings()
+    if args.command == "token" or (args.command == "db" and args.db_command == "prune"):
+        from worker.admin import prune_main, token_main
+
+        return (token_main if args.command == "token" else prune_main)(args, settings)
     if args.command == "db":
+        from api.db.roles import APP_ROLE, ensure_app_role
         from api.db.session import upgrade
 
         url = args.url or settings.database_url
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         store = settings.artifact_store()  # an S3 artifact store: its bucket is created here (the migrate step)
         if store.remote and store.ensure_bucket():
             print(f"artifact bucket created: {store.url}")
+        if settings.db_app_password is not None and ensure_app_role(url, settings.db_app_password.get_secret_value()):
+            print(f"role {APP_ROLE} ready (PRETEXTLAB_DB_APP_PASSWORD)")
         return 0
     if args.command == "serve":
         from worker.serve import serve

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from api.db.jobs import mark_dispatched, queued_for_redispatch, queues_of
 from api.db.leases import ExpiredLease, earlier_losses, expire, expired_leases
 from api.db.models import ACTIVE_STATUSES
 from api.db.workers import forget_workers, note_waiting, too_large
+from api.db.retention import prune
 from api.settings import Settings
 
 log = logging.getLogger("pretextlab.reconciler")
@@ -167,11 +169,19 @@ def _redispatch_candidates(session_factory: sessionmaker[Session], settings: Set
 
 def reconcile_loop(session_factory: sessionmaker[Session], settings: Settings, stop_event: threading.Event,
                    dispatch: Dispatch | None = None) -> None:
-    """Reconcile every RECONCILE_SECONDS until ``stop_event`` is set (the embedded serve's loop)."""
+    """Reconcile every RECONCILE_SECONDS until ``stop_event`` is set (the embedded serve's loop);
+    every PRUNE_SECONDS also the retention sweep (``api.db.retention.prune``)."""
+    next_prune = 0.0
     while True:
         try:
             reconcile_once(session_factory, settings, dispatch)
         except Exception:  # database down: try again next period
             log.exception("reconcile pass failed")
+        if time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + settings.prune_seconds
+            try:
+                prune(session_factory, settings.artifact_root, settings.retention_days)
+            except Exception:
+                log.exception("retention sweep failed")
         if stop_event.wait(settings.reconcile_seconds):
             return

@@ -48,6 +48,7 @@ from ssl_core.errors import PermanentError
 from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
 from ssl_core.storage import StoreUnavailable
 from worker.artifact_sync import Publisher, fetch_source, pull_checkpoint
+from worker.limits import runtime_exceeded, set_runtime_deadline
 from worker.reconciler import send_and_mark
 from worker.sink import SqlSink
 from worker.slots import Placement, pin_thread
@@ -182,6 +183,7 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
     try:
         with sessions() as s:
             spec_dict = spec_of(s, job_id)
+        set_runtime_deadline(sink, sessions, lease, spec_dict, settings)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
         outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, settings, placement)
     except LeaseLost:
@@ -267,6 +269,8 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         log.info("job %s: succeeded", job_id)
         return SUCCEEDED
     # stopped early, after a checkpoint
+    if sink.stop_reason() == "max_runtime":
+        return runtime_exceeded(lease, sink, done, lambda: _dispatch_all(sessions, [], settings, dependents_of=job_id))
     if sink.stop_reason() == "cancel" or lease.status == "cancelling":
         lease.finish(["cancelling", "running"], "cancelled", CANCELLED, reason="cancel requested", **done)
         _dispatch_all(sessions, [], settings, dependents_of=job_id)
@@ -310,7 +314,7 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
             s, spec, name=f"{job.name or f'job {job_id}'} / {spec['protocol']['protocol']}",
             tags=list(job.tags or []), priority=job.priority, parent_job_id=job_id,
             idempotency_key=f"pretextlab:eval-after:{job_id}:{i}", max_attempts=max_attempts,
-            actor="worker",
+            actor="worker", created_by=job.created_by,
         )
         created.append(child.id)
     return created

@@ -3,8 +3,9 @@
     embedded (no PRETEXTLAB_BROKER_URL): uvicorn + LOCAL_WORKERS local workers polling SQL + reconciler
     with a broker:                        uvicorn + reconciler (Celery workers run jobs elsewhere)
 
-It binds 127.0.0.1 by default and refuses a non-loopback address (``--host 0.0.0.0``,
-``PRETEXTLAB_HOST``) unless ``PRETEXTLAB_API_TOKENS`` is set: never an unauthenticated API on the network.
+It binds 127.0.0.1 by default and refuses to start without an API token (``pretextlab token
+create``, ``PRETEXTLAB_API_TOKENS``) unless ``PRETEXTLAB_AUTH=off`` on a loopback address (what
+``make run`` sets): never an unauthenticated API on the network (``Settings.auth_refusal``).
 
 SIGINT/SIGTERM: the API stops accepting requests, each local worker checkpoints its running job at
 the next step boundary and hands it back to the queue (``running -> queued``), then the process exits.
@@ -13,7 +14,6 @@ the next step boundary and hands it back to the queue (``running -> queued``), t
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import uvicorn
 
-from api.db.session import SchemaOutOfDate, check_schema_current, make_engine, sessions_for
-from api.main import close_streams, create_app
-from api.settings import Settings
+from api.db.session import SchemaOutOfDate, check_schema_current, make_engine, session_factory, sessions_for
+from api.main import AuthRefused, check_auth, close_streams, create_app
+from api.settings import Settings, is_loopback  # noqa: F401 - is_loopback: part of this module's API
 from worker.local import LocalWorker
 from worker.reconciler import reconcile_loop
 from worker.slots import resolve_slots
@@ -42,31 +42,16 @@ class UnsafeBind(SystemExit):
     pass
 
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or a loopback name. Anything else -- 0.0.0.0, ::, an interface address, a
-    hostname that resolves who knows where, an empty host (all interfaces) -- is reachable from outside."""
-    h = (host or "").strip().strip("[]")
-    if h.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(settings: Settings) -> None:
-    """Refuse to serve on a non-loopback address with authentication off."""
-    if is_loopback(str(settings.host)) or settings.token_list():
-        return
-    raise UnsafeBind(
-        f"pretextlab: refusing to serve on {settings.host}:{settings.port} without API tokens: anyone who "
-        "can reach this address could submit jobs and read every artifact. Set PRETEXTLAB_API_TOKENS "
-        "(comma-separated bearer tokens; clients send `Authorization: Bearer <token>`), or bind to "
-        "127.0.0.1 (the default)."
-    )
+    """Refuse to serve without sound authentication (see ``Settings.auth_refusal``): no token at
+    all, a short or empty one, or PRETEXTLAB_AUTH=off on a non-loopback address."""
+    engine = make_engine(settings.database_url)
+    try:
+        check_auth(settings, session_factory(engine))
+    except AuthRefused as exc:
+        raise UnsafeBind(f"{exc} (serving on {settings.host}:{settings.port})") from None
+    finally:
+        engine.dispose()
 
 
 def check_schema(settings: Settings) -> None:
@@ -106,8 +91,8 @@ def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then hand running jobs back and exit."""
     logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_bind(settings)
     check_schema(settings)
+    check_bind(settings)
     stop_event = threading.Event()
     config = uvicorn.Config(create_app(settings), host=settings.host, port=int(settings.port),
                             log_level=str(settings.log_level).lower(), lifespan="on")

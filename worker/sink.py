@@ -65,6 +65,9 @@ class SqlSink:
         self._wake = threading.Event()  # flush()/artifact()/close() ask the writer to write now
         self._last_beat = time.monotonic()
         self._step_delay = float(step_delay)
+        # max_runtime: set by the runner once the spec is read (worker.limits); monotonic seconds
+        self.runtime_limit_s: int | None = None
+        self.deadline: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"sink-job-{lease.job_id}", daemon=True)
 
     # -- Sink protocol -------------------------------------------------------------------------
@@ -138,13 +141,15 @@ class SqlSink:
         self.store_error = str(exc)
 
     def stop_reason(self) -> str | None:
-        """'lost' | 'cancel' | 'store' | 'shutdown' | None, in that order of precedence."""
+        """'lost' | 'cancel' | 'store' | 'max_runtime' | 'shutdown' | None, in that order of precedence."""
         if self.lease.lost:
             return "lost"
         if self.lease.cancel_requested:
             return "cancel"
         if self.store_error is not None:
             return "store"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "max_runtime"
         if self.stop_event.is_set():
             return "shutdown"
         return None

@@ -1,4 +1,5 @@
-"""Celery tasks: ``pretextlab.run_job`` (claim + run one job) and ``pretextlab.reconcile``.
+"""Celery tasks: ``pretextlab.run_job`` (claim + run one job), ``pretextlab.reconcile`` and
+``pretextlab.prune`` (retention; it needs the artifact root writable where the beat's worker runs).
 
 Both are thin: the logic lives in :mod:`worker.runner` and :mod:`worker.reconciler`, shared with
 the embedded local worker. torch is imported by the runner inside the task, never here.
@@ -11,6 +12,7 @@ import threading
 
 from celery.exceptions import Reject
 
+from api.db.retention import prune
 from api.db.session import sessions_for
 from api.db.workers import gpus_of, undispatch
 from api.settings import Settings
@@ -64,3 +66,10 @@ def reconcile_task() -> dict:
     settings = _settings()
     report = reconcile_once(sessions_for(settings.database_url), settings)
     return {k: v for k, v in report.items() if k.startswith("n_")}  # counts only: this is logged every beat
+
+
+@app.task(name="pretextlab.prune", ignore_result=True)
+def prune_task() -> dict:
+    settings = _settings()
+    report = prune(sessions_for(settings.database_url), settings.artifact_root, settings.retention_days)
+    return {k: len(v) if isinstance(v, list) else v for k, v in report.items()}

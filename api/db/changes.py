@@ -17,7 +17,7 @@ from api.db.models import Job
 
 SUMMARY_COLUMNS = (Job.id, Job.kind, Job.status, Job.name, Job.method, Job.dataset, Job.tags, Job.attempt,
                    Job.max_attempts, Job.progress, Job.error, Job.created_at, Job.started_at, Job.finished_at,
-                   Job.updated_at)
+                   Job.updated_at, Job.created_by)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -33,7 +33,7 @@ def summary(row: Any) -> dict[str, Any]:
         "max_attempts": row.max_attempts,
         "progress": {k: progress.get(k) for k in ("epoch", "step", "total_steps", "images_per_sec", "eta_s")},
         "error": row.error, "created_at": _iso(row.created_at), "started_at": _iso(row.started_at),
-        "finished_at": _iso(row.finished_at), "updated_at": _iso(row.updated_at),
+        "finished_at": _iso(row.finished_at), "updated_at": _iso(row.updated_at), "created_by": row.created_by,
     }
 
 

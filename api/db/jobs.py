@@ -60,6 +60,7 @@ def create_job(
     parent_job_id: int | None = None,
     max_attempts: int,
     actor: str | None = "api",
+    created_by: str | None = None,
 ) -> Job:
     """Insert a queued job (and its ``None -> queued`` event); flushes, does not commit.
 
@@ -88,6 +89,8 @@ def create_job(
         cancel_requested=False,
         created_at=now,
         updated_at=now,
+        created_by=created_by,
+        followups=followups_of(spec),
         **_denormalised(session, spec),
     )
     session.add(job)
@@ -190,6 +193,21 @@ def queues_of(session: Session, job_ids: Iterable[int]) -> dict[int, str]:
 
 def count_active(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE_STATUSES))) or 0
+
+
+def followups_of(spec: PretrainSpec | EvaluateSpec) -> int:
+    """The evaluations a job queues when it succeeds (``eval.after``)."""
+    return len(spec.eval.after) if isinstance(spec, PretrainSpec) else 0
+
+
+def active_load(session: Session, created_by: str | None = None) -> int:
+    """Active jobs plus the follow-ups they will queue, of everyone or of one owner: what the
+    active-job caps count, so a pretraining with N ``eval.after`` entries takes N + 1 slots."""
+    q = select(func.count(), func.coalesce(func.sum(Job.followups), 0)).where(Job.status.in_(ACTIVE_STATUSES))
+    if created_by is not None:
+        q = q.where(Job.created_by == created_by)
+    jobs, followups = session.execute(q).one()
+    return int(jobs or 0) + int(followups or 0)
 
 
 def job_events(session: Session, job_id: int) -> list[JobEvent]:

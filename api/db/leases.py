@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.clock import utcnow
+from api.db.clock import as_utc, utcnow
 from api.db.jobs import source_settled, transition
 from api.db.models import OWNED_STATUSES, Job, JobRun
 
@@ -136,6 +136,15 @@ def runs_of(session: Session, job_ids: Iterable[int]) -> list[JobRun]:
     """Every execution start of these jobs, by job then attempt."""
     return list(session.scalars(select(JobRun).where(JobRun.job_id.in_(list(job_ids)))
                                 .order_by(JobRun.job_id, JobRun.attempt)))
+
+
+def time_used(session: Session, job_id: int, attempt: int) -> float:
+    """Seconds the job's earlier attempts ran (claim to end; a lost one to when it was found lost):
+    what ``max_runtime_s`` has already consumed when ``attempt`` starts."""
+    rows = session.execute(select(JobRun.started_at, JobRun.ended_at)
+                           .where(JobRun.job_id == job_id, JobRun.attempt < attempt,
+                                  JobRun.ended_at.is_not(None))).all()
+    return sum(max(0.0, (as_utc(end) - as_utc(start)).total_seconds()) for start, end in rows)
 
 
 # -- expired leases (the reconciler) --------------------------------------------------------------

@@ -54,9 +54,13 @@ def list_jobs(
     tag: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    created_by: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first; returns (page, next cursor or None). Keyset pagination on (created_at, id)."""
+    """Newest first; returns (page, next cursor or None). Keyset pagination on (created_at, id).
+    ``created_by``: only that owner's jobs (a non-admin token's view)."""
     q = select(Job)
+    if created_by is not None:
+        q = q.where(Job.created_by == created_by)
     if status:
         q = q.where(Job.status == status)
     if kind:
@@ -77,9 +81,11 @@ def list_jobs(
 
 # -- leaderboard ---------------------------------------------------------------------------------
 def leaderboard(
-    session: Session, *, dataset: str | None = None, protocol: str | None = None, limit: int = 500
+    session: Session, *, dataset: str | None = None, protocol: str | None = None, limit: int = 500,
+    created_by: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Succeeded evaluations, best top-1 first, each with the pretraining it measured."""
+    """Succeeded evaluations, best top-1 first, each with the pretraining it measured
+    (``created_by``: only that owner's evaluations)."""
     src = aliased(Job)
     q = (
         select(Job, src)
@@ -90,6 +96,8 @@ def leaderboard(
         q = q.where(Job.dataset == dataset)
     if protocol:
         q = q.where(Job.protocol == protocol)
+    if created_by is not None:
+        q = q.where(Job.created_by == created_by)
     q = q.order_by(Job.top1.desc().nulls_last(), Job.id.desc()).limit(limit)
     out = []
     for ev, pre in session.execute(q).all():

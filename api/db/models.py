@@ -61,7 +61,10 @@ class Job(Base):
     # execution
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)  # from Settings.max_attempts, set by create_job
-    owner: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(200))  # the worker holding the lease
+    # who submitted it (a token's name); follow-ups it will queue on success (counted in the quotas)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    followups: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -90,6 +93,7 @@ class Job(Base):
         Index("ix_jobs_lease", "status", "lease_expires_at"),  # the reconciler
         Index("ix_jobs_results", "kind", "status", "dataset", "protocol"),  # the leaderboard
         Index("ix_jobs_source", "source_job_id"),
+        Index("ix_jobs_created_by_status", "created_by", "status"),  # per-owner quota and lists
     )
 
 
@@ -163,3 +167,27 @@ class Worker(Base):
     queues: Mapped[list[Any]] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A named bearer token: only its SHA-256 is stored (``pretextlab token create`` shows it once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobTombstone(Base):
+    """A deleted job whose folder may still exist (the API that deleted it may not write there):
+    the retention sweep removes the folder, then this row. Only folders named here or belonging to
+    expired jobs are ever removed -- never a folder merely because no row names it."""
+
+    __tablename__ = "job_tombstones"
+
+    job_id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

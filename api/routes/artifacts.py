@@ -15,7 +15,7 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
 from api.schemas import ERROR_RESPONSES, ArtifactList, ArtifactOut
-from api.security import require_token, resolve_artifact
+from api.security import PrincipalDep, require_token, resolve_artifact
 from ssl_core.storage import job_prefix
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(require_token)],
@@ -23,8 +23,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="Files registered by a job")
-def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
-    job_or_404(session, job_id)
+def list_artifacts(job_id: JobId, session: SessionDep, who: PrincipalDep) -> ArtifactList:
+    job_or_404(session, job_id, who)
     items = [
         ArtifactOut(name=a.name, kind=a.kind, size=a.size, created_at=as_utc(a.created_at),
                     updated_at=as_utc(a.updated_at), url=f"/v1/jobs/{job_id}/artifacts/{quote(a.name)}")
@@ -38,12 +38,12 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"},
                        307: {"description": "S3 store: a presigned URL (Location) valid PRESIGN_SECONDS"}})
 def download_artifact(job_id: JobId, name: str, session: SessionDep,
-                      settings: SettingsDep) -> FileResponse | RedirectResponse:
+                      settings: SettingsDep, who: PrincipalDep) -> FileResponse | RedirectResponse:
     try:
         name = check_artifact_name(name)
     except UnsafePath as exc:
         raise ApiError(400, "unsafe_artifact_name", str(exc), {"name": name[:300]}) from None
-    job_or_404(session, job_id)
+    job_or_404(session, job_id, who)
     if get_artifact(session, job_id, name) is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact named {name!r}",
                        {"job_id": job_id, "name": name})

@@ -32,7 +32,7 @@ from api.db.changes import changed_since, job_summary
 from api.db.clock import utcnow
 from api.errors import ApiError
 from api.schemas import ERROR_RESPONSES, MAX_ID
-from api.security import require_token
+from api.security import Principal, PrincipalDep, require_token
 
 log = logging.getLogger("pretextlab.api")
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(require_token)],
@@ -120,8 +120,13 @@ def _event(summary: dict[str, Any]) -> str:
     return f"event: job\ndata: {json.dumps(summary, separators=(',', ':'))}\n\n"
 
 
+def _may_see(who: Principal, summary: dict[str, Any]) -> bool:
+    """Admins see every job's changes; everyone else only the jobs they submitted."""
+    return who.admin or summary.get("created_by") == who.name
+
+
 async def _stream(feed: ChangeFeed, q: asyncio.Queue, first: dict | None,
-                  job_id: int | None) -> AsyncIterator[str]:
+                  job_id: int | None, who: Principal) -> AsyncIterator[str]:
     try:
         yield "retry: 2000\n\n"
         if first is not None:
@@ -134,7 +139,7 @@ async def _stream(feed: ChangeFeed, q: asyncio.Queue, first: dict | None,
                 s = None
             if q not in feed.subscribers:  # dropped by the feed (it fell behind): the client reconnects
                 return
-            if s and (job_id is None or s["id"] == job_id):
+            if s and (job_id is None or s["id"] == job_id) and _may_see(who, s):
                 yield _event(s)
             if time.monotonic() - last_ping >= PING_S:
                 last_ping = time.monotonic()
@@ -147,7 +152,7 @@ async def _stream(feed: ChangeFeed, q: asyncio.Queue, first: dict | None,
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: job` + `data: <job summary JSON>` per change; `: ping` every 15 s"}})
-async def event_stream(request: Request,
+async def event_stream(request: Request, who: PrincipalDep,
                        job_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only this job")] = None
                        ) -> StreamingResponse:
     first = None
@@ -157,9 +162,9 @@ async def event_stream(request: Request,
                 return job_summary(session, job_id)
         first = await anyio.to_thread.run_sync(read)
     # (a client that goes away is noticed by StreamingResponse, which cancels the generator)
-        if first is None:
+        if first is None or not _may_see(who, first):
             raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
     feed = feed_of(request.app)
     q = feed.subscribe()
-    return StreamingResponse(_stream(feed, q, first, job_id), media_type="text/event-stream",
+    return StreamingResponse(_stream(feed, q, first, job_id, who), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, read, history, cancel."""
+"""/v1/jobs: submit, list, read, history, cancel. A non-admin token sees and acts on its own jobs only."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from api.schemas import (
     Tag,
     as_json,
 )
-from api.security import UnsafePath, require_token, resolve_data_path, resolve_weights
+from api.quotas import check_caps, check_runtime
+from api.security import Principal, PrincipalDep, UnsafePath, require_token, resolve_data_path, resolve_weights
 from api.settings import Settings
 from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
 from ssl_core.storage.urls import allowed_data_urls, check_data_url, is_s3_url
@@ -60,9 +61,11 @@ def _check_key(key: str | None) -> None:
                        {"idempotency_key": key})
 
 
-def job_or_404(session: Session, job_id: int) -> Job:
+def job_or_404(session: Session, job_id: int, who: Principal | None = None) -> Job:
+    """The job, or 404 -- also when ``who`` is not an admin and did not submit it (not 403: another
+    owner's job ids are not theirs to probe)."""
     job = job_store.get_job(session, job_id)
-    if job is None:
+    if job is None or (who is not None and not who.admin and job.created_by != who.name):
         raise ApiError(404, "not_found", f"job {job_id} not found", {"job_id": job_id})
     return job
 
@@ -83,13 +86,13 @@ def _parse_spec(body: JobCreate) -> PretrainSpec | EvaluateSpec:
         raise ApiError(422, "invalid_spec", shown or "invalid spec", details) from None
 
 
-def _check_source(session: Session, spec: EvaluateSpec) -> None:
-    """An evaluation of a pretraining job needs that job to exist and to be able to succeed."""
+def _check_source(session: Session, spec: EvaluateSpec, who: Principal) -> None:
+    """An evaluation of a pretraining job needs that job to exist (for this token) and to be able to succeed."""
     if spec.source_job_id is None:
         return
     sid = spec.source_job_id
     src = job_store.get_job(session, sid) if sid <= MAX_ID else None
-    if src is None:
+    if src is None or (not who.admin and src.created_by != who.name):
         raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} does not exist", {"source_job_id": sid})
     if src.kind != "pretrain":
         raise ApiError(422, "invalid_spec", f"spec.source_job_id: job {sid} is an {src.kind} job, not a pretraining",
@@ -142,7 +145,11 @@ def _same_request(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate) 
             and list(job.tags or []) == list(body.tags) and job.priority == body.priority)
 
 
-def _replay(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate, key: str, response: Response) -> JobOut:
+def _replay(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate, key: str, response: Response,
+            who: Principal) -> JobOut:
+    if job.created_by != who.name:  # another owner's key: say nothing about their job
+        raise ApiError(409, "idempotency_conflict", f"Idempotency-Key {key!r} is already in use",
+                       {"idempotency_key": key})
     if not _same_request(job, spec, body):
         raise ApiError(409, "idempotency_conflict",
                        f"Idempotency-Key {key!r} was already used for job {job.id} with a different request body",
@@ -154,28 +161,26 @@ def _replay(job: Job, spec: PretrainSpec | EvaluateSpec, body: JobCreate, key: s
 
 @router.post("", status_code=201, response_model=JobOut, summary="Submit a pretraining or evaluation job")
 def submit_job(
-    body: JobCreate, session: SessionDep, settings: SettingsDep, response: Response,
+    body: JobCreate, session: SessionDep, settings: SettingsDep, response: Response, who: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     _check_key(idempotency_key)
     spec = _parse_spec(body)
+    check_runtime(spec, settings)
     _check_data_paths(spec, settings)
     if isinstance(spec, EvaluateSpec):
         spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:
         existing = job_store.get_job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
-            return _replay(existing, spec, body, idempotency_key, response)
+            return _replay(existing, spec, body, idempotency_key, response, who)
     if isinstance(spec, EvaluateSpec):
-        _check_source(session, spec)
-    active = job_store.count_active(session)
-    if active >= settings.max_active_jobs:
-        raise ApiError(429, "queue_full",
-                       f"{active} jobs are queued or running (limit PRETEXTLAB_MAX_ACTIVE_JOBS={settings.max_active_jobs})",
-                       {"active": active, "limit": settings.max_active_jobs}, headers={"Retry-After": "30"})
+        _check_source(session, spec, who)
+    check_caps(session, spec, settings, who)
     try:
         job = job_store.create_job(session, spec, name=body.name, tags=body.tags, priority=body.priority,
-                                   idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
+                                   idempotency_key=idempotency_key, max_attempts=settings.max_attempts,
+                                   actor=who.name, created_by=who.name)
         session.commit()
     except IntegrityError:
         # Two requests with one Idempotency-Key raced (the INSERT fails at flush or commit): the
@@ -184,7 +189,7 @@ def submit_job(
         existing = job_store.get_job_by_idempotency_key(session, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
-        return _replay(existing, spec, body, idempotency_key, response)
+        return _replay(existing, spec, body, idempotency_key, response, who)
     if dispatch(job, settings):
         try:
             job_store.mark_dispatched(session, job.id)
@@ -199,6 +204,7 @@ def submit_job(
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
     session: SessionDep,
+    who: PrincipalDep,
     status: Status | None = None,
     kind: Kind | None = None,
     method: Label | None = None,
@@ -209,7 +215,8 @@ def list_jobs(
 ) -> Response:
     try:
         page, next_cursor = page_of_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
-                                         tag=tag, cursor=cursor, limit=limit)
+                                         tag=tag, cursor=cursor, limit=limit,
+                                         created_by=None if who.admin else who.name)
     except BadCursor as exc:
         raise ApiError(400, "bad_cursor", str(exc), {"cursor": cursor}) from None
     counts = artifact_counts(session, [j.id for j in page])
@@ -217,14 +224,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: status, spec, progress, result")
-def read_job(job_id: JobId, session: SessionDep) -> Response:
-    job = job_or_404(session, job_id)
+def read_job(job_id: JobId, session: SessionDep, who: PrincipalDep) -> Response:
+    job = job_or_404(session, job_id, who)
     return as_json(JobOut.from_row(job, artifact_count(session, job_id)))
 
 
 @router.get("/{job_id}/events", response_model=EventList, summary="The job's status history")
-def job_events(job_id: JobId, session: SessionDep) -> EventList:
-    job_or_404(session, job_id)
+def job_events(job_id: JobId, session: SessionDep, who: PrincipalDep) -> EventList:
+    job_or_404(session, job_id, who)
     items = [EventOut(id=e.id, from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
                       actor=e.actor, reason=e.reason, at=as_utc(e.at))
              for e in job_store.job_events(session, job_id)]
@@ -233,11 +240,11 @@ def job_events(job_id: JobId, session: SessionDep) -> EventList:
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
              responses={202: {"model": JobOut, "description": "running: cancelling, the worker stops it"}})
-def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep, response: Response, who: PrincipalDep) -> JobOut:
     """queued -> cancelled at once; running -> cancelling (the worker checkpoints and stops at the
     next step boundary, then cancelled); cancelling -> unchanged; finished -> 409."""
     for _ in range(3):  # a worker may move the job between our read and our conditional update
-        job = job_or_404(session, job_id)
+        job = job_or_404(session, job_id, who)
         if job.status in FINAL_STATUSES:
             raise ApiError(409, "invalid_state", f"job {job_id} is already {job.status}: it cannot be cancelled",
                            {"job_id": job_id, "status": job.status})
@@ -245,10 +252,10 @@ def cancel_job(job_id: JobId, session: SessionDep, response: Response) -> JobOut
             response.status_code = 202
             return JobOut.from_row(job)
         if job.status == "queued":
-            ok = job_store.transition(session, job_id, "queued", "cancelled", actor="api",
+            ok = job_store.transition(session, job_id, "queued", "cancelled", actor=who.name,
                                       reason="cancelled by user", cancel_requested=True)
         else:
-            ok = job_store.transition(session, job_id, "running", "cancelling", actor="api",
+            ok = job_store.transition(session, job_id, "running", "cancelling", actor=who.name,
                                       reason="cancelled by user", cancel_requested=True)
         if ok:
             session.commit()

@@ -13,7 +13,7 @@ from api.deps import SessionDep
 from api.errors import ApiError
 from api.routes.jobs import JobId, job_or_404
 from api.schemas import ERROR_RESPONSES, MAX_ID, Label, MetricNames, MetricSeriesOut
-from api.security import require_token
+from api.security import PrincipalDep, require_token
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], dependencies=[Depends(require_token)],
                    responses=ERROR_RESPONSES)
@@ -27,12 +27,13 @@ Step = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 def job_metrics(
     job_id: JobId,
     session: SessionDep,
+    who: PrincipalDep,
     name: Label | None = None,
     start_step: Step = None,
     end_step: Step = None,
     max_points: Annotated[int, Query(ge=2, description="capped at 10000")] = 1000,
 ) -> MetricNames | Response:
-    job_or_404(session, job_id)
+    job_or_404(session, job_id, who)
     if name is None:
         return MetricNames(job_id=job_id, names=metric_names(session, job_id))
     if start_step is not None and end_step is not None and start_step > end_step:

@@ -26,7 +26,7 @@ from api.db.listing import BadCursor, leaderboard, list_jobs
 from api.db.models import KINDS, STATUSES
 from api.deps import SessionDep
 from api.schemas import MAX_ID
-from api.security import verify_token
+from api.security import LOCAL, Principal, authenticate
 from api.ui import STATIC, TEMPLATES
 from api.ui import session as ui_session
 
@@ -43,12 +43,27 @@ class LoginRequired(Exception):
 
 
 def _session(request: Request) -> ui_session.UiSession | None:
-    if not request.app.state.settings.token_list():
+    if not request.app.state.settings.auth_enabled:
         return None  # no tokens: the loopback default, nothing to sign in to
     session = ui_session.current(request)
     if session is None:
         raise LoginRequired
     return session
+
+
+def _who(request: Request) -> Principal:
+    """Who is looking: the session's token name, or the admin ``local`` with auth off."""
+    session = _session(request)
+    return Principal(session.identity, session.admin) if session is not None else Principal(LOCAL, admin=True)
+
+
+def _mine(who: Principal) -> str | None:
+    """The created_by filter for a visitor: none for admins, their own jobs for everyone else."""
+    return None if who.admin else who.name
+
+
+def _visible(job: Any, who: Principal) -> bool:
+    return job is not None and (who.admin or job.created_by == who.name)
 
 
 def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> Response:
@@ -72,7 +87,7 @@ def jobs_page(request: Request, session: SessionDep, status: Text = None, kind: 
               method: Text = None, dataset: Text = None, tag: Text = None,
               cursor: Annotated[str | None, Query(max_length=200)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
-    _session(request)
+    who = _who(request)
     filters = {"status": status or None, "kind": kind or None, "method": method or None,
                "dataset": dataset or None, "tag": tag or None}
     error = None
@@ -81,7 +96,7 @@ def jobs_page(request: Request, session: SessionDep, status: Text = None, kind: 
     if filters["kind"] and filters["kind"] not in KINDS:
         error, filters["kind"] = f"kind: unknown kind {kind!r}", None
     try:
-        page, next_cursor = list_jobs(session, cursor=cursor, limit=limit, **filters)
+        page, next_cursor = list_jobs(session, cursor=cursor, limit=limit, created_by=_mine(who), **filters)
     except BadCursor as exc:
         page, next_cursor, error = [], None, str(exc)
     query = "&".join(f"{k}={quote(v)}" for k, v in filters.items() if v)
@@ -91,9 +106,8 @@ def jobs_page(request: Request, session: SessionDep, status: Text = None, kind: 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, session: SessionDep, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> Response:
-    _session(request)
     job = job_store.get_job(session, job_id)
-    if job is None:
+    if not _visible(job, _who(request)):
         return render(request, "error.html", 404, message=f"job {job_id} not found")
     return render(request, "job.html", job=job, events=job_store.job_events(session, job_id),
                   runs=runs_of(session, [job_id]), artifacts=list_artifacts(session, job_id),
@@ -104,7 +118,7 @@ def job_page(request: Request, session: SessionDep, job_id: Annotated[int, Path(
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, session: SessionDep,
                  ids: Annotated[str, Query(max_length=500)] = "", tag: Text = None) -> Response:
-    _session(request)
+    who = _who(request)
     try:
         wanted = [int(x) for x in ids.replace(" ", ",").split(",") if x.strip()]
     except ValueError:
@@ -112,7 +126,8 @@ def compare_page(request: Request, session: SessionDep,
                       error="ids: comma-separated job ids, e.g. 3,7,12")
     jobs = job_store.get_jobs(session, [i for i in wanted[:MAX_COMPARE] if 1 <= i <= MAX_ID]) if wanted else []
     if tag and not wanted:
-        jobs, _ = list_jobs(session, tag=tag, limit=MAX_COMPARE)
+        jobs, _ = list_jobs(session, tag=tag, limit=MAX_COMPARE, created_by=_mine(who))
+    jobs = [j for j in jobs if _visible(j, who)]
     jobs.sort(key=lambda j: j.id)
     flat = [_flatten(j.spec) for j in jobs]
     keys = sorted(set().union(*flat)) if flat else []
@@ -139,8 +154,9 @@ def _groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @router.get("/leaderboard", response_class=HTMLResponse)
 def leaderboard_page(request: Request, session: SessionDep, dataset: Text = None, protocol: Text = None) -> Response:
-    _session(request)
-    rows = leaderboard(session, dataset=dataset or None, protocol=protocol or None, limit=1000)
+    who = _who(request)
+    rows = leaderboard(session, dataset=dataset or None, protocol=protocol or None, limit=1000,
+                       created_by=_mine(who))
     return render(request, "leaderboard.html", rows=rows, groups=_groups(rows), dataset=dataset or "",
                   protocol=protocol or "")
 
@@ -159,7 +175,7 @@ def _next(target: str | None) -> str:
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: Text = None) -> Response:
     return templates.TemplateResponse(request, "login.html", {"next": _next(next), "error": None,
-                                                              "auth": bool(request.app.state.settings.token_list())})
+                                                              "auth": request.app.state.settings.auth_enabled})
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -168,12 +184,15 @@ async def login(request: Request) -> Response:
     token = (form.get("token") or [""])[0].strip()
     target = _next((form.get("next") or [None])[0])
     settings = request.app.state.settings
-    identity = verify_token(settings, token) if token and settings.token_list() else None
-    if identity is None:
+    principal = None
+    if token and settings.auth_enabled:
+        with request.app.state.sessionmaker() as db:
+            principal = authenticate(token, settings, db)
+    if principal is None:
         return templates.TemplateResponse(request, "login.html", {"next": target, "auth": True,
                                           "error": "unknown token" if token else "token: required"}, status_code=403)
     response = RedirectResponse(target, status_code=303)
-    ui_session.start(response, settings, identity, secure=request.url.scheme == "https")
+    ui_session.start(response, settings, principal.name, principal.admin, secure=request.url.scheme == "https")
     return response
 
 

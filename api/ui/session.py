@@ -1,10 +1,11 @@
 """The dashboard's session: a signed, HttpOnly, SameSite=Strict cookie and its CSRF token.
 
 Where bearer tokens are configured, the login form checks the token once with
-:func:`api.security.verify_token` and sets a cookie holding ``{identity, csrf, expires}`` signed
-with HMAC-SHA256. The signing key is derived from the configured tokens, so every API process
-accepts the cookie (no server-side session table) and changing the tokens signs everyone out.
-The raw token is never stored in the cookie.
+:func:`api.security.authenticate` and sets a cookie holding ``{identity, admin, csrf, expires}``
+signed with HMAC-SHA256 under ``PRETEXTLAB_SESSION_SECRET`` (every API process that shares it accepts
+the cookie: no server-side session table); unset, each process draws a random key at start, so a
+restart signs everyone out. The environment tokens are mixed into the key, so changing them signs
+everyone out too. The raw token is never stored in the cookie.
 
 CSRF: requests authenticated by the cookie that change state (any method but GET/HEAD/OPTIONS)
 must carry the session's CSRF token in the ``X-CSRF-Token`` header (the pages read it from a
@@ -34,14 +35,19 @@ LIFETIME_S = 12 * 3600
 
 @dataclass(frozen=True)
 class UiSession:
-    identity: str
+    identity: str  # the token's name (a job's created_by)
+    admin: bool
     csrf: str
     expires: int
 
 
+_PROCESS_KEY = secrets.token_bytes(32)  # the key when no PRETEXTLAB_SESSION_SECRET is set
+
+
 def _key(settings: Settings) -> bytes:
+    secret = settings.session_secret.get_secret_value().encode() if settings.session_secret else _PROCESS_KEY
     material = "\0".join(sorted(settings.token_list())).encode()
-    return hashlib.sha256(b"pretextlab-ui-session\0" + material).digest()
+    return hashlib.sha256(b"pretextlab-ui-session\0" + secret + b"\0" + material).digest()
 
 
 def _b64(raw: bytes) -> str:
@@ -53,7 +59,7 @@ def _unb64(text: str) -> bytes:
 
 
 def encode(settings: Settings, session: UiSession) -> str:
-    payload = _b64(json.dumps([session.identity, session.csrf, session.expires]).encode())
+    payload = _b64(json.dumps([session.identity, session.admin, session.csrf, session.expires]).encode())
     sig = _b64(hmac.new(_key(settings), payload.encode(), hashlib.sha256).digest())
     return f"{payload}.{sig}"
 
@@ -67,21 +73,21 @@ def decode(settings: Settings, value: str | None) -> UiSession | None:
     if not hmac.compare_digest(sig.encode(), good.encode()):
         return None
     try:
-        identity, csrf, expires = json.loads(_unb64(payload))
+        identity, admin, csrf, expires = json.loads(_unb64(payload))
     except (ValueError, TypeError):
         return None
     if not isinstance(expires, int) or expires < time.time():
         return None
-    return UiSession(str(identity), str(csrf), expires)
+    return UiSession(str(identity), admin is True, str(csrf), expires)
 
 
 def current(request: Request) -> UiSession | None:
     return decode(request.app.state.settings, request.cookies.get(COOKIE))
 
 
-def start(response: Response, settings: Settings, identity: str, secure: bool) -> UiSession:
+def start(response: Response, settings: Settings, identity: str, admin: bool, secure: bool) -> UiSession:
     """Set a fresh session cookie (a new CSRF token each login)."""
-    session = UiSession(identity, secrets.token_urlsafe(24), int(time.time()) + LIFETIME_S)
+    session = UiSession(identity, admin, secrets.token_urlsafe(24), int(time.time()) + LIFETIME_S)
     response.set_cookie(COOKIE, encode(settings, session), max_age=LIFETIME_S, path="/",
                         httponly=True, samesite="strict", secure=secure)
     return session

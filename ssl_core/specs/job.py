@@ -31,7 +31,12 @@ MAX_GPUS_PER_JOB = 64
 
 
 class ResourcesSpec(Strict):
-    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
+    gpus: Int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
+
+
+# Run time of a job over all its attempts; past it the worker checkpoints and fails the job. The
+# deployment may set a lower ceiling (PRETEXTLAB_MAX_RUNTIME_S).
+MaxRuntime = Annotated[int | None, Field(None, ge=1, le=366 * 86400, description="seconds; None = no limit")]
 
 
 class PretrainSpec(Strict):
@@ -50,6 +55,7 @@ class PretrainSpec(Strict):
     compile: Bool = Field(False, description="torch.compile the backbone and the augmentation's pointwise ops")
     checkpoint_every: Int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     log_every: Int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
+    max_runtime_s: MaxRuntime = None
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
     resources: ResourcesSpec = ResourcesSpec()
 
@@ -141,6 +147,7 @@ class EvaluateSpec(Strict):
     seed: Int = Field(0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     precision: Precision = "auto"
+    max_runtime_s: MaxRuntime = None
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateSpec":

@@ -17,7 +17,8 @@ from api.settings import Settings
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(url: str, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(database_url=url, artifact_root=tmp_path / "artifacts",
-                                      data_root=tmp_path / "data", broker_url=None, api_tokens=None)
+                                      data_root=tmp_path / "data", broker_url=None, api_tokens=None,
+                                      auth="off")
         values.update(overrides)
         return Settings(**values)
 

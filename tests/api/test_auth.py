@@ -13,13 +13,14 @@ from api.security import token_matches
 from api.settings import Settings
 from api_helpers import PRETRAIN
 
-TOKENS = "s3cret-token-alpha,s3cret-token-beta"
+ALPHA, BETA = "s3cret-token-alpha-" + "a" * 20, "s3cret-token-beta-" + "b" * 20
+TOKENS = f"{ALPHA},{BETA}"
 
 
 @pytest.fixture
 def authed(sqlite_url, make_settings):
     upgrade(sqlite_url)
-    with TestClient(create_app(make_settings(sqlite_url, api_tokens=TOKENS))) as c:
+    with TestClient(create_app(make_settings(sqlite_url, api_tokens=TOKENS, auth="on"))) as c:
         yield c
 
 
@@ -28,14 +29,14 @@ def test_token_rules(authed, caplog):
     r = authed.get("/v1/jobs")
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert r.headers["www-authenticate"].startswith("Bearer")
-    for header in ["Basic czNjcmV0", "Bearer", "Bearer ", "s3cret-token-alpha", "Bearer a b"]:
+    for header in ["Basic czNjcmV0", "Bearer", "Bearer ", ALPHA, "Bearer a b"]:
         r = authed.get("/v1/jobs", headers={"Authorization": header})
         assert r.status_code == 401, header
         assert "malformed" in r.json()["error"]["message"]
     r = authed.get("/v1/jobs", headers={"Authorization": "Bearer s3cret-token-gamma"})
     assert r.status_code == 403 and r.json()["error"] == {"code": "forbidden", "message": "unknown API token",
                                                           "details": None}
-    for token in ("s3cret-token-alpha", "s3cret-token-beta"):
+    for token in (ALPHA, BETA):
         h = {"Authorization": f"Bearer {token}"}
         assert authed.get("/v1/jobs", headers=h).status_code == 200
         assert authed.post("/v1/jobs", json={"spec": PRETRAIN}, headers=h).status_code == 201
@@ -57,8 +58,8 @@ def test_token_rules(authed, caplog):
 def test_settings_never_show_tokens():
     s = Settings(api_tokens=TOKENS, database_url="sqlite://")
     assert "s3cret" not in repr(s) and "s3cret" not in str(s) and "s3cret" not in s.model_dump_json()
-    assert s.token_list() == ["s3cret-token-alpha", "s3cret-token-beta"] and s.auth_enabled
-    assert not Settings(api_tokens="", database_url="sqlite://").auth_enabled
+    assert s.token_list() == [ALPHA, BETA] and s.auth_enabled
+    assert not Settings(auth="off", database_url="sqlite://").auth_enabled
     assert Settings(database_url="sqlite://").host == "127.0.0.1"
 
 

@@ -69,7 +69,7 @@ def fuzz_client(tmp_path_factory):
     url = f"sqlite:///{tmp / 'fuzz.sqlite'}"
     upgrade(url)
     app = create_app(Settings(database_url=url, artifact_root=tmp / "artifacts", data_root=tmp / "data",
-                              broker_url=None, api_tokens=None, max_body_bytes=64 * 1024))
+                              broker_url=None, api_tokens=None, auth="off", max_body_bytes=64 * 1024))
     with TestClient(app) as c:
         job = c.post("/v1/jobs", json={"spec": PRETRAIN}).json()["id"]
         folder = app.state.settings.job_dir(job)

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def service_env(**settings: Any) -> dict[str, str]:
     """This process's environment without any PRETEXTLAB_* variable, plus ``PRETEXTLAB_<NAME>`` for
-    each keyword (None leaves it unset): a child service sees only the settings given here."""
+    each keyword (None leaves it unset): a child service sees only the settings given here.
+    Without ``api_tokens``, ``auth`` defaults to off (these services bind loopback, like `make run`)."""
+    if "api_tokens" not in settings:
+        settings.setdefault("auth", "off")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETEXTLAB_")}
     env["PYTHONUNBUFFERED"] = "1"  # logs reach the file while the test still runs
     env.update({f"PRETEXTLAB_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
