@@ -70,24 +70,27 @@ def test_api_docs_are_served_from_the_package(client: TestClient, path: str) -> 
         assert client.get(asset).status_code == 200, asset
 
 
+TOK_A, TOK_B = "tok-a-" + "a" * 32, "tok-b-" + "b" * 32  # the API refuses tokens under 32 characters
+
+
 def secured(make_settings: Callable[..., Settings], settings: Settings) -> TestClient:
-    return TestClient(create_app(make_settings(settings.database_url, api_tokens="tok-a,tok-b")))
+    return TestClient(create_app(make_settings(settings.database_url, api_tokens=f"{TOK_A},{TOK_B}", auth="on")))
 
 
 def test_nothing_without_a_token_then_login_then_csrf(make_settings: Callable[..., Settings],
                                                       settings: Settings) -> None:
     with secured(make_settings, settings) as c:
-        job = c.post("/v1/jobs", json={"name": "hidden", "spec": {"method": {"name": "rotation"}}}, headers={"Authorization": "Bearer tok-a"}).json()["id"]
+        job = c.post("/v1/jobs", json={"name": "hidden", "spec": {"method": {"name": "rotation"}}}, headers={"Authorization": f"Bearer {TOK_A}"}).json()["id"]
         for path in ("/ui/", f"/ui/jobs/{job}", "/ui/compare?ids=1", "/ui/leaderboard", "/ui/workers"):
             r = c.get(path, follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next=")
         assert c.get("/v1/events/stream").status_code == 401
         assert c.post("/ui/login", data={"token": "wrong"}).status_code == 403
         assert c.post("/ui/login", data={"token": ""}).status_code == 403
-        r = c.post("/ui/login", data={"token": "tok-b", "next": "https://evil.example/"}, follow_redirects=False)
+        r = c.post("/ui/login", data={"token": TOK_B, "next": "https://evil.example/"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/"  # never an open redirect
         cookie = r.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "tok-b" not in cookie
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOK_B not in cookie
         page = c.get(f"/ui/jobs/{job}")
         assert page.status_code == 200 and "hidden" in page.text
         csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
@@ -104,10 +107,10 @@ def test_forged_expired_and_stale_cookies_are_refused(make_settings: Callable[..
                                                       settings: Settings) -> None:
     with secured(make_settings, settings) as c:
         s = c.app.state.settings
-        good = ui_session.encode(s, ui_session.UiSession("token-1", "c", int(time.time()) + 60))
-        expired = ui_session.encode(s, ui_session.UiSession("token-1", "c", int(time.time()) - 1))
-        other = make_settings(settings.database_url, api_tokens="another-token")  # tokens changed since
-        stale = ui_session.encode(other, ui_session.UiSession("token-1", "c", int(time.time()) + 60))
+        good = ui_session.encode(s, ui_session.UiSession("env-1", True, "c", int(time.time()) + 60))
+        expired = ui_session.encode(s, ui_session.UiSession("env-1", True, "c", int(time.time()) - 1))
+        other = make_settings(settings.database_url, api_tokens="another-token-" + "c" * 32, auth="on")  # tokens changed since
+        stale = ui_session.encode(other, ui_session.UiSession("env-1", True, "c", int(time.time()) + 60))
         payload, _, sig = good.partition(".")
         forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + sig
         for value, status in ((good, 200), (expired, 401), (stale, 401), (forged, 401), ("x.y", 401)):

@@ -14,7 +14,7 @@ from tests.support.databases import sqlite_file_url
 from tests.support.net import free_port, wait_for_http
 from tests.support.processes import Proc, service_env
 
-TOKEN = "client-test-token"
+TOKEN = "client-test-token-" + "k" * 32  # the API refuses tokens under 32 characters
 
 
 class Server:

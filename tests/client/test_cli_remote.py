@@ -72,8 +72,8 @@ def test_submit_wait_jobs_show_logs_download(server, spec_file, tmp_path, capsys
     assert (tmp_path / "w.st").read_bytes() == server.job_file(job_id, "backbone.safetensors").read_bytes()
     rc, out, _ = run(capsys, "download", str(job_id), *s, "-o", str(tmp_path / "all"))
     assert rc == 0
-    assert (tmp_path / "all" / "checkpoints" / "last.pt").read_bytes() == \
-        server.job_file(job_id, "checkpoints/last.pt").read_bytes()
+    assert (tmp_path / "all" / "checkpoints" / "last.safetensors").read_bytes() == \
+        server.job_file(job_id, "checkpoints/last.safetensors").read_bytes()
     assert str(tmp_path / "all" / "backbone.safetensors") in out.splitlines()
 
 

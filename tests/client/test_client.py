@@ -49,8 +49,8 @@ def test_submit_wait_read_metrics_and_download(client, server, tmp_path, capsys)
     assert saved == tmp_path / "backbone.safetensors"
     assert saved.read_bytes() == server.job_file(job["id"], "backbone.safetensors").read_bytes()
     assert names["backbone.safetensors"]["size"] == saved.stat().st_size
-    nested = client.download(job["id"], "checkpoints/last.pt", tmp_path / "sub" / "last.pt")
-    assert nested.read_bytes() == server.job_file(job["id"], "checkpoints/last.pt").read_bytes()
+    nested = client.download(job["id"], "checkpoints/last.safetensors", tmp_path / "sub" / "last.safetensors")
+    assert nested.read_bytes() == server.job_file(job["id"], "checkpoints/last.safetensors").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.safetensors", "sub"]  # no temp file left
 
     assert list(client.watch(job["id"])) == [client.job(job["id"])]  # a finished job: once

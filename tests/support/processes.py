@@ -20,7 +20,7 @@ def service_env(**settings: Any) -> dict[str, str]:
     """This process's environment without any PRETEXTLAB_* variable, plus ``PRETEXTLAB_<NAME>`` for
     each keyword (None leaves it unset): a child service sees only the settings given here.
     Without ``api_tokens``, ``auth`` defaults to off (these services bind loopback, like `make run`)."""
-    if "api_tokens" not in settings:
+    if settings.get("api_tokens") is None:
         settings.setdefault("auth", "off")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETEXTLAB_")}
     env["PYTHONUNBUFFERED"] = "1"  # logs reach the file while the test still runs

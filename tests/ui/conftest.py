@@ -18,7 +18,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def secured_server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path, tokens="ui-secret-token,second-token")
+    s = Server(tmp_path, tokens="ui-secret-token-" + "s" * 32 + ",second-token-" + "t" * 32)
     yield s
     s.close()
 

@@ -26,7 +26,7 @@ def served(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -
     url = database_url  # SQLite and PostgreSQL: the change query compares stored timestamps
     upgrade(url)
     settings = Settings(database_url=url, artifact_root=tmp_path / "a", data_root=tmp_path / "d", broker_url=None,
-                        api_tokens=None)
+                        api_tokens=None, auth="off")
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
