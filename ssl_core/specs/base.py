@@ -14,6 +14,7 @@ MAX_QUEUE_SIZE = 1 << 20
 MAX_QUEUE_ELEMENTS = 1 << 26  # K x D floats: 256 MiB of fp32 keys at most
 MAX_SUBSET = 10_000_000
 MAX_PERMUTATIONS = 1000
+MAX_GPUS = 1024  # resources.gpus: ranks of one data-parallel job
 
 
 class Strict(BaseModel):

@@ -84,6 +84,8 @@ class SimCLRSpec(Strict):
     temperature: float = Field(0.5, gt=0.0, le=10.0, description="paper CIFAR: 0.5")
     projection_dim: int = Field(128, ge=2, le=8192)
     projection_hidden_dim: int | None = Field(None, ge=2, le=16384, description="None = the backbone's feature dim")
+    sync_bn: bool | None = Field(
+        None, description="global BatchNorm over all ranks (SyncBatchNorm, CUDA only); None = on for multi-GPU runs")
 
 
 class MoCoSpec(Strict):
