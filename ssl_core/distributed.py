@@ -25,6 +25,7 @@ A rank process is set up by :func:`init_rank_process` from the environment ``tor
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 from dataclasses import dataclass
@@ -130,10 +131,12 @@ class DistContext:
             nn.SyncBatchNorm.convert_sync_batchnorm(method)  # children replaced in place, parameters kept
         # MoCo's queue is identical on every rank by construction (each enqueues the global batch's
         # keys): broadcasting it from rank 0 at every step would move K x D values for nothing
-        broadcast_buffers = not hasattr(method, "queue")
+        kw: dict[str, Any] = {}
+        if hasattr(method, "queue"):
+            ddp_args = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+            kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_args else {"broadcast_buffers": False}
         return nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=broadcast_buffers)
+            method, device_ids=[device.index] if device.type == "cuda" else None, **kw)
 
 
 def _gloo_group() -> Any:

@@ -148,7 +148,12 @@ def run_pretrain(spec, out_dir, *, nproc: int, devices: list[int] | None = None,
     should_stop = should_stop or sink.should_stop
     if nproc == 1:
         return _run_in_process(spec, Path(out_dir), devices, sink, should_stop, resume, run_key)
+    return run_ranks(spec, out_dir, nproc, devices, sink, should_stop, resume, run_key)
 
+
+def run_ranks(spec, out_dir, nproc: int, devices: list[int] | None, sink: Sink, should_stop: Callable[[], bool],
+              resume: bool = True, run_key: str | None = None):
+    """:func:`run_pretrain` through the launcher for any ``nproc``, 1 included (benchmarks compare like with like)."""
     import torch.multiprocessing as mp
     from torch.distributed.launcher.api import elastic_launch
 

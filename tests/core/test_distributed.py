@@ -5,12 +5,10 @@ Tiny convnets on 16 px synthetic images. The rank functions live in dist_testkit
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
