@@ -5,6 +5,7 @@ Tiny convnets on 16 px synthetic images. The rank functions live in dist_testkit
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -196,3 +197,20 @@ def test_killing_the_caller_leaves_no_rank_alive(tmp_path):
         if caller.poll() is None:
             caller.kill()
         log.close()
+
+
+def test_cli_nproc_2_runs_the_ranks_and_rank_0_prints_the_result(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ssl_core.cli", "train", str(REPO / "examples" / "tiny" / "rotation.json"),
+           "--out", str(tmp_path / "run"), "--nproc", "2", "--no-progress"]
+    odd = subprocess.run(cmd + ["--set", "batch_size=15"], capture_output=True, text=True, env=env, timeout=120)
+    assert odd.returncode == 2 and "batch_size: the global batch 15 does not divide among --nproc 2" in odd.stderr
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"completed"') == 1  # rank 0 alone prints the result
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["completed"] and result["step"] == 6
+    from safetensors import safe_open
+
+    with safe_open(result["backbone"], "pt") as f:
+        assert f.metadata()["world_size"] == "2"
