@@ -17,7 +17,9 @@ NCCL on CUDA, gloo on CPU) and runs :func:`ssl_core.train.pretrain`.
 * a rank's error is re-raised in the caller with its type name and message (a PermanentError stays
   one, so the job fails once instead of retrying);
 * no orphans: every rank asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``)
-  and also watches its parent's pid, so ``kill -9`` of the caller takes every rank with it.
+  and also watches its parent's pid, so ``kill -9`` of the caller takes every rank with it. (The
+  launcher runs in a thread of the caller, so torch warns that it cannot install its own signal
+  handlers there; the parent-death signal is what covers that case.)
 """
 
 from __future__ import annotations
@@ -170,7 +172,16 @@ def run_ranks(spec, out_dir, nproc: int, devices: list[int] | None, sink: Sink, 
 
     launcher = threading.Thread(target=launch, name="pretrain-launcher", daemon=True)
     launcher.start()
-    _relay(q, sink, should_stop, stop, launcher, outcome)
+    try:
+        _relay(q, sink, should_stop, stop, launcher, outcome)
+    except BaseException:  # the caller's sink failed (or the caller was interrupted): stop the ranks first
+        stop.set()
+        while launcher.is_alive():  # keep draining: a rank exits only once its queue is flushed
+            try:
+                q.get(timeout=_POLL_S)
+            except queue_mod.Empty:
+                pass
+        raise
     return _result(outcome)
 
 
