@@ -92,6 +92,16 @@ def test_global_batch_must_divide_among_the_ranks(tmp_path):
         kit.tiny({"name": "rotation"}, batch=10, resources={"gpus": 4})
 
 
+
+def test_sync_bn_on_cpu_ranks_is_refused_naming_the_field():
+    from ssl_core.distributed import DistContext
+    from ssl_core.registry import build_method
+
+    method = build_method(kit.tiny({"name": "simclr", "sync_bn": True}))
+    with pytest.raises(SpecError, match=r"^method.sync_bn: SyncBatchNorm needs CUDA devices"):
+        DistContext(rank=0, world=2).wrap(method, torch.device("cpu"), sync_bn=True)
+
+
 # ----------------------------------------------------------------------------- the service's launcher
 class ListSink:
     def __init__(self, stop_after_metrics: int | None = None):
