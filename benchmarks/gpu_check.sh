@@ -11,6 +11,10 @@
 #      images, batch 512, bf16, eager and with compile: true (target: an epoch under 3 s);
 #   4. benchmarks/reporting.py on CUDA with SQLite (no PostgreSQL there): the sink's share of a
 #      GPU step.
+#   5. benchmarks/scaling.py on CUDA (NCCL): data-parallel images/s at 1, 2, 4, 8 processes (as many
+#      as the host has GPUs), ResNet-50 at 224 px, 64 images per GPU (weak scaling); target >= 90 %
+#      efficiency on one 8-GPU node. On a 1-GPU host only the 1-process row runs. On 2+ GPUs the
+#      SyncBatchNorm path runs too (SimCLR's method.sync_bn is on for multi-GPU runs).
 #
 # Here, once per session (wheels for the device's Python 3.12, git-ignored):
 #   bash benchmarks/gpu_check.sh --fetch-wheels
@@ -73,4 +77,8 @@ step epoch-compiled 150 python3 benchmarks/epoch_time.py --device cuda --epochs 
   --out "$OUT/epoch_cuda_compiled.json"
 step reporting 60 python3 benchmarks/reporting.py --device cuda --backbone resnet18 --batch-size 128 --steps 15 \
   --epochs 4 --repeats 2 --stores null,sqlite --out "$OUT/reporting_cuda.json"
+ngpu=$(nvidia-smi --list-gpus | wc -l)
+counts=$(python3 -c "print(','.join(str(n) for n in (1, 2, 4, 8) if n <= $ngpu))")
+step scaling 150 python3 benchmarks/scaling.py --device cuda --nproc "$counts" --rounds 1 --backbone resnet50 \
+  --image-size 224 --batch-size 64 --weak --subset 1280 --epochs 2 --log-every 5 --out "$OUT/scaling_cuda.json"
 echo "=== done"

@@ -3,7 +3,9 @@
 The data order of epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``
 (:func:`epoch_permutation`), so it needs no saved state and a resumed run reproduces it exactly.
 Both sources yield the same batches in the same order (``drop_last``: contrastive losses want
-full batches):
+full batches). Under torch.distributed every rank draws the same permutation and batch ``i`` of the
+global batch size; rank ``r`` of ``W`` takes its ``r``-th share (``rank``/``world``), so the global
+batch is that of a one-process run:
 
 * :class:`TensorBatches` -- the whole (prepared) split as one tensor on the device, indexed per
   batch. STL-10's memory-mapped unlabeled split takes this path too (on CPU it stays a memmap view
@@ -41,8 +43,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     """Index lists of one epoch's batches (drop_last), from batch ``start`` on: set_epoch() before each
     iter(). Lives in the main process, so persistent DataLoader workers see the new epoch."""
 
-    def __init__(self, seed: int, n: int, batch: int):
+    def __init__(self, seed: int, n: int, batch: int, rank: int = 0, world: int = 1):
         self.seed, self.n, self.batch, self.epoch, self.start = seed, n, batch, 0, 0
+        self.share = slice(rank * batch // world, (rank + 1) * batch // world)  # this rank's part of a batch
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -50,7 +53,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         perm = epoch_permutation(self.seed, self.epoch, self.n)
         for i in range(self.start, self.n // self.batch):
-            yield perm[i * self.batch:(i + 1) * self.batch].tolist()
+            yield perm[i * self.batch:(i + 1) * self.batch][self.share].tolist()
 
     def __len__(self) -> int:
         return self.n // self.batch - self.start
@@ -62,8 +65,10 @@ class TensorBatches:
     An epoch may visit the prepared set ``repeats`` times (Exemplar-CNN: K samples per surrogate class);
     the repeats are indices into the same tensors (taken mod N), never copies of the images."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor | None, repeats: int, batch: int, seed: int):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor | None, repeats: int, batch: int, seed: int,
+                 rank: int = 0, world: int = 1):
         self.images, self.targets, self.batch, self.seed = images, targets, batch, seed
+        self.share = slice(rank * batch // world, (rank + 1) * batch // world)  # this rank's part of a batch
         self.n_prepared = int(images.shape[0])
         self.n = self.n_prepared * repeats  # samples per epoch
 
@@ -73,7 +78,7 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         perm = epoch_permutation(self.seed, epoch, self.n).remainder_(self.n_prepared).to(self.images.device)
         for i in range(start, len(self)):
-            idx = perm[i * self.batch:(i + 1) * self.batch]
+            idx = perm[i * self.batch:(i + 1) * self.batch][self.share]
             yield self.images[idx], (self.targets[idx] if self.targets is not None else None)
 
     def close(self) -> None:
@@ -85,9 +90,9 @@ class StreamingBatches:
     (``non_blocking``: the copy overlaps the previous step). Same epoch order as TensorBatches."""
 
     def __init__(self, samples: list[tuple[str, int]], size: int, channels: int, batch: int, seed: int,
-                 device: torch.device, workers: int):
+                 device: torch.device, workers: int, rank: int = 0, world: int = 1):
         self.n, self.batch, self.device = len(samples), batch, device
-        self.sampler = EpochBatchSampler(seed, self.n, batch)
+        self.sampler = EpochBatchSampler(seed, self.n, batch, rank, world)
         self.loader = torch.utils.data.DataLoader(
             DecodedImages(samples, size, channels), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
@@ -110,8 +115,10 @@ class StreamingBatches:
         self.loader._iterator = None
 
 
-def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.device) -> TensorBatches | StreamingBatches:
-    """In memory when the split fits (after the method's prepare_data), else streamed from disk."""
+def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.device, rank: int = 0,
+                world: int = 1) -> TensorBatches | StreamingBatches:
+    """In memory when the split fits (after the method's prepare_data), else streamed from disk; this
+    rank's share of every global batch."""
     d = spec.data
     size, channels = d.resolved_image_size, d.resolved_channels
     samples = streaming_samples(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
@@ -121,10 +128,11 @@ def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.devic
                           subset=d.subset, seed=spec.seed)
         prep_gen = torch.Generator(device=device).manual_seed(spec.seed)  # fresh on resume: same result
         images, targets = method.prepare_data(ds.images.to(device), prep_gen)
-        return TensorBatches(images, targets, int(getattr(method, "epoch_repeats", 1)), spec.batch_size, spec.seed)
+        return TensorBatches(images, targets, int(getattr(method, "epoch_repeats", 1)), spec.batch_size, spec.seed,
+                             rank, world)
     if type(method).prepare_data is not SSLMethod.prepare_data:
         raise SpecError(
             f"data: {d.path} is too big to hold in memory at {size} px (PRETEXTLAB_MAX_IN_MEMORY_BYTES), and "
             f"method {spec.method.name} builds its training set from the whole split in memory (prepare_data), "
             "so it cannot stream it; lower data.image_size or raise PRETEXTLAB_MAX_IN_MEMORY_BYTES")
-    return StreamingBatches(samples, size, channels, spec.batch_size, spec.seed, device, loader_workers())
+    return StreamingBatches(samples, size, channels, spec.batch_size, spec.seed, device, loader_workers(), rank, world)

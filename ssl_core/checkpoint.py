@@ -52,7 +52,9 @@ _STATE_KEY = "pretextlab_state"  # the metadata entry holding the JSON skeleton
 # Spec fields a resume may change: how the run executes or reports, not what it computes. A resumed
 # run on another GPU type is legitimate (the numbers then differ in the last bits, as on any other
 # device); the kNN monitor runs in eval mode without gradients; eval.after is read when the run succeeds.
-RESUME_MAY_CHANGE = ("device", "precision", "compile", "channels_last", "log_every", "checkpoint_every", "eval")
+# resources: a run may resume on another number of GPUs with the same global batch (elastic resume).
+RESUME_MAY_CHANGE = ("device", "precision", "compile", "channels_last", "log_every", "checkpoint_every", "eval",
+                     "resources")
 
 
 class ResumeMismatchError(PermanentError):

@@ -1,6 +1,6 @@
 """`pretextlab train | evaluate | data`: run the engine locally, no server.
 
-    pretextlab train SPEC.json --out DIR [--set dotted.key=value ...] [--resume]
+    pretextlab train SPEC.json --out DIR [--set dotted.key=value ...] [--resume] [--nproc N]
     pretextlab evaluate (--weights PATH | --baseline random_init|raw_pixels) --protocol knn|linear|finetune
                         [--set dotted.key=value ...] [--out DIR]
     pretextlab data prepare NAME | pretextlab data list
@@ -14,12 +14,19 @@ Resuming is opt-in: ``train`` refuses an out dir that already holds a checkpoint
 is given (exit 2), and ``--resume`` continues only the same run -- a spec that differs from the
 checkpoint's in more than epochs (grown) or device/precision/compile/logging/eval settings is refused
 with the differing fields (exit 2; see ssl_core.checkpoint).
+
+``--nproc N`` runs the pretraining data-parallel on N local processes through torch.distributed's
+launcher (ssl_core.launch; NCCL on GPUs, gloo on CPU); ``batch_size`` stays the global batch. The
+command also works as a rank of ``torchrun`` (``torchrun --nproc-per-node N -m ssl_core.cli train
+...``, and ``--nnodes``/``--rdzv-endpoint`` across hosts): it then joins the group torchrun describes,
+and rank 0 alone writes the metrics, checkpoint, backbone and the result JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ssl_core.errors import PermanentError
-from ssl_core.reporting import JsonlSink
+from ssl_core.reporting import JsonlSink, NullSink
 from ssl_core.specs import DATASETS, EvaluateSpec, PretrainSpec
 
 
@@ -163,6 +170,8 @@ def train_main(argv: list[str]) -> int:
                         "without it an OUT that holds a checkpoint is refused")
     p.add_argument("--no-progress", action="store_true",
                    help="print metric lines (on stderr) instead of a progress bar; stdout gets the result JSON")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (one per GPU; CPU: gloo); batch_size is global")
     args = p.parse_args(argv)
     try:
         raw = json.loads(args.spec.read_text())
@@ -178,13 +187,32 @@ def train_main(argv: list[str]) -> int:
         print(f"{args.out} already holds a run: pass --resume to continue it, or choose a new --out",
               file=sys.stderr)
         return 2
+    rank_of_group = _launched_rank()
+    if args.nproc < 1 or (args.nproc > 1 and spec.batch_size % args.nproc):
+        return _fail_validation(ValueError(f"batch_size: the global batch {spec.batch_size} does not divide among "
+                                           f"--nproc {args.nproc} processes"))
+    if args.nproc > 1 and rank_of_group is None:
+        from ssl_core.launch import launch_cli  # the ranks run this same command under the launcher
+
+        return launch_cli(argv, args.nproc)
 
     from ssl_core.checkpoint import ResumeMismatchError  # torch: loaded only for the commands that train
     from ssl_core.train import pretrain
 
-    sink = JsonlSink(args.out, echo=True, stream=sys.stderr) if args.no_progress else TqdmSink(args.out)
+    should_stop, main = None, rank_of_group in (None, 0)
+    if rank_of_group is not None:  # a torchrun rank: join its group; a signal stops every rank at one step
+        from ssl_core.distributed import init_rank_process, stop_on_signals
+
+        init_rank_process(spec.device)
+        should_stop = stop_on_signals()
+    if not main:
+        sink = _RankSink()
+    elif args.no_progress:
+        sink = JsonlSink(args.out, echo=True, stream=sys.stderr)
+    else:
+        sink = TqdmSink(args.out)
     try:
-        result = pretrain(spec, args.out, sink=sink, resume=args.resume)
+        result = pretrain(spec, args.out, sink=sink, should_stop=should_stop, resume=args.resume)
     except ResumeMismatchError as e:  # the command is wrong, not the run: like a validation error
         print(f"cannot resume {args.out}: {e}", file=sys.stderr)
         return 2
@@ -197,10 +225,30 @@ def train_main(argv: list[str]) -> int:
         return 130
     finally:
         sink.close()
+        if rank_of_group is not None:
+            from ssl_core.distributed import close_rank_process
+
+            close_rank_process()
+    if not main:
+        return 0 if result.completed else 1
     print(json.dumps({"completed": result.completed, "epoch": result.epoch, "step": result.step,
                       "final_loss": result.final_loss, "backbone": str(result.backbone_path),
                       "checkpoint": str(result.checkpoint_path), "metrics": result.metrics}, indent=2))
     return 0 if result.completed else 1
+
+
+def _launched_rank() -> int | None:
+    """This process's rank when torchrun (or ``--nproc``) started it, else None."""
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return int(os.environ["RANK"])
+    return None
+
+
+class _RankSink(NullSink):
+    """Ranks other than 0 report nowhere (the trainer gives them a null sink too)."""
+
+    def close(self) -> None:
+        pass
 
 
 def evaluate_main(argv: list[str]) -> int:
@@ -265,3 +313,18 @@ def data_main(argv: list[str]) -> int:
         return 1
     print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ssl_core.cli train|evaluate|data ...`` (what ``torchrun -m ssl_core.cli`` runs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main, "evaluate": evaluate_main, "data": data_main}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m ssl_core.cli {{{'|'.join(commands)}}} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the pretextlab command does (worker.cli)
+    sys.exit(main())

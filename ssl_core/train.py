@@ -29,6 +29,15 @@ method's recipe follows the new epochs (e.g. SimCLR's warmup of epochs/10, MoCo 
 
 Metrics are summed on the device and read back (one host sync) every ``log_every`` steps and at
 the end of an epoch, so a step never waits for the GPU.
+
+Under torch.distributed (a rank started by torchrun or :mod:`ssl_core.launch`; see
+:mod:`ssl_core.distributed`) the same loop runs on every rank: ``batch_size`` is the global batch,
+each rank takes its share of every batch of the shared epoch order, the method runs in
+DistributedDataParallel, the stop request is agreed between steps, metrics are averaged over ranks,
+and rank 0 alone reports, writes the checkpoint (with every rank's random states and the world
+size) and exports the backbone (its metadata records ``world_size``). A checkpoint written at world
+size N resumes at any M that divides the global batch (the ranks beyond rank 0 then start fresh
+augmentation streams when M differs from N). World size 1 is exactly the one-process run.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from ssl_core.backbone_file import backbone_metadata, export_backbone
 from ssl_core.batches import data_source
 from ssl_core.checkpoint import LAST_CHECKPOINT, restore_rng, resume_checkpoint, rng_state, save_checkpoint
 from ssl_core.data import load_dataset
+from ssl_core.distributed import DistContext
 from ssl_core.errors import NonFiniteLossError, SpecError
 from ssl_core.evaluate import knn_accuracy
 from ssl_core.features import extract_features
@@ -88,8 +98,9 @@ class RunningTotals:
     ``first_bad_step`` is the first step whose loss was not finite, or -1.
     """
 
-    def __init__(self, device: torch.device, epoch_loss_before: float = 0.0, epoch_steps: int = 0):
-        self.device = device
+    def __init__(self, device: torch.device, epoch_loss_before: float = 0.0, epoch_steps: int = 0,
+                 ctx: DistContext | None = None):
+        self.device, self.ctx = device, ctx or DistContext()  # reads are averaged over the ranks
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.epoch_loss, self.epoch_loss_before, self.epoch_steps = self._zero(), epoch_loss_before, epoch_steps
         self._restart(time.time())
@@ -114,6 +125,9 @@ class RunningTotals:
 
     def check_finite(self) -> None:
         bad = int(self.first_bad_step.item())
+        if self.ctx.distributed:  # every rank raises together, naming the first bad step of any rank
+            bad = self.ctx.min_int(bad if bad >= 0 else _NO_STEP)
+            bad = -1 if bad == _NO_STEP else bad
         if bad >= 0:
             raise NonFiniteLossError(f"non-finite loss at step {bad}")
 
@@ -121,20 +135,23 @@ class RunningTotals:
         """The mean ``train/`` loss and metrics since the last read, and images per second; restarts them."""
         self.check_finite()
         names = ["train/loss"] + [f"train/{k}" for k in self.metrics]
-        values = torch.stack([self.loss, *self.metrics.values()]).div(self.steps).tolist()
+        values = self.ctx.mean(torch.stack([self.loss, *self.metrics.values()]).div(self.steps).tolist())
         now = time.time()
         images_per_sec = self.images / max(now - self.read_at, 1e-9)
         self._restart(now)
         return dict(zip(names, values)), images_per_sec
 
     def epoch_loss_sum(self) -> float:
-        return self.epoch_loss_before + float(self.epoch_loss.item())
+        return self.epoch_loss_before + self.ctx.mean([float(self.epoch_loss.item())])[0]
 
     def end_epoch(self) -> float:
         """The epoch's mean loss; the epoch sums restart."""
         mean = self.epoch_loss_sum() / max(1, self.epoch_steps)
         self.epoch_loss, self.epoch_loss_before, self.epoch_steps = self._zero(), 0.0, 0
         return mean
+
+
+_NO_STEP = 2**62  # "no bad step" in the min over ranks
 
 
 class KnnMonitor:
@@ -171,15 +188,25 @@ class Trainer:
     def __init__(self, spec: PretrainSpec, out_dir: Path, sink: Sink, run_key: str | None = None):
         self.spec, self.out_dir, self.sink, self.run_key = spec, out_dir, sink, run_key
         self.checkpoint_path = out_dir / LAST_CHECKPOINT
+        self.dist = DistContext.current()
+        self.dist.local_batch(spec.batch_size)  # refuses a global batch the ranks cannot share
         seed_everything(spec.seed)
         self.device = resolve_device(spec.device)
+        if self.dist.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # the rank's own GPU
         self.amp_dtype, use_scaler = resolve_precision(spec.precision, self.device)
         memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
 
         # model and data: uint8 batches on the device, from memory or streamed from disk
         self.mean, self.std = dataset_stats(spec.data.dataset, spec.data.resolved_channels)
         self.method = registry.build_method(spec).to(self.device).to(memory_format=memory_format)
-        self.source = data_source(spec, self.method, self.device)
+        sync_bn = getattr(spec.method, "sync_bn", None)
+        self.model = self.dist.wrap(self.method, self.device, self.device.type == "cuda" if sync_bn is None else sync_bn)
+        # one step: the method itself at world size 1; through DDP (averaged gradients) on several ranks
+        self.step_fn = self.method.training_step if self.model is self.method else self.model
+        if self.dist.rank:  # the same initial weights everywhere, then rank-own random streams (dropout)
+            torch.manual_seed(self.rank_seed(0))
+        self.source = data_source(spec, self.method, self.device, self.dist.rank, self.dist.world)
         if self.source.n < spec.batch_size:
             raise SpecError(
                 f"data: {self.source.n} training samples per epoch are fewer than one batch (batch_size "
@@ -192,16 +219,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, spec.optim)
         self.schedule = LRSchedule(spec.optim, self.steps_per_epoch, spec.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(
+            spec.seed + 1 if not self.dist.rank else self.rank_seed(0))  # views differ across ranks
         if spec.compile:
             self.method.backbone.compile()  # in place: state_dict keys stay the same
             self.method.pipeline.compile()  # the augmentation's pointwise ops (docs/performance.md)
         self.monitor = (KnnMonitor(spec, self.device, self.amp_dtype, self.mean, self.std)
-                        if spec.eval.monitor.every_epochs > 0 else None)
+                        if spec.eval.monitor.every_epochs > 0 and self.dist.is_main else None)
 
         self.epoch = self.step_in_epoch = self.step = 0
         self.lr = self.schedule.lr(0)
-        self.totals = RunningTotals(self.device)
+        self.totals = RunningTotals(self.device, ctx=self.dist)
         self.last_values: dict[str, float] = {}  # the latest metrics read, then the epoch's merged in
         self.last_loss: float | None = None
 
@@ -211,9 +239,25 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step_in_epoch, self.step = ck["epoch"], ck["step_in_epoch"], ck["step"]
-        restore_rng(ck["rng"], self.aug_gen)
+        self.restore_rank_rng(ck)
         self.lr = self.schedule.lr(self.step)
-        self.totals = RunningTotals(self.device, ck["epoch_loss_sum"], ck["epoch_steps"])
+        self.totals = RunningTotals(self.device, ck["epoch_loss_sum"], ck["epoch_steps"], ctx=self.dist)
+
+    def rank_seed(self, step: int) -> int:
+        """The seed of a rank's random streams, distinct per rank (and per step, for an elastic resume)."""
+        return (self.spec.seed * 1_000_003 + self.dist.rank * 7919 + step) % 2**62
+
+    def restore_rank_rng(self, ck: dict[str, Any]) -> None:
+        """Rank 0's random states, or this rank's when the checkpoint has them (same world size); a rank
+        the checkpoint did not have starts fresh streams seeded by (seed, rank, step)."""
+        others = ck.get("rng_ranks") or []
+        if self.dist.rank == 0:
+            restore_rng(ck["rng"], self.aug_gen)
+        elif ck.get("world_size", 1) == self.dist.world and self.dist.rank <= len(others):
+            restore_rng(others[self.dist.rank - 1], self.aug_gen)
+        else:
+            torch.manual_seed(self.rank_seed(self.step))
+            self.aug_gen.manual_seed(self.rank_seed(self.step))
 
     # -- the loop's parts --------------------------------------------------------------------------
     def train_one_epoch(self, should_stop: Callable[[], bool]) -> bool:
@@ -221,7 +265,7 @@ class Trainer:
         batches = self.source.epoch(self.epoch, self.step_in_epoch)  # resumes at batch step_in_epoch
         for i in range(self.step_in_epoch, self.steps_per_epoch):
             self.step_in_epoch = i
-            if should_stop():
+            if self.dist.any(should_stop()):  # every rank stops at the same step
                 return False
             x, y = next(batches)
             self.train_step(x, y)
@@ -230,7 +274,7 @@ class Trainer:
     def train_step(self, x: Tensor, y: Tensor | None) -> None:
         self.lr = self.schedule.apply(self.optimizer, self.step)
         with autocast(self.device, self.amp_dtype):
-            loss, step_metrics = self.method.training_step(x, y, self.aug_gen)
+            loss, step_metrics = self.step_fn(x, y, self.aug_gen)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -269,16 +313,22 @@ class Trainer:
         self.sink.flush()
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/last.safetensors`` at the current position (never for a diverged model)."""
+        """Write ``checkpoints/last.safetensors`` at the current position (never for a diverged model);
+        every rank calls it, rank 0 writes it (with every rank's random states)."""
         self.totals.check_finite()
+        rngs = self.dist.gather_objects(rng_state(self.device, self.aug_gen))
         state = {
             "run_key": self.run_key, "torch_version": str(torch.__version__), "spec": self.spec.model_dump_json(),
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step, "sched_step": self.step,
             "epoch_loss_sum": self.totals.epoch_loss_sum(), "epoch_steps": self.totals.epoch_steps,
-            "rng": rng_state(self.device, self.aug_gen),
+            "rng": rngs[0], "world_size": self.dist.world,
         }
+        if self.dist.distributed:
+            state["rng_ranks"] = rngs[1:]
+        if not self.dist.is_main:
+            return self.checkpoint_path
         path = save_checkpoint(self.checkpoint_path, state)
         self.sink.artifact(path.name, path, "checkpoint")
         return path
@@ -298,9 +348,13 @@ class Trainer:
         meta = backbone_metadata(spec.model_dump_json(), spec.backbone, self.method.backbone.feature_dim,
                                  d.resolved_channels, d.resolved_image_size, self.mean, self.std,
                                  method_label(spec), spec.epochs, d.dataset)
-        backbone_path = export_backbone(self.out_dir / "backbone.safetensors", self.method.backbone, meta)
-        self.sink.artifact("backbone.safetensors", backbone_path, "backbone")
-        self.sink.flush()
+        meta["world_size"] = str(self.dist.world)
+        backbone_path = self.out_dir / "backbone.safetensors"
+        if self.dist.is_main:
+            export_backbone(backbone_path, self.method.backbone, meta)
+            self.sink.artifact("backbone.safetensors", backbone_path, "backbone")
+            self.sink.flush()
+        self.dist.barrier()  # no rank returns before the backbone exists
         final_loss = self.last_loss if self.last_loss is not None else self.last_values.get("epoch/loss")
         checkpoint = self.checkpoint_path if self.checkpoint_path.exists() else None
         return PretrainResult(True, self.epoch, self.step, final_loss, backbone_path, checkpoint, self.last_values)
@@ -316,9 +370,19 @@ def pretrain(spec: PretrainSpec, out_dir: Path, sink: Sink | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     sink = sink or NullSink()
     should_stop = should_stop or sink.should_stop
+    ctx = DistContext.current()
+    if not ctx.is_main:  # rank 0 alone reports
+        sink = NullSink()
 
-    # only this run's checkpoint, its spec checked before any data is loaded
-    ck = resume_checkpoint(out_dir, spec, run_key) if resume else None
+    # Only this run's checkpoint, its spec checked before any data is loaded. Rank 0 decides first (it
+    # may set an untrusted file aside), then the other ranks read what it left.
+    ck = resume_checkpoint(out_dir, spec, run_key) if resume and ctx.is_main else None
+    ctx.barrier()
+    if resume and not ctx.is_main:
+        ck = resume_checkpoint(out_dir, spec, run_key)
+    ctx.same_on_all(None if ck is None else ck["step"],
+                    f"checkpoint: every rank must resume from the same {LAST_CHECKPOINT} (put the out dir on "
+                    "storage all ranks share)")
     trainer = Trainer(spec, out_dir, sink, run_key)
     if ck is not None:
         trainer.restore(ck)

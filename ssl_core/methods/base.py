@@ -58,3 +58,9 @@ class SSLMethod(nn.Module):
         self, images: Tensor, targets: Tensor | None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def forward(
+        self, images: Tensor, targets: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """A training step: DistributedDataParallel hooks its gradient averaging into ``forward``."""
+        return self.training_step(images, targets, generator)

@@ -8,16 +8,17 @@ to 0.2 and the augmentation (blur); ``spec.method`` is already resolved for the 
 
 Shuffling BN (paper §3.3): BatchNorm statistics shared by a query and its positive key
 let the model "cheat". Under multi-process torch.distributed training (world size > 1)
-the key batch is shuffled across processes (the official all-gather shuffle); a
+the key batch is shuffled across processes (the official all-gather shuffle, dealt so that
+every key batch mixes the samples of all ranks: no key is normalised with its query's batch); a
 one-process group gives that shuffle nothing to mix with. On one device the official CIFAR demo's
 split-batch BN is used instead: every BN layer normalises ``bn_splits`` sub-batches
 separately, and the key batch is shuffled so that no key lands in the sub-batch its
 query had (a cyclic derangement of the sub-batches). State (queue, pointer, key
 encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
 
-The pretextlab trainer (``ssl_core.train``) runs one process per job, so it always takes
-the single-device path. The cross-process path is for a DDP trainer (torchrun), which must
-build the method after ``init_process_group``; it is tested with 2 gloo processes.
+The trainer (``ssl_core.train``) builds the method after ``init_process_group``, so a run on
+several ranks (torchrun, ``pretextlab train --nproc``) takes the cross-process path and every
+rank enqueues the keys of the global batch; one process takes the split-BN path.
 """
 
 from __future__ import annotations
@@ -120,12 +121,32 @@ def concat_all_gather(x: Tensor) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+def rank_mixing_shuffle(world: int, local: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """idx_shuffle over the gathered batch (rank r's samples at rows r*local...): shuffled = x_all[idx_shuffle].
+
+    Every rank's key batch is dealt from all ranks' samples: rank r's samples, in a random order,
+    go to ranks r+1, r+2, ... (mod world) in turn, then each rank's new batch is put in a random
+    order. So no key is normalised with its query's BN batch (for local >= 2 each key batch holds
+    at most ceil(local / world) of a query batch's samples; a plain random permutation would, by
+    chance, leave some rank with its own batch, and moving whole batches would change nothing).
+    """
+    n = world * local
+    order = torch.stack([randperm(local, device, generator) for _ in range(world)])  # (world, local): k-th dealt
+    src_rank = torch.arange(world, device=device).unsqueeze(1)
+    k = torch.arange(local, device=device).unsqueeze(0)
+    dest_rank = torch.empty(n, dtype=torch.long, device=device)
+    dest_rank[(src_rank * local + order).flatten()] = ((src_rank + 1 + k) % world).flatten()
+    tie = randperm(n, device, generator)  # a random order inside each destination batch
+    return torch.argsort(dest_rank * n + tie)  # each destination receives exactly `local` samples
+
+
 @torch.no_grad()
 def batch_shuffle_ddp(x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Official MoCo: gather the batch from all processes, shuffle it with rank 0's permutation, take this rank's share."""
+    """Official MoCo: gather the batch from all processes, shuffle it with rank 0's permutation, take this
+    rank's share; the permutation mixes every rank's key batch from all ranks (:func:`rank_mixing_shuffle`)."""
     local = x.shape[0]
     x_all = concat_all_gather(x)
-    idx_shuffle = randperm(x_all.shape[0], x.device, generator)
+    idx_shuffle = rank_mixing_shuffle(dist.get_world_size(), local, generator, x.device)
     dist.broadcast(idx_shuffle, src=0)
     idx_unshuffle = torch.argsort(idx_shuffle)
     rank = dist.get_rank()

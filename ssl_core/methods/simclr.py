@@ -3,6 +3,10 @@
 Two views of each image from the augmentation pipeline, the encoder f (the backbone,
 kept after training) gives h, the projection g (Linear-BN-ReLU-Linear, discarded) gives
 z, and NT-Xent pulls the two views of an image together against the other 2N-2 views.
+
+Under torch.distributed N is the global batch: every rank all-gathers the projections with their
+gradient (:func:`~ssl_core.distributed.gather_with_grad`), so each anchor sees the 2N-2 views of all
+ranks, as in the paper's TPU runs; ``method.sync_bn`` makes BatchNorm global too (SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_core.distributed import gather_with_grad
 from ssl_core.heads import SimCLRProjectionHead
 from ssl_core.losses import nt_xent
 from ssl_core.methods.base import SSLMethod
@@ -31,7 +36,7 @@ class SimCLR(SSLMethod):
         # one forward over 2N views: BN sees both views, as the paper's global BN does
         h = self.backbone(self.normalize(x))  # (2N, feature_dim)
         z = self.projection_head(h)  # (2N, projection_dim)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = gather_with_grad(z[:b]), gather_with_grad(z[b:])  # the global batch (itself on one process)
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"pretext_acc": _positive_top1(z1.detach(), z2.detach())}
 

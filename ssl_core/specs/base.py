@@ -25,6 +25,7 @@ MAX_AUGMENT_OPS = 64
 MAX_FOLLOWUPS = 16  # eval.after: evaluations queued when a pretraining succeeds
 MAX_MILESTONES = 32
 MAX_PATH_LENGTH = 4096  # a dataset folder or weights file path, in characters
+MAX_GPUS = 1024  # resources.gpus: ranks of one data-parallel job
 
 
 def _finite(value: Any) -> Any:

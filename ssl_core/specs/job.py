@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, TypeAdapter, model_validator
 
 from ssl_core.specs.augment import AugmentOp
-from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_PATH_LENGTH, MAX_QUEUE_ELEMENTS, MAX_SEED,
-                                 Bool, Int, Strict, climbs_or_has_nul)
+from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_GPUS, MAX_PATH_LENGTH,
+                                 MAX_QUEUE_ELEMENTS, MAX_SEED, Bool, Int, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DataSpec
 from ssl_core.specs.evaluation import EvalDataSpec, KnnProtocol, PretrainEvalSpec, ProtocolSpec
 from ssl_core.specs.method import MethodSpec
@@ -27,16 +27,15 @@ from ssl_core.specs.recipes import default_augment, default_optim
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-MAX_GPUS_PER_JOB = 64
-
-
-class ResourcesSpec(Strict):
-    gpus: Int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
-
-
 # Run time of a job over all its attempts; past it the worker checkpoints and fails the job. The
 # deployment may set a lower ceiling (PRETEXTLAB_MAX_RUNTIME_S).
 MaxRuntime = Annotated[int | None, Field(None, ge=1, le=366 * 86400, description="seconds; None = no limit")]
+
+
+class ResourcesSpec(Strict):
+    """What the service reserves for a job; the trainer takes its world size from the launcher."""
+
+    gpus: Int = Field(1, ge=1, le=MAX_GPUS, description="GPUs (one rank each); batch_size is split among them")
 
 
 class PretrainSpec(Strict):
@@ -57,11 +56,14 @@ class PretrainSpec(Strict):
     log_every: Int = Field(10, ge=1, le=100_000, description="steps between metric reads (no per-step host sync)")
     max_runtime_s: MaxRuntime = None
     eval: PretrainEvalSpec = Field(default_factory=PretrainEvalSpec)
-    resources: ResourcesSpec = ResourcesSpec()
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
     def _resolve_and_check(self) -> "PretrainSpec":
         m, size = self.method, self.data.resolved_image_size
+        if self.batch_size % self.resources.gpus:
+            raise ValueError(f"batch_size: the global batch {self.batch_size} does not divide among "
+                             f"resources.gpus {self.resources.gpus}")
         if self.augment is None:
             self.augment = default_augment(m, size)
         if self.optim is None:

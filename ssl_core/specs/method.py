@@ -85,6 +85,8 @@ class SimCLRSpec(Strict):
     temperature: Real = Field(0.5, gt=0.0, le=10.0, description="paper CIFAR: 0.5")
     projection_dim: Int = Field(128, ge=2, le=8192)
     projection_hidden_dim: Int | None = Field(None, ge=2, le=16384, description="None = the backbone's feature dim")
+    sync_bn: Bool | None = Field(
+        None, description="global BatchNorm over all ranks (SyncBatchNorm, CUDA only); None = on for multi-GPU runs")
 
 
 class MoCoSpec(Strict):

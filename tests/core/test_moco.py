@@ -203,17 +203,18 @@ def _global_batch() -> torch.Tensor:
 
 def _ddp_worker(rank: int, store: str) -> None:
     """One rank of the 2-process check (module level so torch.multiprocessing.spawn can pickle it)."""
-    from ssl_core.methods.moco import batch_shuffle_ddp, batch_unshuffle_ddp
+    from ssl_core.methods.moco import batch_shuffle_ddp, batch_unshuffle_ddp, rank_mixing_shuffle
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         x_all = _global_batch()
         x = x_all[rank * LOCAL:(rank + 1) * LOCAL]
-        # rank 0's permutation is the one used (broadcast): what randperm(8) gives for seed 0
-        perm = torch.randperm(WORLD * LOCAL, generator=torch.Generator().manual_seed(0))
+        # rank 0's permutation is the one used (broadcast): what rank_mixing_shuffle gives for seed 0
+        perm = rank_mixing_shuffle(WORLD, LOCAL, torch.Generator().manual_seed(0), torch.device("cpu"))
         shards = perm.view(WORLD, LOCAL)
-        assert {int(i) // LOCAL for i in shards[0]} == {0, 1}  # the seed really mixes the two ranks
+        for r in range(WORLD):  # each key batch: half from each rank, so never its query's BN batch
+            assert sorted(int(i) // LOCAL for i in shards[r]) == [0, 0, 1, 1]
 
         # 1. the data movement: this rank receives its share of the globally permuted batch,
         # and the unshuffle returns every row to the rank and position it came from
