@@ -121,10 +121,10 @@ def stop_then_resume(rank: int, out: Path, spec_json: str, stop_after: int) -> d
     if rank == 0:
         shutil.copytree(out / "run", out / "for_world1")
     dist.barrier()
-    ck = load_checkpoint(out / "run" / "checkpoints" / "last.pt")
+    ck = load_checkpoint(out / "run" / "checkpoints" / "last.safetensors")
     resumed = pretrain(spec, out / "run")
     straight = pretrain(spec, out / "straight", resume=False)
-    same = all(torch.equal(a, b) for a, b in zip(load_checkpoint(out / "run" / "checkpoints" / "last.pt")["model"].values(),
-                                                  load_checkpoint(out / "straight" / "checkpoints" / "last.pt")["model"].values()))
+    same = all(torch.equal(a, b) for a, b in zip(load_checkpoint(out / "run" / "checkpoints" / "last.safetensors")["model"].values(),
+                                                  load_checkpoint(out / "straight" / "checkpoints" / "last.safetensors")["model"].values()))
     return {"stopped": (stopped.completed, stopped.step), "ck": (ck["step"], ck["world_size"], len(ck["rng_ranks"])),
             "resumed": (resumed.completed, resumed.step), "straight": straight.step, "same_as_straight": same}

@@ -80,7 +80,7 @@ def test_cancel_stops_both_ranks_at_one_step_and_resume_at_world_2_and_1(tmp_pat
     # elastic resume: the world-size-2 checkpoint continues on one process with the same global batch
     result = pretrain(spec, tmp_path / "for_world1")
     assert result.completed and result.step == 12
-    assert load_checkpoint(tmp_path / "for_world1" / "checkpoints" / "last.pt")["world_size"] == 1
+    assert load_checkpoint(tmp_path / "for_world1" / "checkpoints" / "last.safetensors")["world_size"] == 1
 
 
 def test_global_batch_must_divide_among_the_ranks(tmp_path):
