@@ -52,7 +52,7 @@ def test_two_slot_celery_worker_runs_two_jobs_at_once_and_a_three_slot_job_waits
     assert sorted([c.get(a)["devices"], c.get(b)["devices"]]) == [[0], [1]]
     (w,) = fleet(c)
     assert w["free_gpus"] == [] and sorted(j["id"] for j in w["jobs"]) == sorted([a, b])
-    big = c.submit(tiny_pretrain(epochs=1, resources={"gpus": 3}))
+    big = c.submit(tiny_pretrain(epochs=1, resources={"gpus": 3}, batch_size=9))
     wait_for(lambda: c.get(big)["waiting_reason"], 30, "a waiting reason", on_timeout=c.logs)
     assert c.get(big)["waiting_reason"] == "waiting: needs 3 GPUs, largest worker has 2"
     c.wait_status(a, "succeeded")
@@ -82,7 +82,11 @@ def test_kill9_during_a_two_process_job_leaves_no_rank_and_resumes_once(make_clu
     c = make_cluster(postgres_url, redis_server.url, test_step_delay="0.2")
     c.serve()
     w1 = c.worker("w1", extra=SLOTS_2)
-    jid = c.submit(tiny_pretrain(epochs=4, resources={"gpus": 2}))
+    # The ranks run at full speed (the step delay slows only the worker's own sink), so the job is made
+    # long enough for the kill to land while they run: 512 images, 64 steps an epoch.
+    steps_per_epoch = 512 // 8
+    jid = c.submit(tiny_pretrain(epochs=4, resources={"gpus": 2}, data={"dataset": "synthetic", "subset": 512,
+                                                                        "image_size": 16}))
     wait_for(lambda: checkpoint_registered(c, jid), 120, "a first checkpoint", on_timeout=c.logs)
     ranks = descendants(w1.pid)
     assert len(ranks) >= 2, f"expected rank processes under the worker, found {ranks}"
@@ -95,5 +99,5 @@ def test_kill9_during_a_two_process_job_leaves_no_rank_and_resumes_once(make_clu
     job_runs = runs(c.sessions, jid)
     assert [r.outcome for r in job_runs] == ["lost", "succeeded"]
     assert job_runs[1].started_at >= job_runs[0].ended_at  # never two live copies
-    assert metric_steps(c.sessions, jid) == list(range(1, 4 * STEPS_PER_EPOCH + 1))  # every step once
+    assert metric_steps(c.sessions, jid) == list(range(1, 4 * steps_per_epoch + 1))  # every step once
     assert os.getpid() not in ranks and w2.alive()

@@ -95,7 +95,7 @@ def test_two_slot_job_runs_as_two_ranks_on_a_two_slot_worker(sqlite_store):
 
 def test_job_larger_than_every_live_worker_waits_with_its_reason(store):
     st = store
-    jid = add_job(st.sessions, tiny_pretrain(resources={"gpus": 3}))
+    jid = add_job(st.sessions, tiny_pretrain(resources={"gpus": 3}, batch_size=9))
     one = add_job(st.sessions, tiny_pretrain(epochs=1))
     reconcile_once(st.sessions, st.settings)
     assert job(st.sessions, jid).waiting_reason == "waiting: needs 3 GPUs, no live worker serves queue gpu"

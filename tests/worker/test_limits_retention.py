@@ -17,7 +17,7 @@ from api.db.leases import time_used
 from api.db.metrics import write_metrics
 from api.db.models import Artifact, Job, JobRun, Metric
 from api.db.retention import prune
-from conftest import make_store
+from tests.worker.conftest import make_store
 from worker.limits import runtime_limit
 from worker.runner import FAILED, SUCCEEDED, run_job
 
@@ -29,7 +29,7 @@ def test_max_runtime_exceeded_checkpoints_and_fails_with_the_reason(sqlite_url, 
         assert run_job(jid, worker_id="w", settings=st.settings, session_factory=st.sessions) == FAILED
         j = job(st.sessions, jid)
         assert j.status == "failed" and j.error == "max_runtime 1 s exceeded"
-        assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()  # stopped cooperatively
+        assert (st.settings.job_dir(jid) / "checkpoints" / "last.safetensors").is_file()  # stopped cooperatively
         steps = metric_steps(st.sessions, jid)
         assert max(steps, default=0) < 20 * 4  # stopped long before the end (setup counts too)
         assert [(r.attempt, r.outcome) for r in runs(st.sessions, jid)] == [(1, "failed")]
