@@ -83,9 +83,11 @@ class Settings(BaseSettings):
     def queues(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
 
-    def job_dir(self, job_id: int) -> Path:
-        """ARTIFACT_ROOT/jobs/<id>: the one folder a job writes to and the API serves from."""
-        return Path(self.artifact_root).resolve() / "jobs" / str(int(job_id))
+    def job_dir(self, job_id: int, run_key: str | None = None) -> Path:
+        """ARTIFACT_ROOT/jobs/<id>-<run_key[:12]> (jobs/<id> for rows without a key): the one folder
+        a job writes to and the API serves from; a reused id after a database reset gets a new one."""
+        name = str(int(job_id)) + (f"-{run_key[:12]}" if run_key else "")
+        return Path(self.artifact_root).resolve() / "jobs" / name
 
 
 @lru_cache(maxsize=1)

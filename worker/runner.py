@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.artifacts import latest_artifact, register_artifact
 from api.db.clock import utcnow
-from api.db.jobs import create_job, dependents_waiting, get_job, spec_of, waiting_on
+from api.db.jobs import create_job, dependents_waiting, get_job, run_key_of, spec_of, waiting_on
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
@@ -51,6 +51,8 @@ from worker.sink import SqlSink
 log = logging.getLogger("pretextlab.worker")
 
 MAX_ERROR_CHARS = 4000
+# The event reason of a cancel that arrived during the last step (docs/api.md, "Cancelling").
+CANCELLED_AFTER_COMPLETION = "cancel requested during the last step: the run completed; outputs kept"
 
 # Outcomes run_job returns (and JobRun.outcome records).
 SUCCEEDED, FAILED, CANCELLED, RELEASED, LOST, SKIPPED = (
@@ -82,13 +84,13 @@ def _source_weights(sessions: sessionmaker[Session], source_job_id: int) -> Path
 
 
 def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, Any], job_dir: Path,
-             sink: SqlSink) -> Outcome:
+             sink: SqlSink, run_key: str | None = None) -> Outcome:
     """Validate the spec and run ssl_core (torch is imported here, never at module load)."""
     spec = parse_job_spec(spec_dict)
     if spec.kind == "pretrain":
         from ssl_core.train import pretrain
 
-        res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
+        res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True, run_key=run_key)
     else:
         from ssl_core.evaluate import evaluate
 
@@ -132,7 +134,9 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
     sessions = session_factory or sessions_for(settings.database_url)
     stop_event = stop_event or threading.Event()
     job_id = int(job_id)
-    job_dir = settings.job_dir(job_id)
+    with sessions() as s:
+        run_key = run_key_of(s, job_id)
+    job_dir = settings.job_dir(job_id, run_key)
     lease = claim(sessions, job_id, worker_id, settings.lease_seconds, job_dir)
     if lease is None:
         with sessions() as s:
@@ -155,7 +159,7 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
         with sessions() as s:
             spec_dict = spec_of(s, job_id)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
-        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink)
+        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, run_key)
     except LeaseLost:
         pass
     except Exception as exc:
@@ -218,14 +222,19 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         _dispatch_all(sessions, [], settings, dependents_of=job_id)  # they fail, clearly
         return FAILED
     if outcome.completed:
-        _register_outputs(lease, settings.job_dir(job_id))
+        _register_outputs(lease, sink.job_dir)
         result = outcome.result or {}
         extra: dict[str, Any] = {"result": result}
         if "top1" in result:  # evaluate jobs: the leaderboard reads these columns
             extra.update(top1=result.get("top1"), top5=result.get("top5"))
-        created = lease.finish(["running", "cancelling"], "succeeded", SUCCEEDED, reason="completed",
-                               on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
-                               **done, **extra)
+        try:  # from running only: a cancel that landed during the last step wins (below)
+            created = lease.finish(["running"], "succeeded", SUCCEEDED, reason="completed",
+                                   on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
+                                   **done, **extra)
+        except LeaseLost:
+            if lease.lost:
+                raise
+            return _cancelled_after_completion(lease, settings, sessions, done, extra)
         _dispatch_all(sessions, created, settings, dependents_of=job_id)
         log.info("job %s: succeeded", job_id)
         return SUCCEEDED
@@ -241,6 +250,17 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
     _dispatch_all(sessions, [job_id], settings)
     log.info("job %s: handed back to the queue (worker shutting down)", job_id)
     return RELEASED
+
+
+def _cancelled_after_completion(lease: JobLease, settings: Settings, sessions: sessionmaker[Session],
+                                done: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The cancel arrived while the last step ran: the job ends ``cancelled`` as the 202 promised,
+    keeping what the finished run wrote (checkpoint, backbone, result); no follow-ups are created."""
+    lease.finish(["cancelling"], "cancelled", CANCELLED, **done, **extra,
+                 reason=CANCELLED_AFTER_COMPLETION)
+    _dispatch_all(sessions, [], settings, dependents_of=lease.job_id)
+    log.info("job %s: cancelled (the run had completed; outputs kept)", lease.job_id)
+    return CANCELLED
 
 
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:

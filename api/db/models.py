@@ -70,6 +70,9 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     artifact_dir: Mapped[str | None] = mapped_column(String(1000))
+    # random, set at creation: names the job's artifact folder (jobs/<id>-<key[:12]>) so a new job
+    # never meets an old job's files after a database reset, and is recorded in its checkpoints
+    run_key: Mapped[str | None] = mapped_column(String(64))
     # evaluation results, for the leaderboard
     top1: Mapped[float | None] = mapped_column(Float)
     top5: Mapped[float | None] = mapped_column(Float)

@@ -38,12 +38,12 @@ def download_artifact(job_id: JobId, name: str, session: SessionDep, settings: S
         name = check_artifact_name(name)
     except UnsafePath as exc:
         raise ApiError(400, "unsafe_artifact_name", str(exc), {"name": name[:300]}) from None
-    job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     if get_artifact(session, job_id, name) is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact named {name!r}",
                        {"job_id": job_id, "name": name})
     try:
-        path = resolve_artifact(settings.job_dir(job_id), name)
+        path = resolve_artifact(settings.job_dir(job_id, job.run_key), name)
     except UnsafePath as exc:
         raise ApiError(400, "unsafe_artifact_name", str(exc), {"name": name}) from None
     if not path.is_file():

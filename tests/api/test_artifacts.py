@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from api.db.jobs import run_key_of
 from api.db.artifacts import UnsafePath, check_artifact_name, register_artifact
 from api_helpers import submit
 
@@ -13,7 +14,8 @@ from api_helpers import submit
 @pytest.fixture
 def job_with_files(client, db, settings):
     job = submit(client)["id"]
-    folder = settings.job_dir(job)
+    with db() as s:
+        folder = settings.job_dir(job, run_key_of(s, job))
     (folder / "checkpoints").mkdir(parents=True)
     payload = os.urandom(300_000)
     (folder / "backbone.safetensors").write_bytes(payload)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.db.artifacts import register_artifact
+from api.db.jobs import run_key_of
 from api.db.metrics import write_metrics
 from api.db.session import upgrade
 from api.main import create_app
@@ -72,7 +73,8 @@ def fuzz_client(tmp_path_factory):
                               broker_url=None, api_tokens=None, max_body_bytes=64 * 1024))
     with TestClient(app) as c:
         job = c.post("/v1/jobs", json={"spec": PRETRAIN}).json()["id"]
-        folder = app.state.settings.job_dir(job)
+        with app.state.sessionmaker() as s:
+            folder = app.state.settings.job_dir(job, run_key_of(s, job))
         folder.mkdir(parents=True)
         (folder / "backbone.safetensors").write_bytes(b"w" * 100)
         with app.state.sessionmaker() as s:

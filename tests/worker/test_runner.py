@@ -7,7 +7,7 @@ import threading
 import time
 
 from sqlalchemy import select, update
-from worker_testlib import add_job, events, job, metric_steps, runs
+from worker_testlib import add_job, events, job, job_dir, metric_steps, runs
 from tests.support.specs import tiny_pretrain
 
 from api.db.jobs import transition
@@ -60,7 +60,7 @@ def test_tiny_job_succeeds_with_metrics_progress_artifacts(store):
     assert metric_steps(store.sessions, jid) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     arts = artifacts(store.sessions, jid)
     assert arts["backbone.safetensors"] == "backbone" and arts["checkpoints/last.pt"] == "checkpoint"
-    assert (store.settings.job_dir(jid) / "backbone.safetensors").is_file()
+    assert (job_dir(store.sessions, store.settings, jid) / "backbone.safetensors").is_file()
     assert [(r.attempt, r.outcome) for r in runs(store.sessions, jid)] == [(1, "succeeded")]
     assert events(store.sessions, jid)[-1] == ("running", "succeeded", "w")
 
@@ -72,7 +72,7 @@ def test_handback_then_resume_continues_steps_without_duplicates(sqlite_store):
     assert out == RELEASED
     j = job(st.sessions, jid)
     assert (j.status, j.owner, j.attempt) == ("queued", None, 1)
-    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    assert (job_dir(st.sessions, st.settings, jid) / "checkpoints" / "last.pt").is_file()
     first = metric_steps(st.sessions, jid)
     assert first and max(first) < 3 * STEPS_PER_EPOCH
     assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
@@ -92,7 +92,7 @@ def test_cancel_running_job_checkpoints_then_cancelled(sqlite_store):
     assert result["out"] == CANCELLED
     j = job(st.sessions, jid)
     assert j.status == "cancelled" and j.result is None
-    assert (st.settings.job_dir(jid) / "checkpoints" / "last.pt").is_file()
+    assert (job_dir(st.sessions, st.settings, jid) / "checkpoints" / "last.pt").is_file()
     assert max(metric_steps(st.sessions, jid)) < 50 * STEPS_PER_EPOCH
     assert [e[:2] for e in events(st.sessions, jid)][-2:] == [("running", "cancelling"), ("cancelling", "cancelled")]
     assert runs(st.sessions, jid)[-1].outcome == "cancelled"
@@ -269,7 +269,7 @@ def test_evaluate_job_reports_progress_and_is_handed_back_during_feature_extract
     j = job(st.sessions, jid)
     assert (j.status, j.owner, j.result, j.top1) == ("queued", None, None, None)
     assert j.progress is not None and j.progress["total_steps"] == total and 1 <= j.progress["step"] < total
-    assert not (st.settings.job_dir(jid) / "result.json").exists()
+    assert not (job_dir(st.sessions, st.settings, jid) / "result.json").exists()
     assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
     j = job(st.sessions, jid)
     assert j.status == "succeeded" and j.top1 is not None

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api.db.jobs import create_job, get_job, job_events
+from api.db.jobs import create_job, get_job, job_events, run_key_of
 from api.db.leases import runs_of
 from api.db.models import Metric
 from api.settings import Settings
@@ -41,3 +41,9 @@ def metric_steps(sessions: Any, job_id: int, name: str = "train/loss") -> list[i
     with sessions() as s:
         return list(s.scalars(select(Metric.step).where(Metric.job_id == job_id, Metric.name == name)
                               .order_by(Metric.step)))
+
+
+def job_dir(sessions: Any, settings: Settings, job_id: int) -> Any:
+    """The job's artifact folder (named with its run key)."""
+    with sessions() as s:
+        return settings.job_dir(job_id, run_key_of(s, job_id))
