@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, prometheus
 from api.db.session import check_schema_current, make_engine, session_factory
 from api.routes import artifacts, catalog, health, jobs, metrics, results
 from api.security import BodySizeLimitMiddleware
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, jobs, metrics, artifacts, catalog, results):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    prometheus.install(app)  # GET /metrics; its latency middleware wraps the body limit too
     return app
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Cursors stay valid for the life of the process when no PRETEXTLAB_CURSOR_SECRET is set.
+_PROCESS_CURSOR_KEY = secrets.token_bytes(32)
 
 
 class Settings(BaseSettings):
@@ -27,6 +32,9 @@ class Settings(BaseSettings):
     fashion_mnist_source: Path | None = Field(None, description="Fashion-MNIST .gz files; unset = the Debian package's")
     # SecretStr: its repr and str are '**********', so a logged Settings object leaks nothing.
     api_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens; unset = no auth")
+    cursor_secret: SecretStr | None = Field(
+        None, description="key signing GET /v1/jobs cursors; unset = a random key per process (set it to "
+                          "share cursors between API replicas and across restarts)")
     host: str = Field("127.0.0.1", description="bind address of `pretextlab serve` (loopback by default)")
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request bodies larger than this get 413")
@@ -60,6 +68,12 @@ class Settings(BaseSettings):
         return v
 
     # -- derived values ----------------------------------------------------------------------
+    def cursor_key(self) -> bytes:
+        """The pagination cursors' HMAC key: the setting, or one random key for this process."""
+        if self.cursor_secret is not None and self.cursor_secret.get_secret_value():
+            return self.cursor_secret.get_secret_value().encode()
+        return _PROCESS_CURSOR_KEY
+
     def token_list(self) -> list[str]:
         """The configured bearer tokens (empty list = authentication off)."""
         if self.api_tokens is None:

@@ -104,6 +104,29 @@ class Metric(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class MetricBlock(Base):
+    """Summary of one metric over steps [block * 64, block * 64 + 64): count, first/last step, the
+    min and max with their steps, and two filler steps. Kept in step with ``metrics`` by ``api.db.metric_blocks``, it
+    lets a downsampled read keep every spike and dip without scanning millions of points."""
+
+    __tablename__ = "metric_blocks"
+
+    job_id: Mapped[int] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_value: Mapped[float] = mapped_column(Float)
+    # the first step at or after a quarter and three quarters of the block: fillers for a chart
+    # bucket whose first/last/min/max coincide (a monotone stretch)
+    q1_step: Mapped[int] = mapped_column(BigInteger)
+    q3_step: Mapped[int] = mapped_column(BigInteger)
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
 
