@@ -14,6 +14,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 from api import errors, prometheus
+from api.redact import install_log_redaction
 from api.db.session import check_schema_current, make_engine, session_factory
 from api.routes import artifacts, catalog, health, jobs, metrics, results
 from api.security import BodySizeLimitMiddleware
@@ -31,6 +32,7 @@ every `/v1` call needs `Authorization: Bearer <token>`."""
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    install_log_redaction()  # no URL password or token in any log line, tracebacks included
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,18 +4,20 @@ A chart of a million points drawn from one point per bucket hides a loss spike t
 steps. M4 keeps, per bucket, the first and last point and the points holding the minimum and the
 maximum, so the drawn envelope is the true one. Finding a bucket's min and max by scanning its
 points would read every stored point (0.7 s for 1M points on PostgreSQL here), so each metric keeps
-a summary per block of :data:`BLOCK` steps in ``metric_blocks`` (count, first/last step, the min and
-max with their steps), refreshed for the blocks a write touches (:func:`refresh_blocks`). A read then
+summaries in ``metric_blocks`` at two levels -- blocks of 64 steps and of 1,024 steps -- each with
+its count, first/last step, the min and max with their steps, and two filler steps; a write
+refreshes the blocks it touched (:func:`refresh_blocks`). A read then
 
-* cuts the range into exactly ``max_points // 4`` buckets of whole blocks (block ``k`` of ``N``
-  goes to bucket ``k * buckets // N``: no bucket is lost to rounding),
-* picks each bucket's four steps from the block summaries with window functions in SQL (plus two
-  filler steps of its middle block, used where the four coincide),
-* fetches those points plus the partial blocks at both ends of the range, and reduces each bucket
-  to its M4 points in Python (at most 4 * buckets <= max_points rows).
+* takes the coarsest level with at least one whole block per bucket and cuts the range into
+  exactly ``max_points // 4`` buckets of whole blocks (block ``k`` of ``N`` goes to bucket
+  ``k * buckets // N``: no bucket is lost to rounding),
+* picks each bucket's first, last, min and max steps from the summaries in SQL (hash aggregates,
+  a few thousand rows at most), plus two filler steps of its middle block,
+* fetches those points and the partial blocks at both ends of the range, and reduces each bucket to
+  4 points in Python: first, last, min, max, and fillers only where those coincide (a monotone
+  stretch), so the answer has max_points // 4 * 4 points whenever the data has them.
 
-A range shorter than ``buckets`` whole blocks is small enough (< buckets * BLOCK points) to reduce
-from the raw points directly.
+A range shorter than ``buckets`` blocks of 64 (< buckets * 64 points) is reduced from the raw points.
 """
 
 from __future__ import annotations
@@ -25,48 +27,28 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-BLOCK = 64  # steps per summary row: 1M points -> 15,625 rows; also in migration 0003's backfill
+BLOCK = 64  # steps per level-0 summary row: 1M points -> 15,625 rows
+FANOUT = 16  # level-0 rows per level-1 row (1,024 steps): 1M points -> 977 rows
+SIZES = (BLOCK * FANOUT, BLOCK)  # the levels a read tries, coarsest first
 
 Point = tuple[int, float, "int | None"]  # (step, value, epoch)
 
-# Parameters are CAST: PostgreSQL must deduce one type for each, in the select list and the WHERE.
-_REFRESH_SQL = text(
-    f"""
-    INSERT INTO metric_blocks (job_id, name, block, n, first_step, last_step, min_step, min_value,
+_UPSERT = """
+    INSERT INTO metric_blocks (job_id, name, level, block, n, first_step, last_step, min_step, min_value,
                                max_step, max_value, q1_step, q3_step)
-    SELECT CAST(:job AS BIGINT), CAST(:name AS VARCHAR(100)), CAST(:block AS BIGINT), COUNT(*), MIN(step), MAX(step),
-        (SELECT m.step FROM metrics m WHERE m.job_id = CAST(:job AS BIGINT) AND m.name = CAST(:name AS VARCHAR(100))
-            AND m.step >= CAST(:block AS BIGINT) * {BLOCK} AND m.step < CAST(:block AS BIGINT) * {BLOCK} + {BLOCK} ORDER BY m.value, m.step LIMIT 1),
-        MIN(value),
-        (SELECT m.step FROM metrics m WHERE m.job_id = CAST(:job AS BIGINT) AND m.name = CAST(:name AS VARCHAR(100))
-            AND m.step >= CAST(:block AS BIGINT) * {BLOCK} AND m.step < CAST(:block AS BIGINT) * {BLOCK} + {BLOCK}
-            ORDER BY m.value DESC, m.step LIMIT 1),
-        MAX(value),
-        COALESCE((SELECT MIN(m.step) FROM metrics m WHERE m.job_id = CAST(:job AS BIGINT)
-            AND m.name = CAST(:name AS VARCHAR(100)) AND m.step >= CAST(:block AS BIGINT) * {BLOCK} + {BLOCK // 4}
-            AND m.step < CAST(:block AS BIGINT) * {BLOCK} + {BLOCK}), MAX(step)),
-        COALESCE((SELECT MIN(m.step) FROM metrics m WHERE m.job_id = CAST(:job AS BIGINT)
-            AND m.name = CAST(:name AS VARCHAR(100)) AND m.step >= CAST(:block AS BIGINT) * {BLOCK} + {3 * BLOCK // 4}
-            AND m.step < CAST(:block AS BIGINT) * {BLOCK} + {BLOCK}), MAX(step))
-    FROM metrics
-    WHERE job_id = CAST(:job AS BIGINT) AND name = CAST(:name AS VARCHAR(100)) AND step >= CAST(:block AS BIGINT) * {BLOCK} AND step < CAST(:block AS BIGINT) * {BLOCK} + {BLOCK}
-    HAVING COUNT(*) > 0
-    ON CONFLICT (job_id, name, block) DO UPDATE SET
+    {select}
+    ON CONFLICT (job_id, name, level, block) DO UPDATE SET
         n = excluded.n, first_step = excluded.first_step, last_step = excluded.last_step,
         min_step = excluded.min_step, min_value = excluded.min_value,
         max_step = excluded.max_step, max_value = excluded.max_value,
         q1_step = excluded.q1_step, q3_step = excluded.q3_step
-    """
-)
-
-REBUILD_SQL = text(
-    f"""
-    INSERT INTO metric_blocks (job_id, name, block, n, first_step, last_step, min_step, min_value,
-                               max_step, max_value, q1_step, q3_step)
-    SELECT g.job_id, g.name, g.block, g.n, g.first_step, g.last_step,
+"""
+# Level 0 from the points: per block, its min and max with their steps (ties: the earliest step),
+# and fillers: the first step at or after a quarter and three quarters of the block.
+_LEVEL0 = _UPSERT.format(select=f"""
+    SELECT g.job_id, g.name, 0, g.block, g.n, g.first_step, g.last_step,
         (SELECT m.step FROM metrics m WHERE m.job_id = g.job_id AND m.name = g.name
-            AND m.step >= g.block * {BLOCK} AND m.step < g.block * {BLOCK} + {BLOCK}
-            ORDER BY m.value, m.step LIMIT 1),
+            AND m.step >= g.block * {BLOCK} AND m.step < g.block * {BLOCK} + {BLOCK} ORDER BY m.value, m.step LIMIT 1),
         g.min_value,
         (SELECT m.step FROM metrics m WHERE m.job_id = g.job_id AND m.name = g.name
             AND m.step >= g.block * {BLOCK} AND m.step < g.block * {BLOCK} + {BLOCK}
@@ -78,53 +60,75 @@ REBUILD_SQL = text(
             AND m.step >= g.block * {BLOCK} + {3 * BLOCK // 4} AND m.step < g.block * {BLOCK} + {BLOCK}), g.last_step)
     FROM (SELECT job_id, name, step / {BLOCK} AS block, COUNT(*) AS n, MIN(step) AS first_step,
                  MAX(step) AS last_step, MIN(value) AS min_value, MAX(value) AS max_value
-          FROM metrics WHERE job_id = :job GROUP BY job_id, name, step / {BLOCK}) AS g
-    WHERE true
-    ON CONFLICT (job_id, name, block) DO UPDATE SET
-        n = excluded.n, first_step = excluded.first_step, last_step = excluded.last_step,
-        min_step = excluded.min_step, min_value = excluded.min_value,
-        max_step = excluded.max_step, max_value = excluded.max_value,
-        q1_step = excluded.q1_step, q3_step = excluded.q3_step
-    """
-)
+          FROM metrics WHERE job_id = :job {{where}} GROUP BY job_id, name, step / {BLOCK}) AS g
+    WHERE true""")
+# Level 1 from level 0: the same summary over FANOUT consecutive blocks.
+_LEVEL1 = _UPSERT.format(select=f"""
+    SELECT g.job_id, g.name, 1, g.block, g.n, g.first_step, g.last_step,
+        (SELECT c.min_step FROM metric_blocks c WHERE c.job_id = g.job_id AND c.name = g.name AND c.level = 0
+            AND c.block >= g.block * {FANOUT} AND c.block < g.block * {FANOUT} + {FANOUT}
+            ORDER BY c.min_value, c.min_step LIMIT 1),
+        g.min_value,
+        (SELECT c.max_step FROM metric_blocks c WHERE c.job_id = g.job_id AND c.name = g.name AND c.level = 0
+            AND c.block >= g.block * {FANOUT} AND c.block < g.block * {FANOUT} + {FANOUT}
+            ORDER BY c.max_value DESC, c.max_step LIMIT 1),
+        g.max_value,
+        COALESCE((SELECT MIN(c.first_step) FROM metric_blocks c WHERE c.job_id = g.job_id AND c.name = g.name
+            AND c.level = 0 AND c.block >= g.block * {FANOUT} + {FANOUT // 4}
+            AND c.block < g.block * {FANOUT} + {FANOUT}), g.last_step),
+        COALESCE((SELECT MIN(c.first_step) FROM metric_blocks c WHERE c.job_id = g.job_id AND c.name = g.name
+            AND c.level = 0 AND c.block >= g.block * {FANOUT} + {3 * FANOUT // 4}
+            AND c.block < g.block * {FANOUT} + {FANOUT}), g.last_step)
+    FROM (SELECT job_id, name, block / {FANOUT} AS block, SUM(n) AS n, MIN(first_step) AS first_step,
+                 MAX(last_step) AS last_step, MIN(min_value) AS min_value, MAX(max_value) AS max_value
+          FROM metric_blocks WHERE level = 0 AND job_id = :job {{where}} GROUP BY job_id, name, block / {FANOUT}) AS g
+    WHERE true""")
+_RANGE = "AND name = :name AND {col} >= :lo AND {col} < :hi"
+_REFRESH0 = text(_LEVEL0.format(where=_RANGE.format(col="step")))
+_REFRESH1 = text(_LEVEL1.format(where=_RANGE.format(col="block")))
+_REBUILD0 = text(_LEVEL0.format(where=""))
+_REBUILD1 = text(_LEVEL1.format(where=""))
 
-# Per bucket of whole blocks: its first and last step, the steps of its min and max, and the two
-# filler steps of its middle block (used only where first/last/min/max coincide).
+# Per bucket of whole blocks of one level: its first and last step, the steps of its min and max,
+# and the two filler steps of its middle block (used only where first/last/min/max coincide).
+# Hash aggregates and hash joins only: window functions would sort every block row three times.
 _PICK_SQL = text(
     """
     WITH b AS (
-        SELECT first_step, last_step, min_step, min_value, max_step, max_value, q1_step, q3_step,
+        SELECT block, first_step, last_step, min_step, min_value, max_step, max_value, q1_step, q3_step,
                ((block - :b0) * :buckets) / :nblocks AS k
-        FROM metric_blocks WHERE job_id = :job AND name = :name AND block >= :b0 AND block <= :b1
-    ), r AS (
-        SELECT k, q1_step, q3_step, min_step, max_step,
-               ROW_NUMBER() OVER (PARTITION BY k ORDER BY min_value, min_step) AS rmin,
-               ROW_NUMBER() OVER (PARTITION BY k ORDER BY max_value DESC, max_step) AS rmax,
-               ROW_NUMBER() OVER (PARTITION BY k ORDER BY first_step) AS rpos,
-               COUNT(*) OVER (PARTITION BY k) AS cnt
-        FROM b
+        FROM metric_blocks WHERE job_id = :job AND name = :name AND level = :level
+                                 AND block >= :b0 AND block <= :b1
+    ), g AS (
+        SELECT k, MIN(first_step) AS f, MAX(last_step) AS l, MIN(min_value) AS mn, MAX(max_value) AS mx,
+               (MIN(block) + MAX(block)) / 2 AS mid
+        FROM b GROUP BY k
     )
-    SELECT MIN(first_step) FROM b GROUP BY k
-    UNION SELECT MAX(last_step) FROM b GROUP BY k
-    UNION SELECT min_step FROM r WHERE rmin = 1
-    UNION SELECT max_step FROM r WHERE rmax = 1
-    UNION SELECT q1_step FROM r WHERE rpos = cnt / 2 + 1
-    UNION SELECT q3_step FROM r WHERE rpos = cnt / 2 + 1
+    SELECT f FROM g
+    UNION ALL SELECT l FROM g
+    UNION ALL SELECT b.min_step FROM b JOIN g ON b.k = g.k AND b.min_value = g.mn
+    UNION ALL SELECT b.max_step FROM b JOIN g ON b.k = g.k AND b.max_value = g.mx
+    UNION ALL SELECT b.q1_step FROM b JOIN g ON b.block = g.mid
+    UNION ALL SELECT b.q3_step FROM b JOIN g ON b.block = g.mid
     """
 )
 
 
 def refresh_blocks(session: Session, job_id: int, steps: Iterable[tuple[str, int]]) -> None:
-    """Recompute the summaries of the blocks holding these (name, step) points (after an upsert:
-    an overwritten step may have held a block's min or max)."""
-    touched = {(name, step // BLOCK) for name, step in steps}
-    if touched:
-        session.execute(_REFRESH_SQL, [{"job": job_id, "name": n, "block": b} for n, b in sorted(touched)])
+    """Recompute the summaries (both levels) of the blocks holding these (name, step) points, after
+    an upsert: an overwritten step may have held a block's min or max."""
+    steps = list(steps)
+    for sql, size, unit in ((_REFRESH0, BLOCK, 1), (_REFRESH1, BLOCK * FANOUT, FANOUT)):
+        touched = sorted({(name, step // size) for name, step in steps})
+        if touched:  # [lo, hi) in the source's unit: steps for level 0, level-0 blocks for level 1
+            session.execute(sql, [{"job": job_id, "name": n, "lo": b * size // unit, "hi": (b + 1) * size // unit}
+                                  for n, b in touched])
 
 
 def rebuild_blocks(session: Session, job_id: int) -> None:
-    """Recompute every block summary of a job (after points were loaded without ``write_metrics``)."""
-    session.execute(REBUILD_SQL, {"job": job_id})
+    """Recompute every summary of a job (after points were loaded without ``write_metrics``)."""
+    session.execute(_REBUILD0, {"job": job_id})
+    session.execute(_REBUILD1, {"job": job_id})
 
 
 def m4(points: Sequence[Point], bucket_of: Any) -> list[Point]:
@@ -162,21 +166,30 @@ def downsample(session: Session, job_id: int, name: str, lo: int, hi: int, max_p
     params: dict[str, Any] = {"job": job_id, "name": name, "lo": lo, "hi": hi}
     if buckets == 0:  # 2 or 3 points asked for: the first and the last
         return _rows(session, base + " AND step IN (:lo, :hi) ORDER BY step", params)
-    b0, b1 = -(-lo // BLOCK), (hi + 1) // BLOCK - 1  # the whole blocks inside [lo, hi]
+    for size in SIZES:  # the coarsest level with at least one whole block per bucket
+        b0, b1 = -(-lo // size), (hi + 1) // size - 1  # the whole blocks inside [lo, hi]
+        if b1 - b0 + 1 >= buckets:
+            return _from_blocks(session, params, base, buckets, size, b0, b1)
+    # fewer than buckets * BLOCK steps: reduce the raw points
+    span = hi - lo + 1
+    rows = _rows(session, base + " AND step >= :lo AND step <= :hi ORDER BY step", params)
+    return m4(rows, lambda s: (s - lo) * buckets // span)
+
+
+def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: int, size: int,
+                 b0: int, b1: int) -> list[Point]:
     nblocks = b1 - b0 + 1
-    if nblocks < buckets:  # fewer than buckets * BLOCK steps: reduce the raw points
-        span = hi - lo + 1
-        rows = _rows(session, base + " AND step >= :lo AND step <= :hi ORDER BY step", params)
-        return m4(rows, lambda s: (s - lo) * buckets // span)
-    picks = [r[0] for r in session.execute(_PICK_SQL, {**params, "b0": b0, "b1": b1, "buckets": buckets,
-                                                       "nblocks": nblocks})]
-    edge_lo, edge_hi = b0 * BLOCK, (b1 + 1) * BLOCK  # partial blocks: [lo, edge_lo) and [edge_hi, hi]
-    in_list = ", ".join(str(int(s)) for s in picks) or "NULL"  # ints from the database itself
-    rows = _rows(session, base + f" AND step >= :lo AND step <= :hi AND (step IN ({in_list})"
-                 " OR step < :edge_lo OR step >= :edge_hi) ORDER BY step",
+    level = 0 if size == BLOCK else 1
+    picks = {int(r[0]) for r in session.execute(_PICK_SQL, {**params, "level": level, "b0": b0, "b1": b1,
+                                                            "buckets": buckets, "nblocks": nblocks})}
+    edge_lo, edge_hi = b0 * size, (b1 + 1) * size  # partial blocks: [lo, edge_lo) and [edge_hi, hi]
+    in_list = ", ".join(str(s) for s in sorted(picks)) or "NULL"  # ints from the database itself
+    # three index probes, not one OR (which PostgreSQL may answer by scanning the whole range)
+    rows = _rows(session, f"{base} AND step IN ({in_list}) UNION ALL {base} AND step >= :lo AND step < :edge_lo"
+                 f" UNION ALL {base} AND step >= :edge_hi AND step <= :hi ORDER BY 1",
                  {**params, "edge_lo": edge_lo, "edge_hi": edge_hi})
 
     def bucket_of(step: int) -> int:
-        return min(buckets - 1, max(0, (step // BLOCK - b0) * buckets // nblocks))
+        return min(buckets - 1, max(0, (step // size - b0) * buckets // nblocks))
 
     return m4(rows, bucket_of)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -105,15 +106,16 @@ class Metric(Base):
 
 
 class MetricBlock(Base):
-    """Summary of one metric over steps [block * 64, block * 64 + 64): count, first/last step, the
-    min and max with their steps, and two filler steps. Kept in step with ``metrics`` by ``api.db.metric_blocks``, it
+    """Summary of one metric over a block of steps (64 at level 0, 1,024 at level 1): count,
+    first/last step, the min and max with their steps, and two filler steps. Kept in step with ``metrics`` by ``api.db.metric_blocks``, it
     lets a downsampled read keep every spike and dip without scanning millions of points."""
 
     __tablename__ = "metric_blocks"
 
     job_id: Mapped[int] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 0: 64 steps, 1: 1,024 steps
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # first step // block size
     n: Mapped[int] = mapped_column(Integer)
     first_step: Mapped[int] = mapped_column(BigInteger)
     last_step: Mapped[int] = mapped_column(BigInteger)

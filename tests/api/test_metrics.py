@@ -120,3 +120,26 @@ def test_max_points_is_exact(client, db):
         assert len(got) == 4 * (max_points // 4), (max_points, len(got))
     got = _series(client, job, max_points=10_000, start_step=1_001, end_step=30_000)  # the raw path
     assert len(got) == 10_000
+
+
+def test_the_migration_summarises_points_stored_before_it(sqlite_url):
+    """Points written before metric_blocks existed: the upgrade summarises them, spikes included."""
+    from sqlalchemy import text
+
+    from api.db.metrics import query_metrics
+    from api.db.session import make_engine, session_factory, upgrade
+
+    upgrade(sqlite_url, "0001_initial")
+    engine = make_engine(sqlite_url)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO jobs (id, kind, status, tags, priority, spec, queue, attempt, max_attempts, "
+                       "cancel_requested, created_at, updated_at) VALUES (1, 'pretrain', 'succeeded', '[]', 0, "
+                       "'{}', 'gpu', 1, 3, 0, '2026-01-01', '2026-01-01')"))
+        c.execute(text("WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 49999) "
+                       "INSERT INTO metrics (job_id, name, step, value, epoch, created_at) SELECT 1, 'train/loss', "
+                       "x, CASE x WHEN 31337 THEN 100.0 ELSE 1.0 END, NULL, '2026-01-01' FROM s"))
+    upgrade(sqlite_url)
+    with session_factory(engine)() as s:
+        series = query_metrics(s, 1, "train/loss", max_points=100)
+    engine.dispose()
+    assert series.downsampled and (31337, 100.0, None) in series.points
