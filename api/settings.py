@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100, description="worker losses before a job fails (every new job's limit)")
     reconcile_seconds: float = Field(15.0, gt=0)
     redispatch_after_seconds: float = Field(60.0, gt=0)
+    idle_redispatch_seconds: float = Field(
+        5.0, ge=0, description="an idle Celery worker re-sends the message of a claimable job queued this "
+                               "long with none sent (lost by the broker); 0 = off")
     visibility_timeout: int = Field(3600, ge=1, description="Celery Redis transport visibility timeout (s)")
     worker_queues: str = Field("gpu,cpu")
     local_workers: int = Field(1, ge=0, le=64)

@@ -42,6 +42,7 @@ from api.db.jobs import create_job, dependents_waiting, get_job, run_key_of, spe
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
+from api.redact import redact
 from api.settings import Settings
 from ssl_core.errors import PermanentError
 from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
@@ -108,7 +109,7 @@ def error_message(exc: BaseException) -> str:
         msg = str(exc) or type(exc).__name__
     else:
         msg = f"{type(exc).__name__}: {exc}"
-    return msg[:MAX_ERROR_CHARS]
+    return redact(msg)[:MAX_ERROR_CHARS]  # users read it: no URL password or token
 
 
 # -- finishing ---------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[
                     settings: Settings) -> str:
     job_id = lease.job_id
     detail = f"{type(exc).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else error_message(exc)
-    msg = f"the job ran but could not be finished: {detail}"[:MAX_ERROR_CHARS]
+    msg = redact(f"the job ran but could not be finished: {detail}")[:MAX_ERROR_CHARS]
     log.error("job %s: %s", job_id, msg, exc_info=exc)
     try:
         lease.finish(["running", "cancelling"], "failed", FAILED, reason=msg, error=msg,
