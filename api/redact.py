@@ -17,10 +17,10 @@ MASK = "***"
 
 # scheme://user:password@host and scheme://:password@host (redis)
 _USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)")
-# ?password=..., &token=..., sslpassword=, access_key=... (URL query strings and key=value DSNs)
+# ?password=..., &token=..., sslpassword=, secret_key=... (URL query strings and key=value DSNs)
 _PARAM = re.compile(
     r"(?P<pre>(?<![A-Za-z0-9_])(?:[A-Za-z0-9_]*(?:password|passwd|pwd|secret|token|api_?key|access_?key|"
-    r"auth|credential)s?)\s*=\s*)(?P<secret>'[^']*'|\"[^\"]*\"|[^&\s;,'\")]+)", re.IGNORECASE)
+    r"auth|credential)[A-Za-z0-9_]*)\s*=\s*)(?P<secret>'[^']*'|\"[^\"]*\"|[^&\s;,'\")]+)", re.IGNORECASE)
 _BEARER = re.compile(r"(?P<pre>\bBearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
 
 
