@@ -12,6 +12,12 @@ it reads SQL (the source of truth) and reports:
   longest wait from a worker's death to its job's next claim, and the longest wait from a requeue
   to the next claim.
 
+Then a broker-loss probe with idle workers: ``--probe-jobs`` jobs are queued in SQL as if their
+message had been sent and then wiped (FLUSHALL right after), and the time from entering the queue to
+the claim is reported (``broker_loss_queue_to_claim_s``; target <= 10 s). With the deployment's
+default REDISPATCH_AFTER_SECONDS (60, ``--redispatch-after``) that is the idle workers' poll at work,
+not the reconciler.
+
     .venv/bin/python benchmarks/chaos.py --jobs 20 --workers 3 --kills 6 --out benchmarks/results/chaos.json
 """
 
@@ -50,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-attempts", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--redispatch-after", type=float, default=60.0,
+                    help="PRETEXTLAB_REDISPATCH_AFTER_SECONDS (the reconciler's first re-send; 60 = the default)")
+    ap.add_argument("--probe-jobs", type=int, default=2, help="jobs of the broker-loss probe (0 = none)")
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
                     help="an existing database to connect to for CREATE DATABASE")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chaos.json"))
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     env = service_env(
         database_url=db_url, broker_url=redis_server.url, artifact_root=work / "artifacts", port=api_port,
         lease_seconds=args.lease, heartbeat_seconds=args.lease / 6, reconcile_seconds=1,
-        redispatch_after_seconds=5, metric_flush_seconds=0.5, max_attempts=args.max_attempts, log_level="INFO",
+        redispatch_after_seconds=args.redispatch_after, metric_flush_seconds=0.5, max_attempts=args.max_attempts, log_level="INFO",
         test_step_delay=args.step_delay)
     py = sys.executable
     procs: list[Proc] = []
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_chaos = time.monotonic() + rng.uniform(3, 8)
             time.sleep(0.5)
         wall = time.monotonic() - t_start
+        probe = broker_loss_probe(sessions, redis_server.url, args) if args.probe_jobs else []
 
         # -- the verdict, from SQL -------------------------------------------------------------
         with sessions() as s:
@@ -210,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_kill_to_requeue_s": round(max(kill_to_requeue), 2) if kill_to_requeue else None,
             "max_wait_after_kill_s": round(max(wait_after_kill), 2) if wait_after_kill else None,
             "max_requeue_to_claim_s": round(max(requeue_wait), 2) if requeue_wait else None,
+            "broker_loss_queue_to_claim_s": probe,
+            "max_broker_loss_queue_to_claim_s": max((p for p in probe if p is not None), default=None),
             "wall_s": round(wall, 1),
             "config": {**vars(args), "pg_admin_url": "<redacted>"},
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -227,12 +239,43 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{'submitted':>28} {report['submitted']}")
     for k in ("succeeded", "failed", "lost", "run_twice", "metric_gaps_or_duplicates", "runs_total",
-              "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s", "wall_s"):
+              "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s",
+              "broker_loss_queue_to_claim_s", "wall_s"):
         print(f"{k:>28} {report[k]}")
     print(f"{'kills':>28} {len(kills)} ({sum(k['busy'] for k in kills)} mid-job); FLUSHALL once: "
           f"{report['flushall_at'] is not None}")
     print(f"wrote {out}")
     return 0 if report["lost"] == 0 and report["run_twice"] == 0 else 1
+
+
+def broker_loss_probe(sessions: Any, redis_url: str, args: argparse.Namespace) -> list[float | None]:
+    """Queue jobs whose message is lost (marked dispatched, then FLUSHALL) while the workers are
+    idle; seconds from entering the queue to the claim (None: not claimed within 120 s)."""
+    import redis
+
+    from api.db.jobs import create_job, get_jobs, job_events, mark_dispatched
+
+    with sessions() as s, s.begin():
+        ids = [create_job(s, tiny_pretrain(1), name=f"probe-{i}", max_attempts=args.max_attempts).id
+               for i in range(args.probe_jobs)]
+        for jid in ids:
+            mark_dispatched(s, jid)  # as if sent ...
+    redis.Redis.from_url(redis_url).flushall()  # ... and wiped
+    print(f"broker-loss probe: jobs {ids} queued with their messages lost", flush=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            if all(j.status != "queued" for j in get_jobs(s, ids)):
+                break
+        time.sleep(0.2)
+    waits: list[float | None] = []
+    with sessions() as s:
+        for jid in ids:
+            ev = job_events(s, jid)
+            queued = next(e.at for e in ev if e.to_status == "queued")
+            claimed = next((e.at for e in ev if e.to_status == "running"), None)
+            waits.append(round((as_utc(claimed) - as_utc(queued)).total_seconds(), 2) if claimed else None)
+    return waits
 
 
 if __name__ == "__main__":

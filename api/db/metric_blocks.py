@@ -13,7 +13,8 @@ refreshes the blocks it touched (:func:`refresh_blocks`). A read then
   ``k * buckets // N``: no bucket is lost to rounding),
 * picks each bucket's first, last, min and max steps from the summaries in SQL (hash aggregates,
   a few thousand rows at most), plus two filler steps of its middle block,
-* fetches those points and the partial blocks at both ends of the range, and reduces each bucket to
+* fetches those points and the partial blocks at both ends of the range (as level-0 summaries plus
+  fewer than 64 points a side), and reduces each bucket to
   4 points in Python: first, last, min, max, and fillers only where those coincide (a monotone
   stretch), so the answer has max_points // 4 * 4 points whenever the data has them.
 
@@ -182,14 +183,45 @@ def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: i
     level = 0 if size == BLOCK else 1
     picks = {int(r[0]) for r in session.execute(_PICK_SQL, {**params, "level": level, "b0": b0, "b1": b1,
                                                             "buckets": buckets, "nblocks": nblocks})}
-    edge_lo, edge_hi = b0 * size, (b1 + 1) * size  # partial blocks: [lo, edge_lo) and [edge_hi, hi]
+    # the partial blocks at both ends, [lo, b0 * size) and [(b1 + 1) * size, hi]: read as level-0
+    # summaries where they hold whole 64-step blocks, as points for the rest (< 64 steps a side)
+    edges = [(params["lo"], b0 * size - 1), ((b1 + 1) * size, params["hi"])]
+    raw: list[tuple[int, int]] = []
+    for a, b in edges:
+        if a > b:
+            continue
+        if size == BLOCK:
+            raw.append((a, b))
+            continue
+        c0, c1 = -(-a // BLOCK), (b + 1) // BLOCK - 1
+        if c0 > c1:
+            raw.append((a, b))
+            continue
+        picks |= _region_picks(session, params, c0, c1)
+        raw += [(a, c0 * BLOCK - 1), ((c1 + 1) * BLOCK, b)]
     in_list = ", ".join(str(s) for s in sorted(picks)) or "NULL"  # ints from the database itself
-    # three index probes, not one OR (which PostgreSQL may answer by scanning the whole range)
-    rows = _rows(session, f"{base} AND step IN ({in_list}) UNION ALL {base} AND step >= :lo AND step < :edge_lo"
-                 f" UNION ALL {base} AND step >= :edge_hi AND step <= :hi ORDER BY 1",
-                 {**params, "edge_lo": edge_lo, "edge_hi": edge_hi})
+    # index probes and short ranges, never one OR (which PostgreSQL may answer by scanning the range)
+    sql = f"{base} AND step IN ({in_list})"
+    ranges: dict[str, int] = {}
+    for i, (a, b) in enumerate(r for r in raw if r[0] <= r[1]):
+        sql += f" UNION ALL {base} AND step >= :a{i} AND step <= :b{i}"
+        ranges.update({f"a{i}": a, f"b{i}": b})
+    rows = _rows(session, sql + " ORDER BY 1", {**params, **ranges})
 
     def bucket_of(step: int) -> int:
         return min(buckets - 1, max(0, (step // size - b0) * buckets // nblocks))
 
     return m4(rows, bucket_of)
+
+
+def _region_picks(session: Session, params: dict[str, Any], c0: int, c1: int) -> set[int]:
+    """First, last, min, max and filler steps of level-0 blocks c0..c1 (at most FANOUT rows)."""
+    rows = session.execute(text(
+        "SELECT block, first_step, last_step, min_step, min_value, max_step, max_value, q1_step, q3_step "
+        "FROM metric_blocks WHERE job_id = :job AND name = :name AND level = 0 AND block >= :c0 AND block <= :c1 "
+        "ORDER BY block"), {**params, "c0": c0, "c1": c1}).all()
+    if not rows:
+        return set()
+    mid = rows[len(rows) // 2]
+    return {rows[0][1], rows[-1][2], min(rows, key=lambda r: (r[4], r[3]))[3],
+            max(rows, key=lambda r: (r[6], -r[5]))[5], mid[7], mid[8]}
