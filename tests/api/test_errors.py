@@ -47,7 +47,8 @@ def test_wrong_types(client):
     assert "method" in err["message"]
     err = _error(client.post("/v1/jobs", json={"spec": PRETRAIN, "name": "a\u0000b"}), 422)
     assert "name" in err["message"]
-    err = _error(client.post("/v1/jobs", content=b"spec=1", headers={"content-type": "text/plain"}), 422)
+    err = _error(client.post("/v1/jobs", content=b"spec=1", headers={"content-type": "text/plain"}), 415)
+    assert err["code"] == "unsupported_media_type"  # a clear message, not "a valid dictionary"
 
 
 def test_oversized_bodies(database_url, make_settings):
