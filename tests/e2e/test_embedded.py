@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from worker_testlib import metric_steps, runs
+from worker_testlib import job, metric_steps, runs
 
 from api.db.models import Artifact
 from tests.support.net import wait_for
@@ -42,7 +43,8 @@ def test_embedded_serve_runs_cancels_and_hands_back(make_cluster, sqlite_url):
         assert r.status_code == 202 and r.json()["status"] == "cancelling", r.text
     c.wait_status(long, "cancelled", timeout=60)
     assert runs(c.sessions, long)[-1].outcome == "cancelled"
-    assert (c.tmp / "artifacts" / "jobs" / str(long) / "checkpoints" / "last.pt").is_file()
+    folder = Path(job(c.sessions, long).artifact_dir)  # jobs/<id>-<run key>
+    assert folder.parent == c.tmp / "artifacts" / "jobs" and (folder / "checkpoints" / "last.pt").is_file()
 
     # SIGTERM the server mid-job: the job is handed back, the process exits, a restart finishes it
     jid3 = c.submit(tiny_pretrain(epochs=6))
