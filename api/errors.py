@@ -34,10 +34,31 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
 
 
+def detail_list(code: str, message: str, details: Any) -> list[dict[str, Any]]:
+    """``details`` in its one documented shape: a list of ``{loc, msg, type}`` objects (docs/api.md).
+
+    Validation errors are that list already; a route's ``{name: value}`` mapping becomes one entry
+    per name carrying the ``value`` (a mapping with a ``loc`` key is one entry); None is []."""
+    if details is None:
+        return []
+    if isinstance(details, list):
+        return details
+    if isinstance(details, dict) and "loc" in details:
+        extra = {k: v for k, v in details.items() if k not in ("loc", "msg", "type")}
+        return [{"loc": str(details["loc"]), "msg": details.get("msg", message), "type": details.get("type", code),
+                 **extra}]
+    if isinstance(details, dict):
+        return [{"loc": str(k), "msg": message, "type": code, "value": v} for k, v in details.items()]
+    return [{"loc": "", "msg": message, "type": code, "value": details}]
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": detail_list(code, message, details)}}
+
+
 def error_response(status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}},
-                        status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
 def _loc(loc: tuple | list) -> str:
@@ -71,8 +92,28 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
 
 
-async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     raw = list(exc.errors())
+    body_errors = [e for e in raw if tuple(e.get("loc", ())) == ("body",)
+                   and e.get("type") in ("model_attributes_type", "dict_type", "missing")]
+    if body_errors:
+        content_type = request.headers.get("content-type", "")
+        sent = bool(content_type) or request.headers.get("content-length", "0") != "0" \
+            or "transfer-encoding" in request.headers
+        if sent and not _is_json(content_type):
+            got = repr(content_type) if content_type else "no Content-Type"
+            return error_response(415, "unsupported_media_type",
+                                  f"the request body must be JSON: send Content-Type: application/json ({got} given)",
+                                  [{"loc": "header.content-type", "msg": "expected application/json",
+                                    "type": "unsupported_media_type"}])
+        if body_errors[0].get("type") != "missing":
+            return error_response(422, "validation_error", "the request body must be a JSON object",
+                                  validation_details(body_errors))
     if any(e.get("type") == "json_invalid" for e in raw):
         e = next(e for e in raw if e.get("type") == "json_invalid")
         ctx = e.get("ctx") or {}

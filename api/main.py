@@ -13,7 +13,8 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, prometheus
+from api.redact import install_log_redaction
 from api.db.session import check_schema_current, make_engine, session_factory
 from api.db.tokens import live_token_count
 from api.routes import artifacts, catalog, deletion, docs, events, health, jobs, metrics, results, ui, workers
@@ -47,6 +48,7 @@ def check_auth(settings: Settings, sessions) -> None:  # noqa: ANN001 - a sessio
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    install_log_redaction()  # no URL password or token in any log line, tracebacks included
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ui.install(app)
     docs.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    prometheus.install(app)  # GET /metrics; its latency middleware wraps the body limit too
     return app
 
 

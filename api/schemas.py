@@ -89,6 +89,31 @@ class Progress(BaseModel):
     eta_s: float | None = None
 
 
+class SpecSummary(BaseModel):
+    """What a list shows of a spec (the full spec: GET /v1/jobs/{id}, or GET /v1/jobs?view=full)."""
+
+    method: str | None = None
+    backbone: str | None = None
+    dataset: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    protocol: str | None = None
+    source_job_id: int | None = None
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> "SpecSummary":
+        def name(v: Any) -> Any:
+            return v.get("name") if isinstance(v, dict) else v
+
+        data, protocol = spec.get("data") or {}, spec.get("protocol")
+        return cls(method=name(spec.get("method")), backbone=name(spec.get("backbone")),
+                   dataset=data.get("dataset"), image_size=data.get("image_size"), epochs=spec.get("epochs"),
+                   batch_size=spec.get("batch_size"),
+                   protocol=protocol.get("protocol") if isinstance(protocol, dict) else protocol,
+                   source_job_id=spec.get("source_job_id"))
+
+
 class JobOut(BaseModel):
     id: int
     kind: Kind
@@ -96,7 +121,8 @@ class JobOut(BaseModel):
     name: str | None
     tags: list[str]
     priority: int
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None = Field(description="the full spec; null in list pages unless ?view=full")
+    summary: SpecSummary
     method: str | None
     dataset: str | None
     protocol: str | None
@@ -126,10 +152,11 @@ class JobOut(BaseModel):
     waiting_reason: str | None = Field(None, description="why a queued job cannot start on the live fleet")
 
     @classmethod
-    def from_row(cls, job: Job, artifacts: int | None = None) -> "JobOut":
+    def from_row(cls, job: Job, artifacts: int | None = None, full: bool = True) -> "JobOut":
         return cls(
             id=job.id, kind=job.kind, status=job.status, name=job.name, tags=list(job.tags or []),
-            priority=job.priority, spec=job.spec, method=job.method, dataset=job.dataset, protocol=job.protocol,
+            priority=job.priority, spec=job.spec if full else None, summary=SpecSummary.of(job.spec or {}),
+            method=job.method, dataset=job.dataset, protocol=job.protocol,
             queue=job.queue, source_job_id=job.source_job_id, parent_job_id=job.parent_job_id,
             attempt=job.attempt, max_attempts=job.max_attempts, owner=job.owner, created_by=job.created_by,
             cancel_requested=bool(job.cancel_requested),

@@ -28,9 +28,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.db.artifacts import CONTROL_CHARS, UnsafePath, check_artifact_name
-from api.ui import session as ui_session
 from api.db.tokens import find_token
+from api.errors import error_body
 from api.settings import Settings
+from api.ui import session as ui_session
 from ssl_core.paths import PathOutsideRoots, resolve_inside
 
 
@@ -180,7 +181,7 @@ class BodySizeLimitMiddleware:
 
     @staticmethod
     async def _reject(send: Callable, status: int, code: str, message: str, details: Any = None) -> None:
-        body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+        body = json.dumps(error_body(code, message, details)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ssl_core.storage import ArtifactStore, open_store
 from ssl_core.storage.urls import check_store_url, file_url_path
+
+
+# Cursors stay valid for the life of the process when no PRETEXTLAB_CURSOR_SECRET is set.
+_PROCESS_CURSOR_KEY = secrets.token_bytes(32)
 
 
 class Settings(BaseSettings):
@@ -40,6 +45,9 @@ class Settings(BaseSettings):
     # SecretStr: its repr and str are '**********', so a logged Settings object leaks nothing.
     api_tokens: SecretStr | None = Field(None, description="comma-separated admin bearer tokens (>= 32 chars each)")
     auth: Literal["on", "off"] = Field("on", description="off: no tokens at all, refused unless HOST is loopback")
+    cursor_secret: SecretStr | None = Field(
+        None, description="key signing GET /v1/jobs cursors; unset = a random key per process (set it to "
+                          "share cursors between API replicas and across restarts)")
     host: str = Field("127.0.0.1", description="bind address of `pretextlab serve` (loopback by default)")
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request bodies larger than this get 413")
@@ -54,6 +62,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100, description="worker losses before a job fails (every new job's limit)")
     reconcile_seconds: float = Field(15.0, gt=0)
     redispatch_after_seconds: float = Field(60.0, gt=0)
+    idle_redispatch_seconds: float = Field(
+        5.0, ge=0, description="an idle Celery worker re-sends the message of a claimable job queued this "
+                               "long with none sent (lost by the broker); 0 = off")
     visibility_timeout: int = Field(3600, ge=1, description="Celery Redis transport visibility timeout (s)")
     worker_queues: str = Field("gpu,cpu")
     local_workers: int = Field(1, ge=0, le=64, description="embedded: jobs at once (CPU slots) unless WORKER_GPUS is set")
@@ -98,6 +109,12 @@ class Settings(BaseSettings):
         url = self.artifact_url or Path(self.artifact_root).expanduser().resolve().as_uri()
         return open_store(url, endpoint_url=self.s3_endpoint_url, public_endpoint_url=self.s3_public_endpoint_url,
                           retries=self.store_retries)
+
+    def cursor_key(self) -> bytes:
+        """The pagination cursors' HMAC key: the setting, or one random key for this process."""
+        if self.cursor_secret is not None and self.cursor_secret.get_secret_value():
+            return self.cursor_secret.get_secret_value().encode()
+        return _PROCESS_CURSOR_KEY
 
     def token_list(self) -> list[str]:
         """The configured bearer tokens (empty list = authentication off)."""
@@ -146,7 +163,9 @@ class Settings(BaseSettings):
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
 
     def job_dir(self, job_id: int) -> Path:
-        """ARTIFACT_ROOT/jobs/<id>: the one folder a job writes to and the API serves from."""
+        """ARTIFACT_ROOT/jobs/<id>: the one folder a job writes to and the API serves from (the same
+        relative path as its prefix in an object store). A reused id after a database reset finds
+        the old files there, but never resumes from them: the checkpoint records the job's run key."""
         return Path(self.artifact_root).resolve() / "jobs" / str(int(job_id))
 
 

@@ -19,6 +19,12 @@ Each kill also checks that no process below the killed worker (its rank processe
 ``--orphan-grace`` seconds later (``orphan_ranks``, which must be 0). 2-process jobs need the
 multi-process launcher (``ssl_core.launch``).
 
+Then a broker-loss probe with idle workers: ``--probe-jobs`` jobs are queued in SQL as if their
+message had been sent and then wiped (FLUSHALL right after), and the time from entering the queue to
+the claim is reported (``broker_loss_queue_to_claim_s``; target <= 10 s). With the deployment's
+default REDISPATCH_AFTER_SECONDS (60, ``--redispatch-after``) that is the idle workers' poll at work,
+not the reconciler.
+
     .venv/bin/python benchmarks/chaos.py --jobs 20 --workers 3 --kills 6 --out benchmarks/results/chaos.json
     .venv/bin/python benchmarks/chaos.py --jobs 12 --workers 2 --slots 2 --multi-jobs 6 --kills 4 \
         --out benchmarks/results/chaos_multi.json
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, default=1, help="CPU slots per worker (jobs side by side)")
     ap.add_argument("--multi-jobs", type=int, default=0, help="this many of the jobs ask for 2 GPUs (2 processes)")
     ap.add_argument("--orphan-grace", type=float, default=15.0, help="seconds a killed worker's ranks may take to die")
+    ap.add_argument("--redispatch-after", type=float, default=60.0,
+                    help="PRETEXTLAB_REDISPATCH_AFTER_SECONDS (the reconciler's first re-send; 60 = the default)")
+    ap.add_argument("--probe-jobs", type=int, default=2, help="jobs of the broker-loss probe (0 = none)")
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
                     help="an existing database to connect to for CREATE DATABASE")
     ap.add_argument("--artifact-url", default=None, help="s3://bucket/prefix: artifacts on a moto_server it starts")
@@ -98,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     env = service_env(
         database_url=db_url, broker_url=redis_server.url, artifact_root=work / "artifacts", port=api_port,
         lease_seconds=args.lease, heartbeat_seconds=args.lease / 6, reconcile_seconds=1,
-        redispatch_after_seconds=5, metric_flush_seconds=0.5, max_attempts=args.max_attempts, log_level="INFO",
-        test_step_delay=args.step_delay, artifact_url=args.artifact_url)
+        redispatch_after_seconds=args.redispatch_after, metric_flush_seconds=0.5, max_attempts=args.max_attempts,
+        log_level="INFO", test_step_delay=args.step_delay, artifact_url=args.artifact_url)
     env.update(s3.env() if s3 else {})
     py = sys.executable
     procs: list[Proc] = []
@@ -184,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if kills:  # give the last kill's ranks their grace before counting survivors
             time.sleep(max(0.0, args.orphan_grace - (time.monotonic() - last_kill["t"])))
         orphans = [p for p in ranks_of_killed if pid_alive(p)]
+        probe = broker_loss_probe(sessions, redis_server.url, args) if args.probe_jobs else []
 
         # -- the verdict, from SQL -------------------------------------------------------------
         with sessions() as s:
@@ -250,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             "objects_missing": objects_missing(s3, args.artifact_url, [j for j in ids if jobs[j].status == "succeeded"]),
             # runs that began by downloading their job's checkpoint object (another host's progress)
             "resumed_from_object": sum(p.log().count("fetched its checkpoint from") for p in workers.values()),
+            "broker_loss_queue_to_claim_s": probe,
+            "max_broker_loss_queue_to_claim_s": max((p for p in probe if p is not None), default=None),
             "wall_s": round(wall, 1),
             "config": {**vars(args), "pg_admin_url": "<redacted>"},
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -270,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'submitted':>28} {report['submitted']}")
     for k in ("succeeded", "failed", "lost", "run_twice", "orphan_ranks", "metric_gaps_or_duplicates",
               "objects_missing", "resumed_from_object", "runs_total",
-              "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s", "wall_s"):
+              "jobs_resumed", "max_kill_to_requeue_s", "max_wait_after_kill_s", "max_requeue_to_claim_s",
+              "broker_loss_queue_to_claim_s", "wall_s"):
         print(f"{k:>28} {report[k]}")
     print(f"{'kills':>28} {len(kills)} ({sum(k['busy'] for k in kills)} mid-job); FLUSHALL once: "
           f"{report['flushall_at'] is not None}")
@@ -302,6 +315,36 @@ def objects_missing(s3, url: str | None, job_ids: list[int]) -> int | None:
                 .get("Contents", [])}
         missing += not {f"{loc.prefix}jobs/{jid}/backbone.safetensors", f"{loc.prefix}jobs/{jid}/checkpoints/last.safetensors"} <= keys
     return missing
+
+
+def broker_loss_probe(sessions: Any, redis_url: str, args: argparse.Namespace) -> list[float | None]:
+    """Queue jobs whose message is lost (marked dispatched, then FLUSHALL) while the workers are
+    idle; seconds from entering the queue to the claim (None: not claimed within 120 s)."""
+    import redis
+
+    from api.db.jobs import create_job, get_jobs, job_events, mark_dispatched
+
+    with sessions() as s, s.begin():
+        ids = [create_job(s, tiny_pretrain(1), name=f"probe-{i}", max_attempts=args.max_attempts).id
+               for i in range(args.probe_jobs)]
+        for jid in ids:
+            mark_dispatched(s, jid)  # as if sent ...
+    redis.Redis.from_url(redis_url).flushall()  # ... and wiped
+    print(f"broker-loss probe: jobs {ids} queued with their messages lost", flush=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            if all(j.status != "queued" for j in get_jobs(s, ids)):
+                break
+        time.sleep(0.2)
+    waits: list[float | None] = []
+    with sessions() as s:
+        for jid in ids:
+            ev = job_events(s, jid)
+            queued = next(e.at for e in ev if e.to_status == "queued")
+            claimed = next((e.at for e in ev if e.to_status == "running"), None)
+            waits.append(round((as_utc(claimed) - as_utc(queued)).total_seconds(), 2) if claimed else None)
+    return waits
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ this script creates (and drops at the end):
    client sends its next request as soon as the previous answer arrives (the throughput
    ceiling; latency there is mostly queueing).
 2. **metric history**: ``GET /v1/jobs/{id}/metrics?name=train/loss&max_points=1000`` on one job
-   holding 1,000,000 stored points (bulk-loaded with COPY): the whole range and random windows.
+   holding 1,000,000 stored points (bulk-loaded with COPY, block summaries rebuilt after), with a
+   planted spike and dip that every answer must show: the whole range and random windows.
 3. **listing**: ``GET /v1/jobs`` with 10,000 jobs stored: first page (limit 50), a status
    filter, and a page deep in the cursor chain.
 
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api.db.jobs import insert_job_rows  # noqa: E402
+from api.db.metric_blocks import rebuild_blocks  # noqa: E402
 from api.db.session import make_engine, session_factory, upgrade  # noqa: E402
 from ssl_core.specs import method_label, parse_job_spec  # noqa: E402
 from tests.support.databases import PG_ADMIN_URL, create_database, drop_database  # noqa: E402
@@ -50,6 +52,10 @@ from tests.support.processes import service_env  # noqa: E402
 
 SPEC = {"method": {"name": "simclr"}, "backbone": {"name": "resnet18"},
         "data": {"dataset": "fashion_mnist", "subset": 10000}, "epochs": 5, "batch_size": 256}
+
+
+# planted in the seeded series: every downsampled answer whose range holds them must show them (M4)
+SPIKE, DIP = (123_457, 100.0), (654_321, -50.0)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -98,11 +104,14 @@ def seed(url: str, n_jobs: int, n_points: int) -> int:
         cur = raw.cursor()
         with cur.copy("COPY metrics (job_id, name, step, value, epoch, created_at) FROM STDIN") as copy:
             for step in range(n_points):
-                copy.write_row((metric_job, "train/loss", step, 4.0 / (1 + step / 1000) + 0.01 * (step % 7),
-                                step // 1000, now))
+                value = SPIKE[1] if step == SPIKE[0] else DIP[1] if step == DIP[0] else \
+                    4.0 / (1 + step / 1000) + 0.01 * (step % 7)
+                copy.write_row((metric_job, "train/loss", step, value, step // 1000, now))
         raw.commit()
     finally:
         raw.close()
+    with session_factory(engine)() as s, s.begin():  # COPY bypasses write_metrics: summarise the blocks
+        rebuild_blocks(s, metric_job)
     # steady state: autovacuum would have set the visibility map (index-only scans) by now
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE"))
@@ -222,6 +231,10 @@ def main() -> int:
 
                 def bounded(body):
                     assert 2 <= len(body["points"]) <= 1000, len(body["points"])
+                    got = {p["step"]: p["value"] for p in body["points"]}
+                    lo, hi = body["points"][0]["step"], body["points"][-1]["step"]
+                    for step, value in (SPIKE, DIP):
+                        assert not lo <= step <= hi or got.get(step) == value, (step, lo, hi)
 
                 mp = f"/v1/jobs/{metric_job}/metrics?name=train/loss&max_points=1000"
                 measured(f"metrics: full range, {args.metric_points:,} points -> 1000",

@@ -38,6 +38,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from api.db.session import sessions_for
+from api.redact import install_log_redaction
 from api.settings import Settings, get_settings
 from worker.slots import SlotPool, Slots, WorkerPresence, resolve_slots
 
@@ -61,6 +62,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 def make_app(settings: Settings | None = None) -> Celery:
     """The Celery app, configured from :class:`api.settings.Settings` (read from the environment if None)."""
     settings = settings or get_settings()
+    install_log_redaction()  # the worker logs connection errors that quote URLs
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
     app = Celery("pretextlab", broker=broker, include=["worker.tasks"])
     app.conf.update(

@@ -139,13 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _redact(url: str) -> str:
-    """Hide a password in a database URL before printing it."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
+    """Hide the passwords in a database URL (user:pw@ and ?password=) before printing it."""
+    from api.redact import redact
+
+    return redact(url)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.artifacts import latest_artifact, register_artifact
 from api.db.clock import utcnow
-from api.db.jobs import create_job, dependents_waiting, get_job, gpus_needed, spec_of, waiting_on
+from api.db.jobs import create_job, dependents_waiting, get_job, gpus_needed, run_key_of, spec_of,
+                         waiting_on
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
 from api.db.workers import fits
+from api.redact import redact
 from api.settings import Settings
 from ssl_core.errors import PermanentError
 from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
@@ -56,6 +58,8 @@ from worker.slots import Placement, pin_thread
 log = logging.getLogger("pretextlab.worker")
 
 MAX_ERROR_CHARS = 4000
+# The event reason of a cancel that arrived during the last step (docs/api.md, "Cancelling").
+CANCELLED_AFTER_COMPLETION = "cancel requested during the last step: the run completed; outputs kept"
 
 # Outcomes run_job returns (and JobRun.outcome records).
 SUCCEEDED, FAILED, CANCELLED, RELEASED, LOST, SKIPPED = (
@@ -92,9 +96,11 @@ def _source_weights(sessions: sessionmaker[Session], source_job_id: int, setting
 
 
 def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, Any], job_dir: Path,
-             sink: SqlSink, settings: Settings, placement: Placement | None = None) -> Outcome:
+             sink: SqlSink, settings: Settings, placement: Placement | None = None,
+             run_key: str | None = None) -> Outcome:
     """Validate the spec and run ssl_core (torch is imported here, never at module load). A job
-    of several GPUs runs as that many rank processes on the placement's devices."""
+    of several GPUs runs as that many rank processes on the placement's devices; ``run_key`` is
+    recorded in (and checked against) the run's checkpoint."""
     spec = parse_job_spec(spec_dict)
     if spec.kind == "pretrain":
         try:  # another worker's progress first (a remote store only)
@@ -107,12 +113,12 @@ def _execute(sessions: sessionmaker[Session], job_id: int, spec_dict: dict[str, 
             from ssl_core.launch import run_pretrain
 
             res = run_pretrain(spec, job_dir, nproc=gpus, devices=placement.cuda_devices() if placement else None,
-                               sink=sink, should_stop=sink.should_stop, resume=True)
+                               sink=sink, should_stop=sink.should_stop, resume=True, run_key=run_key)
         else:
             from ssl_core.train import pretrain
 
             pin_thread(placement)
-            res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True)
+            res = pretrain(spec, job_dir, sink=sink, should_stop=sink.should_stop, resume=True, run_key=run_key)
     else:
         from ssl_core.evaluate import evaluate
 
@@ -130,7 +136,7 @@ def error_message(exc: BaseException) -> str:
         msg = str(exc) or type(exc).__name__
     else:
         msg = f"{type(exc).__name__}: {exc}"
-    return msg[:MAX_ERROR_CHARS]
+    return redact(msg)[:MAX_ERROR_CHARS]  # users read it: no URL password or token
 
 
 # -- finishing ---------------------------------------------------------------------------------------------
@@ -158,6 +164,8 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
     sessions = session_factory or sessions_for(settings.database_url)
     stop_event = stop_event or threading.Event()
     job_id = int(job_id)
+    with sessions() as s:
+        run_key = run_key_of(s, job_id)
     job_dir = settings.job_dir(job_id)
     where = {} if placement is None else dict(fits=fits(len(placement.devices)), worker=placement.worker,
                                               devices=list(placement.devices), waiting_reason=None)
@@ -185,7 +193,7 @@ def run_job(job_id: int, *, worker_id: str, settings: Settings,
             spec_dict = spec_of(s, job_id)
         set_runtime_deadline(sink, sessions, lease, spec_dict, settings)
         job_dir.mkdir(parents=True, exist_ok=True)  # e.g. an unwritable ARTIFACT_ROOT fails the job, clearly
-        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, settings, placement)
+        outcome = _execute(sessions, job_id, spec_dict, job_dir, sink, settings, placement, run_key)
     except LeaseLost:
         pass
     except StoreUnavailable as exc:  # an object store (artifacts, a dataset) unreachable: back to the queue
@@ -221,7 +229,7 @@ def _fail_finishing(lease: JobLease, exc: BaseException, sessions: sessionmaker[
                     settings: Settings) -> str:
     job_id = lease.job_id
     detail = f"{type(exc).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else error_message(exc)
-    msg = f"the job ran but could not be finished: {detail}"[:MAX_ERROR_CHARS]
+    msg = redact(f"the job ran but could not be finished: {detail}")[:MAX_ERROR_CHARS]
     log.error("job %s: %s", job_id, msg, exc_info=exc)
     try:
         lease.finish(["running", "cancelling"], "failed", FAILED, reason=msg, error=msg,
@@ -262,9 +270,14 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
         extra: dict[str, Any] = {"result": result}
         if "top1" in result:  # evaluate jobs: the leaderboard reads these columns
             extra.update(top1=result.get("top1"), top5=result.get("top5"))
-        created = lease.finish(["running", "cancelling"], "succeeded", SUCCEEDED, reason="completed",
-                               on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
-                               **done, **extra)
+        try:  # from running only: a cancel that landed during the last step wins (below)
+            created = lease.finish(["running"], "succeeded", SUCCEEDED, reason="completed",
+                                   on_commit=lambda s: _create_followups(s, job_id, settings.max_attempts),
+                                   **done, **extra)
+        except LeaseLost:
+            if lease.lost:
+                raise
+            return _cancelled_after_completion(lease, settings, sessions, done, extra)
         _dispatch_all(sessions, created, settings, dependents_of=job_id)
         log.info("job %s: succeeded", job_id)
         return SUCCEEDED
@@ -293,6 +306,17 @@ def _conclude(lease: JobLease, sink: SqlSink, outcome: Outcome, error: BaseExcep
 
 
 FINAL_OUTPUTS = [("backbone.safetensors", "backbone"), ("checkpoints/last.safetensors", "checkpoint"), ("result.json", "result")]
+
+
+def _cancelled_after_completion(lease: JobLease, settings: Settings, sessions: sessionmaker[Session],
+                                done: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The cancel arrived while the last step ran: the job ends ``cancelled`` as the 202 promised,
+    keeping what the finished run wrote (checkpoint, backbone, result); no follow-ups are created."""
+    lease.finish(["cancelling"], "cancelled", CANCELLED, **done, **extra,
+                 reason=CANCELLED_AFTER_COMPLETION)
+    _dispatch_all(sessions, [], settings, dependents_of=lease.job_id)
+    log.info("job %s: cancelled (the run had completed; outputs kept)", lease.job_id)
+    return CANCELLED
 
 
 def _register_outputs(lease: JobLease, job_dir: Path) -> None:

@@ -60,6 +60,7 @@ class SqlSink:
         self._io_lock = threading.Lock()  # one database write at a time, in order
         self._rows: list[dict[str, Any]] = []
         self._progress: dict[str, Any] | None = None
+        self._reported = False  # progress sent once already (the first one is written at once)
         self._artifacts: list[tuple[str, str, int]] = []  # (name relative to the job folder, kind, size)
         self._closed = threading.Event()
         self._wake = threading.Event()  # flush()/artifact()/close() ask the writer to write now
@@ -83,9 +84,13 @@ class SqlSink:
     def progress(self, *, epoch: int, step: int, total_steps: int, images_per_sec: float,
                  eta_s: float | None) -> None:
         p = {"epoch": int(epoch), "step": int(step), "total_steps": int(total_steps),
-             "images_per_sec": _finite(images_per_sec), "eta_s": _finite(eta_s) if eta_s is not None else None}
+             "images_per_sec": _finite(images_per_sec), "eta_s": _finite(eta_s) if eta_s is not None else None,
+             "attempt": self.lease.attempt}
         with self._lock:
-            self._progress = p
+            first, self._progress = not self._reported, p
+            self._reported = True
+        if first:  # a resumed attempt shows where it resumed at once, not a flush period later
+            self._write_soon()
 
     def artifact(self, name: str, path: Path, kind: str) -> None:
         """Register a file the loop wrote (name relative to the job folder) with the next write."""

@@ -13,9 +13,11 @@ import threading
 from celery.exceptions import Reject
 
 from api.db.retention import prune
+from api.db.redispatch import forget_dispatch
 from api.db.session import sessions_for
 from api.db.workers import gpus_of, undispatch
 from api.settings import Settings
+from worker import idle_poll  # noqa: F401 - starts the idle poll with the worker
 from worker.celery_app import FLEET, SHUTDOWN, app, worker_id
 from worker.reconciler import reconcile_once
 from worker.runner import SKIPPED, run_job
@@ -32,8 +34,14 @@ def _settings() -> Settings:
 def run_job_task(self, job_id: int) -> str:
     """Run job ``job_id`` if it can be claimed; a duplicate or late message is dropped by the claim."""
     if SHUTDOWN.is_set():
-        # A message reaching a worker that is already shutting down: back to the broker for another.
-        raise Reject(f"job {job_id}: worker shutting down", requeue=True)
+        # A message reaching a worker that is already shutting down is acknowledged unused; the job
+        # is still queued in SQL, marked as having no message, so another worker's idle poll (or the
+        # reconciler's next pass) sends it again. One log line, not a Reject traceback -- and not a
+        # re-send from here, which this very worker could take again until its consumer stops.
+        with sessions_for(_settings().database_url)() as s, s.begin():
+            forget_dispatch(s, int(job_id))
+        log.info("job %s: worker shutting down: message left for another worker", job_id)
+        return "skipped"
     node = f"{self.request.hostname or 'celery'}:{threading.get_ident()}"
     return _run_placed(int(job_id), worker_id(node), _settings())
 

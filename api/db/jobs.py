@@ -12,6 +12,7 @@ tell the runner and the reconciler which messages to send.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -87,6 +88,7 @@ def create_job(
         attempt=0,
         max_attempts=max_attempts,
         cancel_requested=False,
+        run_key=new_run_key(),
         created_at=now,
         updated_at=now,
         created_by=created_by,
@@ -98,6 +100,16 @@ def create_job(
     session.add(JobEvent(job_id=job.id, from_status=None, to_status="queued", attempt=0, actor=actor, at=now))
     session.flush()
     return job
+
+
+def new_run_key() -> str:
+    """32 random hex characters (128 bits): a job's key, never reused even if ids are."""
+    return secrets.token_hex(16)
+
+
+def run_key_of(session: Session, job_id: int) -> str | None:
+    """The job's run key (None for rows created before run keys existed, or no such job)."""
+    return session.scalar(select(Job.run_key).where(Job.id == job_id))
 
 
 def transition(

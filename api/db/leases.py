@@ -108,6 +108,7 @@ def claim(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_se
         fields: dict[str, Any] = dict(
             owner=worker_id, attempt=Job.attempt + 1, lease_expires_at=now + timedelta(seconds=lease_seconds),
             heartbeat_at=now, started_at=func.coalesce(Job.started_at, now), cancel_requested=False,
+            progress=None,  # the last attempt's step is not this one's: it reports its own
         )
         if job_dir is not None:
             fields["artifact_dir"] = str(job_dir)

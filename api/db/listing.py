@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from datetime import datetime
 from typing import Any
@@ -16,21 +18,37 @@ from api.db.models import Job
 
 
 # -- pages of jobs ----------------------------------------------------------------------------
+# A job id must fit a signed 64-bit BIGINT: anything larger in a cursor is refused, not sent to SQL.
+MAX_CURSOR_ID = 2**63 - 1
+_SIG_CHARS = 32  # hex characters of the HMAC-SHA256 kept in the cursor (128 bits)
+
+
 class BadCursor(ValueError):
     """The cursor was not produced by this server."""
 
 
-def encode_cursor(job: Job) -> str:
+def _signature(payload: str, key: bytes) -> str:
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()[:_SIG_CHARS]
+
+
+def encode_cursor(job: Job, key: bytes) -> str:
+    """``<base64 of [created_at, id]>.<HMAC>``: opaque, and only this server's key makes valid ones."""
     raw = json.dumps([as_utc(job.created_at).isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{payload}.{_signature(payload, key)}"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str, key: bytes) -> tuple[datetime, int]:
+    """The (created_at, id) a cursor points after; BadCursor for anything this server did not sign
+    (a forged or edited cursor, one signed with another key) or whose id is out of range."""
+    payload, _, sig = cursor.partition(".")
+    if not hmac.compare_digest(sig.encode(), _signature(payload, key).encode()):
+        raise BadCursor("cursor: not a cursor returned by GET /v1/jobs (or the server's cursor key changed)")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         ts, job_id = json.loads(raw)
         when = as_utc(datetime.fromisoformat(ts))
-        if not isinstance(job_id, int) or isinstance(job_id, bool):
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id <= MAX_CURSOR_ID:
             raise ValueError
         return when, job_id
     except Exception as exc:  # noqa: BLE001 - any garbage is the same client error
@@ -54,10 +72,12 @@ def list_jobs(
     tag: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    cursor_key: bytes,
     created_by: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first; returns (page, next cursor or None). Keyset pagination on (created_at, id).
-    ``created_by``: only that owner's jobs (a non-admin token's view)."""
+    """Newest first; returns (page, next cursor or None). Keyset pagination on (created_at, id);
+    cursors are signed with ``cursor_key`` (BadCursor for one that is not). ``created_by``: only that
+    owner's jobs (a non-admin token's view)."""
     q = select(Job)
     if created_by is not None:
         q = q.where(Job.created_by == created_by)
@@ -72,11 +92,11 @@ def list_jobs(
     if tag:
         q = q.where(_tag_filter(session, tag))
     if cursor:
-        ts, last_id = decode_cursor(cursor)
+        ts, last_id = decode_cursor(cursor, cursor_key)
         q = q.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < last_id)))
     rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     page = rows[:limit]
-    return page, (encode_cursor(page[-1]) if len(rows) > limit else None)
+    return page, (encode_cursor(page[-1], cursor_key) if len(rows) > limit else None)
 
 
 # -- leaderboard ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Metric points of a job: one value per (job, name, step), written in batches, read downsampled.
 
 A resumed run that logs a step again overwrites it, so metrics are never duplicated; reads return
-at most ``max_points`` points whatever the number stored, with the downsampling done in SQL.
+at most ``max_points`` points whatever the number stored, downsampled M4-style (first, last, min
+and max per bucket) from per-block summaries kept by :mod:`api.db.metric_blocks`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.db.clock import utcnow
+from api.db.metric_blocks import downsample, refresh_blocks
 from api.db.models import Metric
 
 
@@ -52,6 +54,7 @@ def write_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any
         set_={"value": ins.excluded.value, "epoch": ins.excluded.epoch, "created_at": ins.excluded.created_at},
     )
     session.execute(stmt, batch)
+    refresh_blocks(session, job_id, [(r["name"], r["step"]) for r in batch])
     return len(batch)
 
 
@@ -72,47 +75,6 @@ def metric_names(session: Session, job_id: int) -> list[str]:
     return [r[0] for r in session.execute(sql, {"job": job_id})]
 
 
-# Bucket starts lo, lo+stride, ... < hi; per bucket the first stored point (one index probe);
-# plus the point at hi. PostgreSQL: a LATERAL probe returns the whole row at once.
-_DOWNSAMPLE_PG = text(
-    """
-    SELECT p.step, p.value, p.epoch
-    FROM generate_series(CAST(:lo AS BIGINT), CAST(:hi AS BIGINT) - 1, CAST(:stride AS BIGINT)) AS t(x)
-    CROSS JOIN LATERAL (
-        SELECT m.step, m.value, m.epoch FROM metrics m
-        WHERE m.job_id = :job AND m.name = :name AND m.step >= t.x AND m.step < t.x + CAST(:stride AS BIGINT)
-        ORDER BY m.step LIMIT 1
-    ) AS p
-    UNION
-    SELECT m.step, m.value, m.epoch FROM metrics m WHERE m.job_id = :job AND m.name = :name AND m.step = :hi
-    ORDER BY 1
-    """
-)
-# SQLite has no LATERAL: the probe picks the step (index only), then one lookup per picked step.
-# Empty buckets give NULL, which IN never matches (no IS NOT NULL filter: it would run the probe twice).
-_DOWNSAMPLE_PORTABLE = text(
-    """
-    WITH RECURSIVE t(x) AS (
-        SELECT CAST(:lo AS BIGINT)
-        UNION ALL
-        SELECT x + CAST(:stride AS BIGINT) FROM t WHERE x + CAST(:stride AS BIGINT) < CAST(:hi AS BIGINT)
-    ),
-    picked(step) AS (
-        SELECT (SELECT m2.step FROM metrics m2
-                WHERE m2.job_id = :job AND m2.name = :name
-                  AND m2.step >= t.x AND m2.step < t.x + CAST(:stride AS BIGINT)
-                ORDER BY m2.step LIMIT 1)
-        FROM t
-        UNION
-        SELECT CAST(:hi AS BIGINT)
-    )
-    SELECT m.step, m.value, m.epoch FROM metrics m
-    WHERE m.job_id = :job AND m.name = :name AND m.step IN (SELECT step FROM picked)
-    ORDER BY m.step
-    """
-)
-
-
 @dataclass
 class MetricSeries:
     name: str
@@ -130,12 +92,11 @@ def query_metrics(
     end_step: int | None = None,
     max_points: int = 1000,
 ) -> MetricSeries:
-    """At most ``max_points`` points of one metric, always including the first and last.
+    """At most ``max_points`` points of one metric in step order, always including the first and last.
 
-    Downsampling happens in SQL by step ranges: the step span [lo, hi] is cut into
-    ``max_points - 1`` equal buckets and the first stored point of each bucket is taken with one
-    index probe (``ORDER BY step LIMIT 1`` on the primary key), plus the last point. The cost is
-    O(max_points log n), whatever the number of stored points.
+    When the range holds more steps than ``max_points``, it is downsampled in SQL keeping each
+    bucket's first, last, min and max point (M4, :mod:`api.db.metric_blocks`): spikes and dips
+    survive every answer, and the cost stays O(points returned + range / 64), not O(points stored).
     """
     max_points = max(2, int(max_points))
     base = [Metric.job_id == job_id, Metric.name == name]
@@ -151,10 +112,7 @@ def query_metrics(
         # steps are unique per (job, name): the range cannot hold more than max_points rows
         rows = session.execute(select(*cols).where(*base).order_by(Metric.step)).all()
         return MetricSeries(name, [tuple(r) for r in rows], len(rows), False)
-    stride = math.ceil((hi - lo) / (max_points - 1))
-    sql = _DOWNSAMPLE_PG if session.get_bind().dialect.name == "postgresql" else _DOWNSAMPLE_PORTABLE
-    rows = session.execute(sql, {"lo": lo, "hi": hi, "stride": stride, "job": job_id, "name": name}).all()
-    return MetricSeries(name, [tuple(r) for r in rows], None, True)
+    return MetricSeries(name, downsample(session, job_id, name, lo, hi, max_points), None, True)
 
 
 def step_ranges(session: Session, job_ids: list[int], name: str) -> dict[int, tuple[int, int, int]]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -78,6 +79,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     devices: Mapped[list[Any] | None] = mapped_column(JSON)
     waiting_reason: Mapped[str | None] = mapped_column(Text)
+    # random, set at creation: recorded in the job's checkpoints, so a new job never resumes from an
+    # old job's files after a database reset
+    run_key: Mapped[str | None] = mapped_column(String(64))
     # evaluation results, for the leaderboard
     top1: Mapped[float | None] = mapped_column(Float)
     top5: Mapped[float | None] = mapped_column(Float)
@@ -108,6 +112,30 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
     epoch: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MetricBlock(Base):
+    """Summary of one metric over a block of steps (64 at level 0, 1,024 at level 1): count,
+    first/last step, the min and max with their steps, and two filler steps. Kept in step with ``metrics`` by ``api.db.metric_blocks``, it
+    lets a downsampled read keep every spike and dip without scanning millions of points."""
+
+    __tablename__ = "metric_blocks"
+
+    job_id: Mapped[int] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 0: 64 steps, 1: 1,024 steps
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # first step // block size
+    n: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_value: Mapped[float] = mapped_column(Float)
+    # the first step at or after a quarter and three quarters of the block: fillers for a chart
+    # bucket whose first/last/min/max coincide (a monotone stretch)
+    q1_step: Mapped[int] = mapped_column(BigInteger)
+    q3_step: Mapped[int] = mapped_column(BigInteger)
 
 
 class Artifact(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import ValidationError
@@ -201,10 +201,11 @@ def submit_job(
     return JobOut.from_row(job, artifacts=0)
 
 
-@router.get("", response_model=JobList, summary="List jobs, newest first")
+@router.get("", response_model=JobList, summary="List jobs, newest first (specs summarised unless ?view=full)")
 def list_jobs(
     session: SessionDep,
     who: PrincipalDep,
+    settings: SettingsDep,
     status: Status | None = None,
     kind: Kind | None = None,
     method: Label | None = None,
@@ -212,15 +213,17 @@ def list_jobs(
     tag: Tag | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    view: Annotated[Literal["summary", "full"], Query(description="full: each item with its whole spec")] = "summary",
 ) -> Response:
     try:
         page, next_cursor = page_of_jobs(session, status=status, kind=kind, method=method, dataset=dataset,
-                                         tag=tag, cursor=cursor, limit=limit,
+                                         tag=tag, cursor=cursor, limit=limit, cursor_key=settings.cursor_key(),
                                          created_by=None if who.admin else who.name)
     except BadCursor as exc:
         raise ApiError(400, "bad_cursor", str(exc), {"cursor": cursor}) from None
     counts = artifact_counts(session, [j.id for j in page])
-    return as_json(JobList(items=[JobOut.from_row(j, counts.get(j.id, 0)) for j in page], next_cursor=next_cursor))
+    items = [JobOut.from_row(j, counts.get(j.id, 0), full=view == "full") for j in page]
+    return as_json(JobList(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: status, spec, progress, result")

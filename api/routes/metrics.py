@@ -23,7 +23,7 @@ Step = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 
 
 @router.get("/{job_id}/metrics", response_model=MetricSeriesOut | MetricNames,
-            summary="Metric names (no name) or one series, downsampled keeping the first and last points")
+            summary="Metric names (no name) or one series, downsampled keeping each bucket's first, last, min and max")
 def job_metrics(
     job_id: JobId,
     session: SessionDep,
@@ -31,7 +31,7 @@ def job_metrics(
     name: Label | None = None,
     start_step: Step = None,
     end_step: Step = None,
-    max_points: Annotated[int, Query(ge=2, description="capped at 10000")] = 1000,
+    max_points: Annotated[int, Query(ge=2, description="capped at 10000; max_points // 4 buckets")] = 1000,
 ) -> MetricNames | Response:
     job_or_404(session, job_id, who)
     if name is None:
@@ -42,6 +42,11 @@ def job_metrics(
     max_points = min(max_points, MAX_POINTS_CAP)
     series = query_metrics(session, job_id, name, start_step=start_step, end_step=end_step,
                            max_points=max_points)
+    if not series.points and name not in (names := metric_names(session, job_id)):
+        raise ApiError(404, "unknown_metric",
+                       f"job {job_id} has no metric named {name!r}; its metrics: {', '.join(names) or 'none yet'}",
+                       [{"loc": "query.name", "msg": f"no metric named {name!r}", "type": "unknown_metric",
+                         "value": name, "names": names}])
     # Up to 10,000 points: plain json.dumps of plain dicts (the shape of MetricSeriesOut) is several
     # times cheaper than building and re-validating a model per point. JSON has no NaN/inf: null.
     points = [{"step": s, "value": v if v is not None and math.isfinite(v) else None, "epoch": e}

@@ -13,7 +13,8 @@ from api_helpers import submit
 @pytest.fixture
 def job_with_files(client, db, settings):
     job = submit(client)["id"]
-    folder = settings.job_dir(job)
+    with db() as s:
+        folder = settings.job_dir(job)
     (folder / "checkpoints").mkdir(parents=True)
     payload = os.urandom(300_000)
     (folder / "backbone.safetensors").write_bytes(payload)

@@ -35,7 +35,7 @@ def test_token_rules(authed, caplog):
         assert "malformed" in r.json()["error"]["message"]
     r = authed.get("/v1/jobs", headers={"Authorization": "Bearer s3cret-token-gamma"})
     assert r.status_code == 403 and r.json()["error"] == {"code": "forbidden", "message": "unknown API token",
-                                                          "details": None}
+                                                          "details": []}
     for token in (ALPHA, BETA):
         h = {"Authorization": f"Bearer {token}"}
         assert authed.get("/v1/jobs", headers=h).status_code == 200

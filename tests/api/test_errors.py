@@ -47,7 +47,8 @@ def test_wrong_types(client):
     assert "method" in err["message"]
     err = _error(client.post("/v1/jobs", json={"spec": PRETRAIN, "name": "a\u0000b"}), 422)
     assert "name" in err["message"]
-    err = _error(client.post("/v1/jobs", content=b"spec=1", headers={"content-type": "text/plain"}), 422)
+    err = _error(client.post("/v1/jobs", content=b"spec=1", headers={"content-type": "text/plain"}), 415)
+    assert err["code"] == "unsupported_media_type"  # a clear message, not "a valid dictionary"
 
 
 def test_oversized_bodies(database_url, make_settings):
@@ -62,7 +63,7 @@ def test_oversized_bodies(database_url, make_settings):
                 yield b" " * 1000
 
         err = _error(c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"}), 413)
-        assert err["details"] == {"max_body_bytes": 4096}
+        assert err["details"] == [{"loc": "max_body_bytes", "msg": err["message"], "type": "payload_too_large", "value": 4096}]
         ok = c.post("/v1/jobs", content=json.dumps({"spec": PRETRAIN}).encode(),
                     headers={"content-type": "application/json"})
         assert ok.status_code == 201

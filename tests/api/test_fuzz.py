@@ -72,7 +72,8 @@ def fuzz_client(tmp_path_factory):
                               broker_url=None, api_tokens=None, auth="off", max_body_bytes=64 * 1024))
     with TestClient(app) as c:
         job = c.post("/v1/jobs", json={"spec": PRETRAIN}).json()["id"]
-        folder = app.state.settings.job_dir(job)
+        with app.state.sessionmaker() as s:
+            folder = app.state.settings.job_dir(job)
         folder.mkdir(parents=True)
         (folder / "backbone.safetensors").write_bytes(b"w" * 100)
         with app.state.sessionmaker() as s:

@@ -127,7 +127,7 @@ def test_unknown_job_is_404_everywhere(client):
                          ("get", "/v1/jobs/999/metrics"), ("get", "/v1/jobs/999/artifacts")]:
         r = getattr(client, method)(path)
         assert r.status_code == 404, path
-        assert r.json()["error"] == {"code": "not_found", "message": "job 999 not found", "details": {"job_id": 999}}
+        assert r.json()["error"] == {"code": "not_found", "message": "job 999 not found", "details": [{"loc": "job_id", "msg": "job 999 not found", "type": "not_found", "value": 999}]}
     assert client.get("/v1/jobs/99999999999999999999999").status_code == 422
     assert client.get("/v1/jobs/abc").status_code == 422
 
@@ -248,7 +248,7 @@ def test_dispatch_publishes_to_the_jobs_queue(database_url, make_settings, redis
         lost = submit(c)  # broker down: the job is still accepted and stays queued for the reconciler
         assert c.get(f"/v1/jobs/{lost['id']}").json()["status"] == "queued"
         ready = c.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["error"]["details"]["broker"] == "unreachable"
+        assert ready.status_code == 503 and {"loc": "broker", "msg": ready.json()["error"]["message"], "type": "not_ready", "value": "unreachable"} in ready.json()["error"]["details"]
     reset_clients()
     from api.db.session import make_engine, session_factory
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from worker_testlib import metric_steps, runs
+from worker_testlib import job, metric_steps, runs
 
 from api.db.models import Artifact
 from tests.support.net import wait_for

@@ -7,7 +7,7 @@ import threading
 import time
 
 from sqlalchemy import select, update
-from worker_testlib import add_job, events, job, metric_steps, runs
+from worker_testlib import add_job, events, job, job_dir, metric_steps, runs
 from tests.support.specs import tiny_pretrain
 
 from api.db.jobs import transition
@@ -269,7 +269,7 @@ def test_evaluate_job_reports_progress_and_is_handed_back_during_feature_extract
     j = job(st.sessions, jid)
     assert (j.status, j.owner, j.result, j.top1) == ("queued", None, None, None)
     assert j.progress is not None and j.progress["total_steps"] == total and 1 <= j.progress["step"] < total
-    assert not (st.settings.job_dir(jid) / "result.json").exists()
+    assert not (job_dir(st.sessions, st.settings, jid) / "result.json").exists()
     assert run_job(jid, worker_id="w2", settings=st.settings, session_factory=st.sessions) == SUCCEEDED
     j = job(st.sessions, jid)
     assert j.status == "succeeded" and j.top1 is not None

@@ -41,3 +41,8 @@ def metric_steps(sessions: Any, job_id: int, name: str = "train/loss") -> list[i
     with sessions() as s:
         return list(s.scalars(select(Metric.step).where(Metric.job_id == job_id, Metric.name == name)
                               .order_by(Metric.step)))
+
+
+def job_dir(sessions: Any, settings: Settings, job_id: int) -> Any:
+    """The job's artifact folder."""
+    return settings.job_dir(job_id)
