@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_run_keys"
-down_revision: Union[str, Sequence[str], None] = "0001_initial"
+down_revision: Union[str, Sequence[str], None] = "0002_owners_tokens"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

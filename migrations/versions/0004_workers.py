@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_workers"
-down_revision: Union[str, Sequence[str], None] = "0002_owners_tokens"
+down_revision: Union[str, Sequence[str], None] = "0003_run_keys"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
