@@ -38,8 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.artifacts import latest_artifact, register_artifact
 from api.db.clock import utcnow
-from api.db.jobs import create_job, dependents_waiting, get_job, gpus_needed, run_key_of, spec_of,
-                         waiting_on
+from api.db.jobs import (create_job, dependents_waiting, get_job, gpus_needed, run_key_of, spec_of,
+                         waiting_on)
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
