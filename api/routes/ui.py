@@ -96,7 +96,8 @@ def jobs_page(request: Request, session: SessionDep, status: Text = None, kind: 
     if filters["kind"] and filters["kind"] not in KINDS:
         error, filters["kind"] = f"kind: unknown kind {kind!r}", None
     try:
-        page, next_cursor = list_jobs(session, cursor=cursor, limit=limit, created_by=_mine(who), **filters)
+        page, next_cursor = list_jobs(session, cursor=cursor, limit=limit, created_by=_mine(who),
+                                       cursor_key=request.app.state.settings.cursor_key(), **filters)
     except BadCursor as exc:
         page, next_cursor, error = [], None, str(exc)
     query = "&".join(f"{k}={quote(v)}" for k, v in filters.items() if v)
@@ -126,7 +127,8 @@ def compare_page(request: Request, session: SessionDep,
                       error="ids: comma-separated job ids, e.g. 3,7,12")
     jobs = job_store.get_jobs(session, [i for i in wanted[:MAX_COMPARE] if 1 <= i <= MAX_ID]) if wanted else []
     if tag and not wanted:
-        jobs, _ = list_jobs(session, tag=tag, limit=MAX_COMPARE, created_by=_mine(who))
+        jobs, _ = list_jobs(session, tag=tag, limit=MAX_COMPARE, created_by=_mine(who),
+                            cursor_key=request.app.state.settings.cursor_key())
     jobs = [j for j in jobs if _visible(j, who)]
     jobs.sort(key=lambda j: j.id)
     flat = [_flatten(j.spec) for j in jobs]

@@ -14,7 +14,7 @@ from api.db.leases import claim, end_run
 from api.db.metrics import write_metrics
 from api.db.models import Artifact, Job, JobEvent, JobRun, JobTombstone, Metric
 import api.db.retention as retention
-from api_helpers import PRETRAIN, submit
+from api_helpers import PRETRAIN, detail_values, submit
 
 
 def _finish(db, settings, job_id: int) -> None:
@@ -55,10 +55,10 @@ def test_delete_of_an_active_job_is_409_naming_the_status(client, settings, db):
     queued = submit(client)["id"]
     r = client.delete(f"/v1/jobs/{queued}")
     assert r.status_code == 409 and "queued" in r.json()["error"]["message"]
-    assert r.json()["error"]["details"]["status"] == "queued"
+    assert detail_values(r)["status"] == "queued"
     claim(db, queued, "w", 30, settings.job_dir(queued))
     r = client.delete(f"/v1/jobs/{queued}")
-    assert r.status_code == 409 and r.json()["error"]["details"]["status"] == "running"
+    assert r.status_code == 409 and detail_values(r)["status"] == "running"
     assert _rows(db, queued)["Job"] == 1
 
 
@@ -67,7 +67,7 @@ def test_delete_keeps_finished_evaluations_and_refuses_with_active_ones(client, 
     _finish(db, settings, pre)
     ev = submit(client, {"kind": "evaluate", "source_job_id": pre})["id"]
     r = client.delete(f"/v1/jobs/{pre}")
-    assert r.status_code == 409 and r.json()["error"]["details"]["dependents"] == [ev]
+    assert r.status_code == 409 and detail_values(r)["dependents"] == [ev]
     with db() as s, s.begin():
         assert transition(s, ev, "queued", "cancelled")
     assert client.delete(f"/v1/jobs/{pre}").status_code == 204

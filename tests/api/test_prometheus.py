@@ -64,7 +64,7 @@ def test_metrics_parse_and_follow_the_jobs(client, db, settings):
 
 def test_metrics_need_the_token_when_tokens_are_set(sqlite_url, make_settings):
     upgrade(sqlite_url)
-    with TestClient(create_app(make_settings(sqlite_url, api_tokens="a-metrics-scraper-token-0123456789"))) as c:
+    with TestClient(create_app(make_settings(sqlite_url, api_tokens="a-metrics-scraper-token-0123456789", auth="on"))) as c:
         assert c.get("/metrics").status_code == 401
         assert scrape(c, headers={"Authorization": "Bearer a-metrics-scraper-token-0123456789"})[
             ("pretextlab_store_up", ())] == 1

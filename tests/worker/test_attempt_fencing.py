@@ -44,7 +44,7 @@ def test_a_cancel_during_the_last_step_ends_cancelled_keeping_outputs(sqlite_sto
     st = sqlite_store
     jid = add_job(st.sessions, tiny_pretrain(epochs=1, eval={"after": [{"protocol": "knn"}]}))
 
-    def last_step_then_cancel(sessions, job_id, spec, folder, sink, run_key=None):
+    def last_step_then_cancel(sessions, job_id, spec, folder, sink, *_rest):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "backbone.safetensors").write_bytes(b"w")
         with sessions() as s, s.begin():  # what POST /cancel does while the last step runs
