@@ -26,6 +26,14 @@ class ApiError(PretextlabError):
         self.status, self.code, self.message, self.details = status, code, message, details
         self.headers = headers or {}
 
+    def detail(self, loc: str, default: Any = None) -> Any:
+        """The ``value`` of the details entry at ``loc`` (the API's details are a list of
+        ``{loc, msg, type, value?}`` objects), e.g. ``err.detail("job_id")``."""
+        for d in self.details or []:
+            if isinstance(d, dict) and d.get("loc") == loc:
+                return d.get("value", default)
+        return default
+
     @property
     def retry_after(self) -> float | None:
         """Seconds the server asked us to wait (``Retry-After``), if it said."""

@@ -24,11 +24,9 @@ NCCL on CUDA, gloo on CPU) and runs :func:`ssl_core.train.pretrain`.
 
 from __future__ import annotations
 
-import ctypes
 import inspect
 import os
 import queue as queue_mod
-import signal
 import sys
 import threading
 import time
@@ -38,32 +36,14 @@ from typing import Any, Callable
 
 from ssl_core import errors
 from ssl_core.errors import PermanentError
+from ssl_core.lifeline import die_with_parent
 from ssl_core.reporting import NullSink, Sink
 
-PR_SET_PDEATHSIG = 1
 _POLL_S = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
-# In a rank: die with the parent
-def die_with_parent(parent_pid: int) -> None:
-    """SIGKILL this process when ``parent_pid`` (its parent) dies: the kernel's parent-death signal
-    (Linux) plus a watcher thread (any POSIX; also covers a parent that died before prctl ran)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the watcher alone
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(137)
-
-    if os.getppid() != parent_pid:
-        os._exit(137)
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
+# In a rank
 class QueueSink(NullSink):
     """Rank 0's sink in a child: every call becomes a message the caller replays on its own sink."""
 
@@ -198,7 +178,7 @@ def _relay(q: Any, sink: Sink, should_stop: Callable[[], bool], stop: Any, launc
            outcome: dict[str, Any]) -> None:
     """Until the launcher returns and the queue is empty: replay rank 0's messages on ``sink`` (in this
     thread), pass a stop request on, keep a result or the first error."""
-    idle_after_exit = 0
+    idle_after_exit, next_poll = 0, 0.0
     while True:
         try:
             kind, args, kw = q.get(timeout=_POLL_S)
@@ -217,8 +197,12 @@ def _relay(q: Any, sink: Sink, should_stop: Callable[[], bool], stop: Any, launc
                 outcome["error"] = args
         else:
             getattr(sink, kind)(*args, **kw)
-        if not stop.is_set() and should_stop():
-            stop.set()
+        if not stop.is_set() and time.monotonic() >= next_poll:
+            # polled on a clock, not per message: a should_stop that costs time (a database read)
+            # must not let the replay fall behind the ranks
+            next_poll = time.monotonic() + _POLL_S
+            if should_stop():
+                stop.set()
 
 
 def _result(outcome: dict[str, Any]):

@@ -39,6 +39,7 @@ from kombu import Queue
 
 from api.db.session import sessions_for
 from api.redact import install_log_redaction
+from ssl_core.lifeline import die_with_parent
 from api.settings import Settings, get_settings
 from worker.slots import SlotPool, Slots, WorkerPresence, resolve_slots
 
@@ -106,6 +107,14 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+@signals.worker_process_init.connect
+def _die_with_the_worker(**_: Any) -> None:
+    # A pool process runs the job, and a multi-GPU job's rank processes are its children: if the
+    # main worker process is killed (kill -9), the pool process must not run on (its ranks die with
+    # it in turn), or a requeued job could run twice.
+    die_with_parent(os.getppid())
 
 
 @signals.worker_shutting_down.connect

@@ -86,7 +86,7 @@ def test_cancel_a_running_job_then_a_finished_one_conflicts(client, server):
     assert client.wait(job["id"], timeout=60, progress=False)["status"] == "cancelled", server.log()
     with pytest.raises(Conflict) as err:
         client.cancel(job["id"])
-    assert err.value.code == "invalid_state" and err.value.details["status"] == "cancelled"
+    assert err.value.code == "invalid_state" and err.value.detail("status") == "cancelled"
 
 
 def test_wait_gives_up_after_its_timeout_and_the_job_goes_on(client):
@@ -101,7 +101,7 @@ def test_wait_gives_up_after_its_timeout_and_the_job_goes_on(client):
 def test_api_errors_are_typed_with_the_api_code_and_details(client, tmp_path):
     with pytest.raises(NotFound) as err:
         client.job(987654)
-    assert (err.value.status, err.value.code, err.value.details) == (404, "not_found", {"job_id": 987654})
+    assert (err.value.status, err.value.code, err.value.detail("job_id")) == (404, "not_found", 987654)
     assert "job 987654 not found" in str(err.value)
 
     with pytest.raises(ValidationError) as err:
@@ -114,12 +114,12 @@ def test_api_errors_are_typed_with_the_api_code_and_details(client, tmp_path):
     assert again["id"] == done["id"]
     with pytest.raises(Conflict) as err:
         client.submit(tiny_pretrain(epochs=2), idempotency_key="client-key-1")
-    assert err.value.code == "idempotency_conflict" and err.value.details["job_id"] == done["id"]
+    assert err.value.code == "idempotency_conflict" and err.value.detail("job_id") == done["id"]
 
     client.wait(done["id"], timeout=120, progress=False)
     with pytest.raises(NotFound) as err:
         client.download(done["id"], "no-such-file.bin", tmp_path / "x.bin")
-    assert err.value.details == {"job_id": done["id"], "name": "no-such-file.bin"}
+    assert (err.value.detail("job_id"), err.value.detail("name")) == (done["id"], "no-such-file.bin")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
     with pytest.raises(ValueError, match="job id must be an integer"):
