@@ -57,7 +57,7 @@ def token_main(args: argparse.Namespace, settings: Settings) -> int:
 
 def prune_main(args: argparse.Namespace, settings: Settings) -> int:
     days = args.days if args.days is not None else settings.retention_days
-    report = prune(sessions_for(settings.database_url), settings.artifact_root, days)
+    report = prune(sessions_for(settings.database_url), settings.artifact_root, days, store=settings.artifact_store())
     print(f"pruned the rows of {len(report['jobs_pruned'])} job(s) ({report['metrics_deleted']} metrics, "
           f"{report['artifacts_deleted']} artifacts); removed {len(report['folders_removed'])} folder(s)"
           + ("" if days is not None else " (no retention period: deleted jobs' folders only)"))

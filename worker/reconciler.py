@@ -180,7 +180,8 @@ def reconcile_loop(session_factory: sessionmaker[Session], settings: Settings, s
         if time.monotonic() >= next_prune:
             next_prune = time.monotonic() + settings.prune_seconds
             try:
-                prune(session_factory, settings.artifact_root, settings.retention_days)
+                prune(session_factory, settings.artifact_root, settings.retention_days,
+                      store=settings.artifact_store())
             except Exception:
                 log.exception("retention sweep failed")
         if stop_event.wait(settings.reconcile_seconds):

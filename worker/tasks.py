@@ -79,5 +79,6 @@ def reconcile_task() -> dict:
 @app.task(name="pretextlab.prune", ignore_result=True)
 def prune_task() -> dict:
     settings = _settings()
-    report = prune(sessions_for(settings.database_url), settings.artifact_root, settings.retention_days)
+    report = prune(sessions_for(settings.database_url), settings.artifact_root, settings.retention_days,
+                   store=settings.artifact_store())
     return {k: len(v) if isinstance(v, list) else v for k, v in report.items()}

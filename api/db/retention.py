@@ -22,7 +22,9 @@ from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.clock import utcnow
-from api.db.models import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobRun, JobTombstone, Metric
+from api.db.models import (ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobRun, JobTombstone, Metric,
+                           MetricBlock)
+from ssl_core.storage import ArtifactStore, StoreError
 
 log = logging.getLogger("pretextlab.retention")
 
@@ -78,6 +80,8 @@ def drop_job_data(session: Session, job_ids: list[int]) -> tuple[int, int]:
         return 0, 0
     finished = select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(FINAL_STATUSES))
     m = session.execute(delete(Metric).where(Metric.job_id.in_(finished)).execution_options(synchronize_session=False))
+    session.execute(delete(MetricBlock).where(MetricBlock.job_id.in_(finished))  # their summaries go too
+                    .execution_options(synchronize_session=False))
     a = session.execute(delete(Artifact).where(Artifact.job_id.in_(finished))
                         .execution_options(synchronize_session=False))
     return m.rowcount or 0, a.rowcount or 0
@@ -101,16 +105,29 @@ def remove_job_folder(jobs_root: Path, job_id: int) -> bool:
     return True
 
 
+def _remove_job_files(jobs_root: Path, job_id: int, store: ArtifactStore | None) -> bool:
+    """The job's local folder, and its objects when the artifact store is remote; False: retry later."""
+    if not remove_job_folder(jobs_root, job_id):
+        return False
+    if store is not None and store.remote:
+        try:
+            store.delete_job(job_id)
+        except StoreError as exc:
+            log.warning("retention: the objects of job %s stay until the next sweep (%s)", job_id, exc)
+            return False
+    return True
+
+
 def prune(sessions: sessionmaker[Session], artifact_root: Path, retention_days: float | None,
-          now: datetime | None = None) -> dict[str, Any]:
+          now: datetime | None = None, store: ArtifactStore | None = None) -> dict[str, Any]:
     """One sweep: the folders of deleted jobs (tombstones), then, with a retention period, the
-    folders and metric/artifact rows of jobs finished more than ``retention_days`` ago (folder
-    first: rows are dropped only for jobs whose folder is gone, so a failure is retried). Returns
+    folders and metric/artifact rows of jobs finished more than ``retention_days`` ago (folder and,
+    with a remote ``store``, its objects first: rows are dropped only for jobs whose folder is gone, so a failure is retried). Returns
     what was done."""
     jobs_root = Path(artifact_root).resolve() / "jobs"
     with sessions() as s:
         dead = tombstones(s)
-    removed = [i for i in dead if remove_job_folder(jobs_root, i)]
+    removed = [i for i in dead if _remove_job_files(jobs_root, i, store)]
     with sessions() as s, s.begin():
         for i in removed:
             forget_tombstone(s, i)
@@ -120,7 +137,7 @@ def prune(sessions: sessionmaker[Session], artifact_root: Path, retention_days: 
     while cutoff is not None:
         with sessions() as s:
             batch = [i for i in expired_jobs(s, cutoff) if i not in pruned]
-        gone = [i for i in batch if remove_job_folder(jobs_root, i)]
+        gone = [i for i in batch if _remove_job_files(jobs_root, i, store)]
         with sessions() as s, s.begin():
             m, a = drop_job_data(s, gone)
         pruned, metrics, artifacts = pruned + gone, metrics + m, artifacts + a

@@ -128,3 +128,30 @@ def test_db_upgrade_creates_the_artifact_bucket(s3_server, s3_bucket, tmp_path, 
     finally:
         get_settings.cache_clear()
     s3_server.client().head_bucket(Bucket="made-by-migrate")
+
+
+def test_retention_and_deletion_remove_the_objects_too(sqlite_store, s3_server, s3_bucket, tmp_path):
+    from datetime import timedelta
+
+    from api.db.clock import utcnow
+    from api.db.retention import delete_job, prune
+
+    st = sqlite_store
+    host = s3_settings(st, s3_bucket, tmp_path / "host")
+    kept, deleted, expired = (add_job(st.sessions, tiny_pretrain(epochs=1)) for _ in range(3))
+    for jid in (kept, deleted, expired):
+        assert run_job(jid, worker_id="w", settings=host, session_factory=st.sessions) == SUCCEEDED
+        assert objects(s3_server, s3_bucket, jid)
+    with st.sessions() as s, s.begin():
+        delete_job(s, deleted)
+    report = prune(st.sessions, host.artifact_root, None, store=host.artifact_store())
+    assert report["folders_removed"] == [deleted] and objects(s3_server, s3_bucket, deleted) == {}
+    # a retention period that only the oldest job has outlived (finished_at moved back)
+    from sqlalchemy import update
+
+    from api.db.models import Job
+    with st.sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == expired).values(finished_at=utcnow() - timedelta(days=10)))
+    report = prune(st.sessions, host.artifact_root, 5, store=host.artifact_store())
+    assert report["jobs_pruned"] == [expired] and objects(s3_server, s3_bucket, expired) == {}
+    assert objects(s3_server, s3_bucket, kept)  # a job inside the period keeps its objects
