@@ -63,6 +63,20 @@ def test_kind_mismatch_and_invalid_spec_name_the_field(client):
     assert r.status_code == 422 and "'..'" in r.json()["error"]["message"]
 
 
+def test_empty_unbounded_and_mistyped_specs_are_refused_over_http(client):
+    r = client.post("/v1/jobs", json={"spec": {}})  # no silent ResNet-18 x 100 epochs on all the data
+    assert r.status_code == 422 and any(d["loc"] == "spec.method" for d in r.json()["error"]["details"]), r.json()
+    ops = [{"op": "horizontal_flip"}] * 10_001
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "augment": ops}})
+    assert r.status_code == 422 and any(d["loc"] == "spec.augment" for d in r.json()["error"]["details"]), r.json()
+    for bad in ("3", True):
+        r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "epochs": bad}})
+        assert r.status_code == 422 and any(d["loc"] == "spec.epochs" for d in r.json()["error"]["details"])
+    r = client.post("/v1/jobs", content=b'{"spec": {"method": {"name": "simclr", "temperature": NaN}}}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.text, r.text
+
+
 def test_idempotency_key(client, db):
     h = {"Idempotency-Key": "run-42"}
     first = client.post("/v1/jobs", json={"spec": PRETRAIN, "name": "x"}, headers=h)
