@@ -3,7 +3,6 @@ cancel, results, evaluate; the API's errors as typed exceptions; the event strea
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from pretextlab.client import (
@@ -31,7 +30,7 @@ def test_submit_wait_read_metrics_and_download(client, server, tmp_path, capsys)
     assert done["status"] == "succeeded", server.log()
     assert done["result"]["step"] == 2 * STEPS_PER_EPOCH and done["finished_at"]
     assert f"job {job['id']}" in capsys.readouterr().err  # the progress bar
-    assert client.stream_supported in (True, False)  # learnt: the stream was tried
+    assert client.stream_supported is True  # the server has the stream, and wait used it
 
     assert "train/loss" in client.metrics(job["id"])
     points = client.metrics(job["id"], "train/loss")
@@ -141,20 +140,13 @@ def test_tokens_wrong_or_missing_raise_auth_error(token_server):
         assert repr(ok) == f"Client({token_server.url!r})"  # the token is never shown
 
 
-def _stream_exists(url: str) -> bool:
-    with httpx.stream("GET", url + "/v1/events/stream", params={"job_id": 1}, timeout=5) as r:
-        return r.status_code != 404
-
-
-def test_wait_follows_the_event_stream_when_the_server_has_one(client, server):
-    """Runs where the API serves GET /v1/events/stream; without it, wait must have fallen back to polling."""
+def test_wait_follows_the_event_stream(client, server):
+    """The server serves GET /v1/events/stream: wait/watch must use it (the polling fallback has its
+    own test against a server without the stream)."""
     job = client.submit(tiny_pretrain(epochs=20))  # 80 steps, >= 4 s: several ticks of the stream
     states = list(client.watch(job["id"], timeout=120))
     assert states[-1]["status"] == "succeeded" and states[-1]["result"]  # the last one is the whole job
     assert states[0]["status"] in ("queued", "running")
-    if not _stream_exists(server.url):
-        assert client.stream_supported is False
-        pytest.skip("this API has no /v1/events/stream yet: the polling fallback was used")
     assert client.stream_supported is True
     steps = [(s.get("progress") or {}).get("step") for s in states if s["status"] == "running"]
     assert len([s for s in steps if s]) >= 2, states  # progress arrived as it happened

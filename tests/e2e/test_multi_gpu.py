@@ -23,10 +23,6 @@ STEPS_PER_EPOCH = 4
 SLOTS_2 = ("--slots", "2")
 
 
-def needs_launcher() -> None:
-    pytest.importorskip("ssl_core.launch", reason="the multi-process launcher (ssl_core.launch) is not in this tree")
-
-
 def checkpoint_registered(cluster, job_id) -> bool:
     with cluster.sessions() as s:
         return s.scalar(select(Artifact.id).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint")) is not None
@@ -63,7 +59,6 @@ def test_two_slot_celery_worker_runs_two_jobs_at_once_and_a_three_slot_job_waits
 
 
 def test_two_gpu_job_over_http_on_a_two_slot_embedded_worker(make_cluster, sqlite_url):
-    needs_launcher()
     c = make_cluster(sqlite_url, None, local_workers=2)
     c.serve()
     jid = c.submit(tiny_pretrain(epochs=1, resources={"gpus": 2}), name="two ranks")
@@ -78,7 +73,6 @@ def test_two_gpu_job_over_http_on_a_two_slot_embedded_worker(make_cluster, sqlit
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_kill9_during_a_two_process_job_leaves_no_rank_and_resumes_once(make_cluster, postgres_url, redis_server):
-    needs_launcher()
     c = make_cluster(postgres_url, redis_server.url, test_step_delay="0.2")
     c.serve()
     w1 = c.worker("w1", extra=SLOTS_2)

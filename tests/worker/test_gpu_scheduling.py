@@ -83,7 +83,6 @@ def test_a_two_slot_job_takes_both_slots_and_the_next_job_waits_for_them(sqlite_
 
 
 def test_two_slot_job_runs_as_two_ranks_on_a_two_slot_worker(sqlite_store):
-    pytest.importorskip("ssl_core.launch", reason="the multi-process launcher (ssl_core.launch) is not in this tree")
     st = sqlite_store
     jid = add_job(st.sessions, tiny_pretrain(epochs=1, resources={"gpus": 2}))
     w = _worker(st, 2, threading.Event())
