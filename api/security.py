@@ -27,12 +27,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sqlalchemy.orm import Session
 
-from api.db.artifacts import CONTROL_CHARS, UnsafePath, check_artifact_name
+from api.db.artifacts import UnsafePath, check_artifact_name
 from api.db.tokens import find_token
 from api.errors import error_body
 from api.settings import Settings
 from api.ui import session as ui_session
-from ssl_core.paths import PathOutsideRoots, resolve_inside
+from ssl_core.paths import CONTROL_CHARS, PathOutsideRoots, resolve_inside
 
 
 # -- authentication ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # NUL and the other control characters
 
 
 class PathOutsideRoots(ValueError):
@@ -27,7 +27,7 @@ def resolve_inside(path: str | os.PathLike[str], roots: list[Path], *, field: st
     Existence is not checked here: the API may not see the workers' mounts.
     """
     text = os.fspath(path)
-    if not text or _CONTROL.search(text):
+    if not text or CONTROL_CHARS.search(text):
         raise PathOutsideRoots(f"{field}: empty path or control characters")
     if "\\" in text or any(p == ".." for p in text.split("/")):
         raise PathOutsideRoots(f"{field}: '..' and backslashes are not allowed")

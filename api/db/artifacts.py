@@ -7,7 +7,6 @@ serves them): a name that could leave the folder never reaches the table.
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 
 from sqlalchemy import func, select
@@ -16,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from api.db.clock import utcnow
 from api.db.models import Artifact
+from ssl_core.storage import UnsafeKey, check_key
 
 MAX_ARTIFACT_NAME = 255
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnsafePath(ValueError):
@@ -26,24 +25,12 @@ class UnsafePath(ValueError):
 
 
 def check_artifact_name(name: str) -> str:
-    """A relative POSIX path of plain components, or :class:`UnsafePath` saying what is wrong."""
-    if not isinstance(name, str) or not name:
-        raise UnsafePath("artifact name is empty")
-    if len(name) > MAX_ARTIFACT_NAME:
-        raise UnsafePath(f"artifact name is longer than {MAX_ARTIFACT_NAME} characters")
-    if "\x00" in name:
-        raise UnsafePath("artifact name contains a NUL byte")
-    if CONTROL_CHARS.search(name):
-        raise UnsafePath("artifact name contains control characters")
-    if "\\" in name:
-        raise UnsafePath("artifact name contains a backslash")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UnsafePath("artifact name is an absolute path")
-    parts = name.split("/")
-    if any(p == ".." for p in parts):
-        raise UnsafePath("artifact name contains '..': it may not leave the job's folder")
-    if any(p in ("", ".") for p in parts):
-        raise UnsafePath("artifact name has empty or '.' components")
+    """A relative POSIX path of plain components (the rule for object keys: a name is a key under the
+    job's prefix), or :class:`UnsafePath` saying what is wrong."""
+    try:
+        check_key(name, what="artifact name", max_chars=MAX_ARTIFACT_NAME)
+    except UnsafeKey as exc:
+        raise UnsafePath(str(exc)) from None
     return str(PurePosixPath(name))
 
 

@@ -13,8 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssl_core.paths import CONTROL_CHARS
+
 MAX_KEY_CHARS = 1024  # S3's limit on an object key
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StoreError(RuntimeError):
@@ -29,25 +30,26 @@ class UnsafeKey(ValueError):
     """An object key that could leave the store's root or prefix."""
 
 
-def check_key(key: str, *, allow_prefix: bool = False) -> str:
-    """``key`` if it is a relative POSIX path of plain components, else :class:`UnsafeKey` saying why.
-    ``allow_prefix``: a trailing ``/`` is allowed (a folder prefix such as ``jobs/7/``)."""
+def check_key(key: str, *, allow_prefix: bool = False, what: str = "object key", max_chars: int = MAX_KEY_CHARS) -> str:
+    """``key`` if it is a relative POSIX path of plain components, else :class:`UnsafeKey` saying why
+    (``what`` names it in the message). ``allow_prefix``: a trailing ``/`` is allowed (a folder prefix
+    such as ``jobs/7/``). The API checks artifact names with it too: a name is a key under the job's prefix."""
     if not isinstance(key, str) or not key:
-        raise UnsafeKey("object key is empty")
-    if len(key) > MAX_KEY_CHARS:
-        raise UnsafeKey(f"object key is longer than {MAX_KEY_CHARS} characters")
-    if _CONTROL.search(key):
-        raise UnsafeKey("object key contains control characters or NUL")
+        raise UnsafeKey(f"{what} is empty")
+    if len(key) > max_chars:
+        raise UnsafeKey(f"{what} is longer than {max_chars} characters")
+    if CONTROL_CHARS.search(key):
+        raise UnsafeKey(f"{what} contains control characters or NUL")
     if "\\" in key:
-        raise UnsafeKey("object key contains a backslash")
-    if key.startswith("/"):
-        raise UnsafeKey("object key is an absolute path")
+        raise UnsafeKey(f"{what} contains a backslash")
+    if key.startswith("/") or re.match(r"^[A-Za-z]:", key):
+        raise UnsafeKey(f"{what} is an absolute path")
     body = key[:-1] if allow_prefix and key.endswith("/") else key
     parts = body.split("/")
     if any(p == ".." for p in parts):
-        raise UnsafeKey("object key contains '..'")
+        raise UnsafeKey(f"{what} contains '..': it may not leave its folder")
     if any(p in ("", ".") for p in parts):
-        raise UnsafeKey("object key has empty or '.' components")
+        raise UnsafeKey(f"{what} has empty or '.' components")
     return key
 
 
