@@ -16,7 +16,7 @@ from worker import idle_poll
 
 
 def test_an_idle_worker_resends_a_lost_message_once_per_grace_period(sqlite_url, tmp_path, redis_server):
-    from conftest import make_store
+    from tests.worker.conftest import make_store
 
     st = make_store(sqlite_url, tmp_path, idle_redispatch_seconds=5)
     st.settings = st.settings.model_copy(update={"broker_url": redis_server.url})
@@ -44,7 +44,7 @@ def test_idle_means_no_task_running_or_reserved():
 
 
 def test_a_message_taken_during_shutdown_is_left_for_another_worker(sqlite_url, tmp_path, monkeypatch, caplog):
-    from conftest import make_store
+    from tests.worker.conftest import make_store
     from worker import tasks
 
     st = make_store(sqlite_url, tmp_path)
