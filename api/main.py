@@ -17,7 +17,8 @@ from api import errors, prometheus
 from api.redact import install_log_redaction
 from api.db.session import check_schema_current, make_engine, session_factory
 from api.db.tokens import live_token_count
-from api.routes import artifacts, catalog, deletion, docs, events, health, jobs, metrics, results, ui, workers
+from api.routes import (artifacts, catalog, deletion, docs, events, health, jobs, metrics, results, suites, ui,
+                        workers)
 from api.routes.events import close_streams  # noqa: F401 - serve ends open streams at shutdown
 from api.security import BodySizeLimitMiddleware
 from api.settings import Settings, get_settings
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # docs: offline copies
     app.state.settings = settings
     errors.install(app)
-    for module in (health, jobs, deletion, metrics, artifacts, catalog, results, events, workers):
+    for module in (health, jobs, deletion, metrics, artifacts, catalog, results, events, workers, suites):
         app.include_router(module.router)
     ui.install(app)
     docs.install(app)

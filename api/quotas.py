@@ -27,7 +27,12 @@ def check_runtime(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> None
 
 def check_caps(session: Session, spec: PretrainSpec | EvaluateSpec, settings: Settings, who: Principal) -> None:
     """429 naming the cap when this job and its follow-ups do not fit."""
-    needs = 1 + followups_of(spec)
+    check_load(session, 1 + followups_of(spec), settings, who)
+
+
+def check_load(session: Session, needs: int, settings: Settings, who: Principal) -> None:
+    """429 naming the cap when ``needs`` more active jobs do not fit (a job and its follow-ups,
+    or a whole suite)."""
     caps = [(None, settings.max_active_jobs, "PRETEXTLAB_MAX_ACTIVE_JOBS", "queue_full"),
             (who.name, settings.max_active_jobs_per_owner, "PRETEXTLAB_MAX_ACTIVE_JOBS_PER_OWNER", "quota_exceeded")]
     for owner, limit, setting, code in caps:
@@ -35,7 +40,7 @@ def check_caps(session: Session, spec: PretrainSpec | EvaluateSpec, settings: Se
         if load + needs > limit:
             whose = "in total" if owner is None else f"for {owner!r}"
             raise ApiError(429, code,
-                           f"{load} active jobs and pending follow-ups {whose}; this job needs {needs} more "
+                           f"{load} active jobs and pending follow-ups {whose}; this request needs {needs} more "
                            f"(limit {setting}={limit})",
                            {"active": load, "needed": needs, "limit": limit, "setting": setting},
                            headers={"Retry-After": RETRY_AFTER_S})

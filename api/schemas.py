@@ -258,6 +258,41 @@ class ResultList(BaseModel):
     items: list[ResultRow]
 
 
+class SuiteJob(BaseModel):
+    id: int
+    kind: Kind
+    status: Status
+    variant: str | None
+    seed: int | None
+    protocol: str | None
+    top1: float | None
+    parent_job_id: int | None
+
+
+class SuiteOut(BaseModel):
+    id: int
+    name: str | None
+    kind: str = Field(description="grid | variants | preset | search")
+    status: Status = Field(description="derived from the children (see docs/api.md)")
+    counts: dict[str, int] = Field(description="children by status")
+    total_jobs: int = Field(description="jobs the suite will have created in all (a search: every trial's)")
+    cancel_requested: bool
+    variants: list[dict[str, Any]] | None = Field(None, description="label, overrides, notes, method, epochs, batch")
+    seeds: list[int] | None = None
+    protocols: list[str] | None = None
+    search: dict[str, Any] | None = Field(None, description="a sweep: the checked search request")
+    best: dict[str, Any] | None = Field(None, description="a sweep: the best trial so far, its value, params, spec")
+    jobs: list[SuiteJob] | None = Field(None, description="the children (GET /v1/suites/{id} only)")
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SuiteList(BaseModel):
+    items: list[SuiteOut]
+    next_before: int | None = Field(None, description="pass as ?before= for the next (older) page")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(10_000, ge=1, description="queued + running + cancelling jobs allowed at once")
     max_active_jobs_per_owner: int = Field(1_000, ge=1, description="the same, per token (follow-ups included)")
     max_runtime_s: int | None = Field(None, ge=1, description="ceiling on a job's run time (s); unset = none")
+    max_suite_jobs: int = Field(500, ge=1, description="jobs one suite or sweep may create, evaluations included")
     retention_days: float | None = Field(None, gt=0, description="prune metrics/artifacts of jobs finished earlier")
     prune_seconds: float = Field(600.0, gt=0, description="period of the retention sweep (and deleted jobs' folders)")
     db_app_password: SecretStr | None = Field(None, description="`db upgrade` creates role pretextlab_app with it")

@@ -8,6 +8,7 @@ Each pass:
   ``cancelling`` -> ``cancelled``; ``running`` -> ``queued`` and re-dispatched, unless the job has
   now been lost ``max_attempts`` times, then -> ``failed`` ("lease expired N times (worker lost);
   giving up"). The lost attempt's JobRun gets outcome ``lost``.
+* open sweeps advance one step (``worker.sweeps``: intermediate values, pruning, new trials);
 * ``queued`` jobs whose message may have been lost (Redis restarted empty, FLUSHALL) are dispatched
   again, with an exponential back-off per job (:func:`redispatch_due`): the wait before the next
   re-send is as long as the job had already waited when it was last sent (at least
@@ -41,6 +42,7 @@ from api.db.models import ACTIVE_STATUSES
 from api.db.workers import forget_workers, note_waiting, too_large
 from api.db.retention import prune
 from api.settings import Settings
+from worker.sweeps import drive_sweeps
 
 log = logging.getLogger("pretextlab.reconciler")
 ACTOR = "reconciler"
@@ -121,7 +123,7 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Settings,
                    dispatch: Dispatch | None = None) -> dict[str, Any]:
     """One pass; returns counts and job ids: requeued, failed, cancelled, redispatched."""
     now = utcnow()
-    report: dict[str, Any] = {"requeued": [], "failed": [], "cancelled": [], "redispatched": []}
+    report: dict[str, Any] = {"requeued": [], "failed": [], "cancelled": [], "redispatched": [], "trials_created": []}
     with session_factory() as s:
         expired = expired_leases(s, now)
     for lease in expired:
@@ -141,6 +143,10 @@ def reconcile_once(session_factory: sessionmaker[Session], settings: Settings,
             forget_workers(s, now - timedelta(seconds=FORGET_DEAD_WORKERS_S))
     except Exception:
         log.exception("noting the jobs that wait for a large enough worker failed")
+    try:  # open Optuna searches: report, prune, tell, ask (their new trial jobs are sent below)
+        report["trials_created"] = drive_sweeps(session_factory, settings)
+    except Exception:
+        log.exception("driving the sweeps failed")
     # queued jobs the broker may have lost (and the ones just requeued); embedded mode: nothing to send
     if dispatch is None and settings.broker_url is None:
         return {**{f"n_{k}": len(v) for k, v in report.items()}, **report}

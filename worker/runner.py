@@ -47,7 +47,7 @@ from api.db.workers import fits
 from api.redact import redact
 from api.settings import Settings
 from ssl_core.errors import PermanentError
-from ssl_core.specs import EvalDataSpec, parse_job_spec, spec_error_path
+from ssl_core.specs import followup_eval_data, parse_job_spec, spec_error_path
 from ssl_core.storage import StoreUnavailable
 from worker.artifact_sync import Publisher, fetch_source, pull_checkpoint
 from worker.limits import runtime_exceeded, set_runtime_deadline
@@ -145,8 +145,7 @@ def eval_followups(job: Job) -> list[dict[str, Any]]:
     spec = parse_job_spec(job.spec)
     if spec.kind != "pretrain" or not spec.eval.after:
         return []
-    data = spec.eval.data or EvalDataSpec(
-        dataset=spec.data.dataset, path=spec.data.path, image_size=spec.data.image_size)
+    data = followup_eval_data(spec)
     return [
         {"kind": "evaluate", "source_job_id": job.id, "protocol": p.model_dump(mode="json"),
          "data": data.model_dump(mode="json", exclude_none=True), "seed": spec.seed, "device": spec.device,
@@ -338,7 +337,7 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
             s, spec, name=f"{job.name or f'job {job_id}'} / {spec['protocol']['protocol']}",
             tags=list(job.tags or []), priority=job.priority, parent_job_id=job_id,
             idempotency_key=f"pretextlab:eval-after:{job_id}:{i}", max_attempts=max_attempts,
-            actor="worker", created_by=job.created_by,
+            actor="worker", created_by=job.created_by, suite_id=job.suite_id, variant=job.variant, trial=job.trial,
         )
         created.append(child.id)
     return created

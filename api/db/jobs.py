@@ -62,6 +62,9 @@ def create_job(
     max_attempts: int,
     actor: str | None = "api",
     created_by: str | None = None,
+    suite_id: int | None = None,
+    variant: str | None = None,
+    trial: int | None = None,
 ) -> Job:
     """Insert a queued job (and its ``None -> queued`` event); flushes, does not commit.
 
@@ -93,6 +96,9 @@ def create_job(
         updated_at=now,
         created_by=created_by,
         followups=followups_of(spec),
+        suite_id=suite_id,
+        variant=variant,
+        trial=trial,
         **_denormalised(session, spec),
     )
     session.add(job)
@@ -169,6 +175,19 @@ def transition(
     if job is not None:
         session.refresh(job)
     return True
+
+
+def request_cancel(session: Session, job_id: int, *, actor: str | None, reason: str) -> str | None:
+    """Ask a job to stop: ``queued -> cancelled`` at once, ``running -> cancelling`` (the worker
+    checkpoints at the next step boundary, then ``cancelled``). Returns the job's status afterwards
+    (unchanged when it was already cancelling or finished; None when there is no such job or it
+    moved between the read and the conditional update: the caller may retry). Does not commit."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status not in ("queued", "running"):
+        return status
+    to = "cancelled" if status == "queued" else "cancelling"
+    ok = transition(session, job_id, status, to, actor=actor, reason=reason, cancel_requested=True)
+    return to if ok else None
 
 
 def mark_dispatched(session: Session, job_id: int) -> None:

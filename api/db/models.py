@@ -85,6 +85,11 @@ class Job(Base):
     # evaluation results, for the leaderboard
     top1: Mapped[float | None] = mapped_column(Float)
     top5: Mapped[float | None] = mapped_column(Float)
+    # membership of a suite (no foreign key: SQLite cannot add one to an existing table; deleting a
+    # suite deletes or detaches its children in api.db.suites), the variant it runs, its sweep trial
+    suite_id: Mapped[int | None] = mapped_column(IdType)
+    variant: Mapped[str | None] = mapped_column(String(200))
+    trial: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -98,7 +103,36 @@ class Job(Base):
         Index("ix_jobs_results", "kind", "status", "dataset", "protocol"),  # the leaderboard
         Index("ix_jobs_source", "source_job_id"),
         Index("ix_jobs_created_by_status", "created_by", "status"),  # per-owner quota and lists
+        Index("ix_jobs_suite", "suite_id", "variant"),  # a suite's children, its table
     )
+
+
+class Suite(Base):
+    """A named group of pretraining jobs (a grid, explicit variants, a preset or an Optuna search)
+    with the evaluations after each. Its status is derived from its children (``api.db.suites``);
+    the rows here hold what was asked (``request``), what it expanded to (``plan``), the search and
+    its best trial so far."""
+
+    __tablename__ = "suites"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # grid | variants | preset | search
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    search: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    study_name: Mapped[str | None] = mapped_column(String(200))
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # a search: every trial asked and told (no more jobs will be created)
+    search_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    driven_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the sweep driver's claim
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_suites_created", "created_at", "id"),)
 
 
 class Metric(Base):

@@ -52,9 +52,10 @@ IdempotencyKey = Annotated[
 # Keys the service itself uses (the runner's ``pretextlab:eval-after:{id}:{i}`` follow-ups): a client
 # taking one would make that job's success transaction collide with it.
 RESERVED_KEY_PREFIX = "pretextlab:"
+CANCEL_STATES = ("cancelling", "cancelled")
 
 
-def _check_key(key: str | None) -> None:
+def check_idempotency_key(key: str | None) -> None:
     if key is not None and key.lower().startswith(RESERVED_KEY_PREFIX):
         raise ApiError(422, "validation_error",
                        f"Idempotency-Key: the {RESERVED_KEY_PREFIX!r} prefix is reserved for the service",
@@ -118,7 +119,7 @@ def _resolve_weights(spec: EvaluateSpec, settings: Settings) -> EvaluateSpec:
     return spec.model_copy(update={"weights": str(resolved)})
 
 
-def _check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> None:
+def check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> None:
     """Dataset folders must lie inside the allowed data roots (checked again by the worker, but a
     job that can only fail is refused here, naming the field)."""
     fields: list[tuple[str, str | None]] = [("spec.data.path", spec.data.path)]
@@ -164,10 +165,10 @@ def submit_job(
     body: JobCreate, session: SessionDep, settings: SettingsDep, response: Response, who: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
-    _check_key(idempotency_key)
+    check_idempotency_key(idempotency_key)
     spec = _parse_spec(body)
     check_runtime(spec, settings)
-    _check_data_paths(spec, settings)
+    check_data_paths(spec, settings)
     if isinstance(spec, EvaluateSpec):
         spec = _resolve_weights(spec, settings)  # before the replay check: the stored spec is resolved
     if idempotency_key is not None:
@@ -254,13 +255,7 @@ def cancel_job(job_id: JobId, session: SessionDep, response: Response, who: Prin
         if job.status == "cancelling":
             response.status_code = 202
             return JobOut.from_row(job)
-        if job.status == "queued":
-            ok = job_store.transition(session, job_id, "queued", "cancelled", actor=who.name,
-                                      reason="cancelled by user", cancel_requested=True)
-        else:
-            ok = job_store.transition(session, job_id, "running", "cancelling", actor=who.name,
-                                      reason="cancelled by user", cancel_requested=True)
-        if ok:
+        if job_store.request_cancel(session, job_id, actor=who.name, reason="cancelled by user") in CANCEL_STATES:
             session.commit()
             job = job_or_404(session, job_id)
             session.refresh(job)

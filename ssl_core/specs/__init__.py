@@ -30,7 +30,7 @@ from ssl_core.specs.evaluation import (
     EvalDataSpec, FinetuneProtocol, KnnProtocol, LinearProtocol, MonitorSpec, PretrainEvalSpec, ProtocolSpec,
 )
 from ssl_core.specs.job import (
-    JOB_SPEC_ADAPTER, Device, EvaluateSpec, JobSpec, Precision, PretrainSpec, parse_job_spec,
+    JOB_SPEC_ADAPTER, Device, EvaluateSpec, JobSpec, Precision, PretrainSpec, followup_eval_data, parse_job_spec,
     spec_error_path,
 )
 from ssl_core.specs.method import (
@@ -51,5 +51,5 @@ __all__ = [
     "LinearProtocol", "MethodSpec", "MoCoSpec", "MonitorSpec", "OptimSpec", "PCAContrastOp", "Precision",
     "PretrainEvalSpec", "PretrainSpec", "ProtocolSpec", "RandomAffineOp", "RandomCropOp", "RandomResizedCropOp",
     "RelativePositionSpec", "RotateOp", "RotationSpec", "SharpenOp", "SimCLRSpec", "SolarizeOp", "Strict",
-    "default_augment", "default_optim", "method_label", "method_schemas", "parse_job_spec", "spec_error_path",
+    "default_augment", "default_optim", "followup_eval_data", "method_label", "method_schemas", "parse_job_spec", "spec_error_path",
 ]

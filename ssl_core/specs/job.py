@@ -178,6 +178,13 @@ def parse_job_spec(data: dict[str, Any]) -> PretrainSpec | EvaluateSpec:
     return JOB_SPEC_ADAPTER.validate_python(data)
 
 
+def followup_eval_data(spec: PretrainSpec) -> EvalDataSpec:
+    """The labelled data the evaluations after a pretraining use: ``eval.data``, else the
+    pretraining dataset's own labelled splits at its image size."""
+    return spec.eval.data or EvalDataSpec(dataset=spec.data.dataset, path=spec.data.path,
+                                          image_size=spec.data.image_size)
+
+
 def spec_error_path(loc: Sequence[Any]) -> list[str]:
     """Where in a job spec a :func:`parse_job_spec` validation error points, as path parts: the first
     part of its location is the union's tag (the job kind), not a field."""
