@@ -252,10 +252,30 @@ class ResultRow(BaseModel):
     top1: float | None
     top5: float | None
     finished_at: datetime | None
+    batch_size: int | None = Field(None, description="the pretraining's global batch")
+    seed: int | None = None
+    suite_id: int | None = None
+    variant: str | None = None
+
+
+class ResultGroup(BaseModel):
+    """One group of ``?group_by=``: mean +- standard deviation of top-1 over its evaluations."""
+
+    method: str | None
+    dataset: str | None
+    protocol: str | None
+    epochs: int | None = None
+    batch_size: int | None = None
+    suite_id: int | None = None
+    variant: str | None = None
+    top1_mean: float
+    top1_std: float | None = Field(description="sample standard deviation; null for a single value")
+    count: int
 
 
 class ResultList(BaseModel):
     items: list[ResultRow]
+    groups: list[ResultGroup] | None = Field(None, description="with ?group_by=: the groups, best mean first")
 
 
 class SuiteJob(BaseModel):

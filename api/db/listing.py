@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import statistics
 from datetime import datetime
 from typing import Any
 
@@ -102,7 +103,7 @@ def list_jobs(
 # -- leaderboard ---------------------------------------------------------------------------------
 def leaderboard(
     session: Session, *, dataset: str | None = None, protocol: str | None = None, limit: int = 500,
-    created_by: str | None = None,
+    created_by: str | None = None, suite_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Succeeded evaluations, best top-1 first, each with the pretraining it measured
     (``created_by``: only that owner's evaluations)."""
@@ -118,6 +119,8 @@ def leaderboard(
         q = q.where(Job.protocol == protocol)
     if created_by is not None:
         q = q.where(Job.created_by == created_by)
+    if suite_id is not None:
+        q = q.where(Job.suite_id == suite_id)
     q = q.order_by(Job.top1.desc().nulls_last(), Job.id.desc()).limit(limit)
     out = []
     for ev, pre in session.execute(q).all():
@@ -135,6 +138,28 @@ def leaderboard(
                 "top1": ev.top1 if ev.top1 is not None else result.get("top1"),
                 "top5": ev.top5 if ev.top5 is not None else result.get("top5"),
                 "finished_at": as_utc(ev.finished_at),
+                "batch_size": pre_spec.get("batch_size"),
+                "seed": pre_spec.get("seed", (ev.spec or {}).get("seed")),
+                "suite_id": ev.suite_id,
+                "variant": ev.variant,
             }
         )
     return out
+
+
+def group_results(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Leaderboard rows grouped by method (with dataset, protocol, epochs and batch) or by suite
+    variant (with protocol): mean, sample standard deviation (None under two) and count of top-1,
+    best mean first."""
+    keys = (("method", "dataset", "protocol", "epochs", "batch_size") if by == "method"
+            else ("suite_id", "variant", "method", "dataset", "protocol"))
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        if r["top1"] is None or (by == "variant" and r["variant"] is None):
+            continue
+        groups.setdefault(tuple(r[k] for k in keys), []).append(float(r["top1"]))
+    out = []
+    for key, values in groups.items():
+        out.append({**dict(zip(keys, key)), "top1_mean": statistics.fmean(values),
+                    "top1_std": statistics.stdev(values) if len(values) > 1 else None, "count": len(values)})
+    return sorted(out, key=lambda g: -g["top1_mean"])

@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from api.db.listing import leaderboard
+from api.db.listing import group_results, leaderboard
 from api.deps import SessionDep
-from api.schemas import ERROR_RESPONSES, Label, ResultList, ResultRow
+from api.schemas import ERROR_RESPONSES, Label, ResultGroup, ResultList, ResultRow
 from api.security import PrincipalDep, require_token
 
+GROUP_ROWS = 100_000  # evaluations read to compute the groups
 router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
 
@@ -21,7 +22,14 @@ def results(
     dataset: Label | None = None,
     protocol: Literal["knn", "linear", "finetune"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    suite_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="only this suite's evaluations")] = None,
+    group_by: Annotated[Literal["method", "variant"] | None,
+                        Query(description="mean +- std of top-1 per method (and dataset, protocol, epochs, "
+                                          "batch) or per suite variant (and protocol)")] = None,
 ) -> ResultList:
-    rows = leaderboard(session, dataset=dataset, protocol=protocol, limit=limit,
-                       created_by=None if who.admin else who.name)
-    return ResultList(items=[ResultRow(**r) for r in rows])
+    # grouped: every matching evaluation counts, not only the first page of rows
+    rows = leaderboard(session, dataset=dataset, protocol=protocol, limit=GROUP_ROWS if group_by else limit,
+                       created_by=None if who.admin else who.name, suite_id=suite_id)
+    if group_by is None:
+        return ResultList(items=[ResultRow(**r) for r in rows])
+    return ResultList(items=[], groups=[ResultGroup(**g) for g in group_results(rows, group_by)])
