@@ -126,16 +126,18 @@ def _advance(sessions: sessionmaker[Session], study: Any, t: Any, job: Job | Non
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         return
     objective = search["objective"]
-    if job.status in ACTIVE_STATUSES:
-        if objective == "eval/top1" or job.status != "running":
-            return
+    fresh: list[tuple[int, float]] = []
+    if objective != "eval/top1" and job.status in ("running", "cancelling", "succeeded"):
+        # every point reaches the study, also those logged between two passes or after the last one:
+        # the pruner compares a running trial with the finished trials' values at the same step
         trial = optuna.trial.Trial(study, t._trial_id)  # noqa: SLF001 - FrozenTrial's id is how a Trial is reopened
         with sessions() as s:
             points = metric_points(s, job.id, objective)
         fresh = [(step, v) for step, v in points if step not in t.intermediate_values]
         for step, value in fresh:
             trial.report(value, step)
-        if fresh and trial.should_prune():
+    if job.status in ACTIVE_STATUSES:
+        if fresh and job.status == "running" and trial.should_prune():
             with sessions() as s, s.begin():
                 request_cancel(s, job.id, actor=ACTOR,
                                reason=f"pruned by the sweep's {search['pruner']['name']} pruner at step {fresh[-1][0]}")
