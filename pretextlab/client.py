@@ -230,10 +230,63 @@ class Client:
         return dest
 
     def results(self, dataset: str | None = None, protocol: str | None = None, limit: int = 100,
-                as_frame: bool = False) -> Any:
-        """The leaderboard: succeeded evaluations, best top-1 first (a DataFrame when ``as_frame``)."""
-        rows = self._get("/v1/results", dataset=dataset, protocol=protocol, limit=limit)["items"]
+                as_frame: bool = False, group_by: str | None = None, suite_id: int | None = None) -> Any:
+        """The leaderboard: succeeded evaluations, best top-1 first (a DataFrame when ``as_frame``).
+        ``group_by`` "method" or "variant": the groups instead, each with top-1 mean, std and count."""
+        page = self._get("/v1/results", dataset=dataset, protocol=protocol, limit=limit, group_by=group_by,
+                         suite_id=suite_id)
+        rows = page["groups"] if group_by else page["items"]
         return _frame(rows, None) if as_frame else rows
+
+    # -- suites and sweeps ------------------------------------------------------------------
+    def submit_suite(self, body: Mapping[str, Any] | str | Path, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a suite: ``{"preset": "moco_vs_simclr", "scale": "cpu", "seeds": 3}``, a grid
+        (``{"base": SPEC, "grid": {"optim.lr": [0.1, 0.3]}, "seeds": 2}``), explicit ``variants`` or
+        an Optuna ``search`` (see docs/api.md); a path reads the body from a JSON file."""
+        if isinstance(body, (str, Path)):
+            body = json.loads(Path(body).read_text())
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._request("POST", "/v1/suites", json_body=dict(body), headers=headers).json()
+
+    def suite(self, suite_id: int) -> dict[str, Any]:
+        """A suite with its status (derived from its children), children, and a sweep's best trial."""
+        return self._get(f"/v1/suites/{_id(suite_id)}")
+
+    def suites(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._get("/v1/suites", limit=limit)["items"]
+
+    def cancel_suite(self, suite_id: int) -> dict[str, Any]:
+        """Cancel a suite: no new trials, unfinished children cancelled (running ones checkpoint first)."""
+        return self._request("POST", f"/v1/suites/{_id(suite_id)}/cancel").json()
+
+    def suite_table(self, suite_id: int, format: str = "json") -> Any:
+        """The comparison table: a dict (``json``), or the ``csv`` / ``markdown`` text."""
+        r = self._request("GET", f"/v1/suites/{_id(suite_id)}/table", params={"format": format})
+        return r.json() if format == "json" else r.text
+
+    def wait_suite(self, suite_id: int, timeout: float | None = None, progress: bool = True,
+                   interval: float = 2.0) -> dict[str, Any]:
+        """Poll until the suite is succeeded, failed or cancelled and return it; ``progress`` draws
+        a bar of finished children on stderr. Raises :class:`WaitTimeout` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress:
+            from pretextlab.progress import SuiteProgress
+
+            bar = SuiteProgress(_id(suite_id))
+        try:
+            while True:
+                suite = self.suite(suite_id)
+                if bar is not None:
+                    bar.update(suite)
+                if suite["status"] in FINAL_STATUSES:
+                    return suite
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"suite {suite_id} is still {suite['status']} after {timeout:g}s", suite)
+                time.sleep(interval)
+        finally:
+            if bar is not None:
+                bar.close()
 
     # -- following a job --------------------------------------------------------------------
     def wait(self, job_id: int, timeout: float | None = None, progress: bool = True) -> dict[str, Any]:

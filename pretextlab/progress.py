@@ -46,6 +46,29 @@ class JobProgress:
         self.bar.close()
 
 
+class SuiteProgress:
+    """A suite's children as one bar: finished of all the jobs it will have (evaluations and sweep
+    trials included), with the counts by status in the postfix."""
+
+    def __init__(self, suite_id: int, stream: TextIO | None = None):
+        from tqdm import tqdm
+
+        self.suite_id = suite_id
+        self.stream = stream or sys.stderr
+        self.bar = tqdm(total=None, unit="job", dynamic_ncols=True, file=self.stream, leave=True)
+
+    def update(self, suite: dict[str, Any]) -> None:
+        counts = suite.get("counts") or {}
+        self.bar.total = max(suite.get("total_jobs") or 0, sum(counts.values()))
+        self.bar.n = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+        self.bar.set_description(f"suite {self.suite_id} {suite.get('status')}", refresh=False)
+        self.bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _duration(seconds: float) -> str:
     s = max(0, int(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

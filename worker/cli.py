@@ -9,6 +9,7 @@
     pretextlab train SPEC.json ...   a pretraining run, locally, no server
     pretextlab evaluate ...          evaluate a backbone (kNN, linear probe, fine-tune)
     pretextlab submit | jobs | show | logs | cancel | download   drive a remote server (pretextlab.cli_remote)
+    pretextlab suite run PRESET_OR_FILE | table ID                a comparison on a server (pretextlab.cli_suites)
 
 Each subcommand imports what it needs when it runs, so `pretextlab db upgrade` never loads torch.
 """
@@ -34,13 +35,15 @@ REMOTE = {
     "logs": "a job's history and progress: pretextlab logs ID [--follow]",
     "cancel": "cancel a job on a server: pretextlab cancel ID",
     "download": "download a job's artifacts: pretextlab download ID [NAME]",
+    "suite": "suites on a server: pretextlab suite run PRESET_OR_FILE [--scale cpu] | table ID | show | cancel",
 }
 # Subcommands whose own parser lives in ssl_core.cli or pretextlab.cli_remote: their arguments are passed through.
 PASSTHROUGH = {
     "train": "ssl_core.cli:train_main",
     "evaluate": "ssl_core.cli:evaluate_main",
     "data": "ssl_core.cli:data_main",
-    **{name: f"pretextlab.cli_remote:{name}_main" for name in REMOTE},
+    **{name: f"pretextlab.cli_remote:{name}_main" for name in REMOTE if name != "suite"},
+    "suite": "pretextlab.cli_suites:suite_main",
 }
 
 
