@@ -553,7 +553,8 @@ def test_the_base_dependencies_carry_what_the_api_image_imports():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     installed = _closure(mod.requirements(str(ROOT / "pyproject.toml"), []))
-    needed = {"redis", "packaging", "psycopg-binary", "uvicorn", "alembic", "kombu", "pydantic-settings"}
+    # optuna: `db upgrade` makes its tables (migration 0005) and the reconciler drives the sweeps
+    needed = {"redis", "packaging", "psycopg-binary", "uvicorn", "alembic", "kombu", "pydantic-settings", "optuna"}
     assert needed <= installed, f"not installed by the base dependencies: {sorted(needed - installed)}"
     assert not installed & {"torch", "torchvision"}
 

@@ -43,6 +43,7 @@ from api.db.jobs import (create_job, dependents_waiting, get_job, gpus_needed, r
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
+from api.db.suites import suite_cancelled
 from api.db.workers import fits
 from api.redact import redact
 from api.settings import Settings
@@ -332,6 +333,8 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
     """Queue the evaluations a pretraining asked for, in the success transaction (so at most once)."""
     job = get_job(s, job_id)
     created: list[int] = []
+    if job.suite_id is not None and suite_cancelled(s, job.suite_id):
+        return created  # its suite was cancelled while it ran its last steps: nothing more to run
     for i, spec in enumerate(eval_followups(job)):
         child = create_job(
             s, spec, name=f"{job.name or f'job {job_id}'} / {spec['protocol']['protocol']}",

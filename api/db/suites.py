@@ -102,6 +102,11 @@ def mark_cancel(session: Session, suite_id: int) -> None:
                     .execution_options(synchronize_session=False))
 
 
+def suite_cancelled(session: Session, suite_id: int) -> bool:
+    """Whether the suite was cancelled (a child that succeeds meanwhile queues no evaluations)."""
+    return bool(session.scalar(select(Suite.cancel_requested).where(Suite.id == suite_id)))
+
+
 def open_searches(session: Session) -> list[Suite]:
     """Searches whose driver still has work: trials to create, report, prune or tell."""
     return list(session.scalars(select(Suite).where(Suite.search.is_not(None), Suite.search_done.is_(False))
