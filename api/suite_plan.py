@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from api.errors import ApiError, validation_details
 from api.schemas import SafeText, Tag
-from api.sweep_space import SearchIn, check_search
+from api.sweep_space import SearchIn, check_search, fail
 from ssl_core.specs import (METHOD_NAMES, EvaluateSpec, FinetuneProtocol, PretrainSpec, followup_eval_data, method_label,
                             parse_job_spec, spec_error_path)
 from ssl_core.specs.base import MAX_SEED
@@ -67,10 +67,6 @@ class SuiteCreate(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one of grid, variants, preset, search (got {given or 'none'})")
         return self
-
-
-def fail(loc: str, msg: str, **extra: Any) -> ApiError:
-    return ApiError(422, "invalid_suite", f"{loc}: {msg}", [{"loc": loc, "msg": msg, **extra}])
 
 
 def _located(err: dict[str, Any], overrides: dict[str, Any], where: str) -> tuple[str, str]:

@@ -44,8 +44,9 @@ class SearchIn(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the sampler's seed")
 
 
-def fail(loc: str, msg: str) -> ApiError:
-    return ApiError(422, "invalid_suite", f"{loc}: {msg}", [{"loc": loc, "msg": msg}])
+def fail(loc: str, msg: str, **extra: Any) -> ApiError:
+    """422 ``invalid_suite`` naming the request field (suites and sweeps alike)."""
+    return ApiError(422, "invalid_suite", f"{loc}: {msg}", [{"loc": loc, "msg": msg, **extra}])
 
 
 def _check_distribution(path: str, dist: dict[str, Any]) -> tuple[str, Any]:

@@ -5,6 +5,7 @@ second driver never drives the same search at once."""
 
 from __future__ import annotations
 
+import optuna
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -12,6 +13,7 @@ from api.db import jobs as job_store
 from api.db.metrics import write_metrics
 from api.db.models import Job, Suite
 from api.db.suites import claim_drive
+from api.db.sweeps import delete_study, open_storage
 from api.main import create_app
 from api.settings import Settings
 from tests.support.specs import tiny_pretrain
@@ -78,14 +80,13 @@ def test_driver_asks_reports_prunes_tells_and_records_the_best(store):
     with store.sessions() as s:
         suite = s.get(Suite, suite_id)
         assert suite.search_done and suite.best["trial"] == 0
-    from api.db.sweeps import open_storage
-    import optuna
-
     storage = open_storage(store.url)
     study = optuna.load_study(study_name=f"pretextlab-suite-{suite_id}", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL"]
     assert study.trials[0].intermediate_values == {4: 0.6, 8: 0.9} and study.trials[1].intermediate_values == {4: 0.1}
     storage.engine.dispose()
+    assert delete_study(store.url, f"pretextlab-suite-{suite_id}")  # what DELETE /v1/suites/{id} calls
+    assert not delete_study(store.url, f"pretextlab-suite-{suite_id}")
 
 
 def test_one_driver_at_a_time(store):
