@@ -167,8 +167,14 @@ def suite_table(suite_id: SuiteId, session: SessionDep, who: PrincipalDep,
 @router.post("/{suite_id}/cancel", response_model=SuiteOut, summary="Cancel a suite and its unfinished children")
 def cancel_suite(suite_id: SuiteId, session: SessionDep, who: PrincipalDep) -> SuiteOut:
     """Marks the suite cancelled (a search creates no more trials) and cancels every unfinished
-    child: queued ones at once, running ones cooperatively (checkpoint, then cancelled)."""
+    child: queued ones at once, running ones cooperatively (checkpoint, then cancelled). A
+    finished suite is 409."""
     suite = suite_or_404(session, suite_id, who)
+    counts = suite_store.status_counts(session, [suite_id]).get(suite_id, {})
+    status = suite_store.derive_status(suite, counts)
+    if status in ("succeeded", "failed", "cancelled"):
+        raise ApiError(409, "invalid_state", f"suite {suite_id} is already {status}: it cannot be cancelled",
+                       {"suite_id": suite_id, "status": status})
     suite_store.mark_cancel(session, suite_id)
     session.commit()
     for job_id in suite_store.active_children(session, suite_id):

@@ -162,6 +162,7 @@ def test_table_fills_in_and_cancel_and_delete(client, db):
     assert sorted(set(statuses.values())) == ["cancelled", "succeeded"]
     listed = client.get("/v1/suites").json()["items"]
     assert [s["id"] for s in listed] == [suite["id"]] and listed[0]["status"] == "cancelled"
+    assert client.post(f"/v1/suites/{suite['id']}/cancel").status_code == 409  # already cancelled
     assert client.delete(f"/v1/suites/{suite['id']}").status_code == 204
     assert children(db, suite["id"]) == [] and client.get(f"/v1/suites/{suite['id']}").status_code == 404
 

@@ -43,7 +43,7 @@ def test_suite_run_prints_the_table(server, tmp_path, capsys):
     rc, out, _ = run(capsys, "suite", "list", *s)
     assert rc == 0 and f"{suite_id:>6}  succeeded" in out and out.rstrip().endswith("cli-suite")
     rc, _, err = run(capsys, "suite", "cancel", str(suite_id), *s)
-    assert rc == 0  # a finished suite: nothing left to cancel, the flag is set
+    assert rc == 1 and f"suite {suite_id} is already succeeded" in err  # 409: nothing left to cancel
 
     with Client(server.url) as c:
         groups = c.results(group_by="variant", suite_id=suite_id)
