@@ -199,6 +199,9 @@ def expand(body: SuiteCreate) -> dict[str, Any]:
             plan["children"].append({"variant": v["label"], "spec": spec.model_dump(mode="json")})
         plan["variants"].append(_row(v["label"], v["overrides"], v.get("notes") or [], first))
         plan["evaluations"] = [p.model_dump(mode="json") for p in first.eval.after]  # as stored, defaults filled
+    # seed-major: every variant's first seed is queued before any second seed, so a suite stopped
+    # half-way has whole seeds to compare
+    plan["children"].sort(key=lambda c: seeds.index(c["spec"]["seed"]))
     _add_references(plan, body, baselines or [], plan["evaluations"], seeds)
     return plan
 

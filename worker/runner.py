@@ -43,7 +43,7 @@ from api.db.jobs import (create_job, dependents_waiting, get_job, gpus_needed, r
 from api.db.leases import JobLease, LeaseLost, claim
 from api.db.models import ACTIVE_STATUSES, Job
 from api.db.session import is_connection_error, sessions_for
-from api.db.suites import suite_cancelled
+from api.db.suites import EVAL_FIRST, suite_cancelled
 from api.db.workers import fits
 from api.redact import redact
 from api.settings import Settings
@@ -338,7 +338,8 @@ def _create_followups(s: Session, job_id: int, max_attempts: int) -> list[int]:
     for i, spec in enumerate(eval_followups(job)):
         child = create_job(
             s, spec, name=f"{job.name or f'job {job_id}'} / {spec['protocol']['protocol']}",
-            tags=list(job.tags or []), priority=job.priority, parent_job_id=job_id,
+            tags=list(job.tags or []), priority=job.priority + (EVAL_FIRST if job.suite_id is not None else 0),
+            parent_job_id=job_id,
             idempotency_key=f"pretextlab:eval-after:{job_id}:{i}", max_attempts=max_attempts,
             actor="worker", created_by=job.created_by, suite_id=job.suite_id, variant=job.variant, trial=job.trial,
         )

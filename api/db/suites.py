@@ -19,6 +19,11 @@ from api.db.clock import utcnow
 from api.db.models import ACTIVE_STATUSES, Job, Metric, Suite
 from api.db.retention import delete_job
 
+# A suite's evaluations (baselines, and each child's follow-ups) are queued this much ahead of its
+# remaining pretrainings (the queue serves higher priority, then the oldest, first): they are short,
+# and the table then fills in row by row instead of only at the end.
+EVAL_FIRST = 1
+
 
 def create_suite(session: Session, *, name: str | None, kind: str, request: dict[str, Any], plan: dict[str, Any],
                  search: dict[str, Any] | None, idempotency_key: str | None, created_by: str | None) -> Suite:

@@ -103,7 +103,9 @@ def submit_suite(body: SuiteCreate, session: SessionDep, settings: SettingsDep, 
                                          search=plan.get("search"), idempotency_key=idempotency_key,
                                          created_by=who.name)
         created = [job_store.create_job(session, c["spec"], name=f"{body.name or f'suite {suite.id}'} / {c['variant']}",
-                                        tags=body.tags, priority=body.priority, max_attempts=settings.max_attempts,
+                                        tags=body.tags, max_attempts=settings.max_attempts,
+                                        priority=body.priority + (suite_store.EVAL_FIRST
+                                                                  if c["spec"]["kind"] == "evaluate" else 0),
                                         actor=who.name, created_by=who.name, suite_id=suite.id,
                                         variant=c["variant"])
                    for c in plan["children"]]
