@@ -63,6 +63,26 @@ def test_explicit_variants_and_a_preset(client, db):
     assert moco_v1.spec["optim"]["lr"] == pytest.approx(0.03) and moco_v1.spec["optim"]["schedule"] == "step"
     big = next(j for j in pre if j.variant == "simclr bs1024")
     assert big.spec["optim"]["name"] == "lars" and big.spec["optim"]["lr"] == pytest.approx(0.3 * 1024 / 256)
+    # first seed of every row before any second seed; the baselines ahead of the pretrainings
+    assert [j.spec["seed"] for j in pre] == [0, 0, 0, 0, 1, 1, 1, 1]
+    refs = [j for j in children(db, preset["id"]) if j.kind == "evaluate"]
+    assert refs and all(r.priority == pre[0].priority + 1 for r in refs)
+
+
+def test_gpu_and_pretext_presets(client, db):
+    gpu = post(client, {"preset": "moco_vs_simclr", "scale": "gpu", "path": "imagenet/train"})
+    pre = {j.variant: j.spec for j in children(db, gpu["id"]) if j.kind == "pretrain"}
+    assert set(pre) == {"moco_v1 bs256", "simclr bs256", "moco_v2 bs256", "simclr bs8192"}
+    assert {(s["epochs"], s["backbone"]["name"], s["data"]["image_size"], s["resources"]["gpus"]) for s in pre.values()} \
+        == {(200, "resnet50", 224, 8)}
+    assert pre["simclr bs8192"]["optim"]["lr"] == pytest.approx(9.6) and pre["moco_v2 bs256"]["method"]["queue_size"] == 65536
+    pretext = post(client, {"preset": "pretext_tasks", "supervised": {"epochs": 3}})
+    assert [v["label"] for v in pretext["variants"]] == ["rotation", "exemplar", "relative_position", "jigsaw",
+                                                         "baseline:random_init", "baseline:raw_pixels", "supervised"]
+    table = client.get(f"/v1/suites/{pretext['id']}/table").json()
+    assert table["protocols"] == ["knn", "linear", "finetune"]  # the supervised reference's column
+    sup = [j for j in children(db, pretext["id"]) if j.variant == "supervised"]
+    assert sup and all(j.spec["baseline"] == "random_init" and j.spec["protocol"]["epochs"] == 3 for j in sup)
 
 
 @pytest.mark.parametrize("body, loc", [
