@@ -44,6 +44,10 @@ _STORAGES: dict[str, Any] = {}
 
 def _storage(url: str) -> Any:
     if url not in _STORAGES:
+        import optuna
+
+        # each pass reloads the study: Optuna's INFO line for that would repeat every reconcile period
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         _STORAGES[url] = open_storage(url)
     return _STORAGES[url]
 
