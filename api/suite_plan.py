@@ -71,7 +71,8 @@ class SuiteCreate(BaseModel):
 
 def _located(err: dict[str, Any], overrides: dict[str, Any], where: str) -> tuple[str, str]:
     """(location, message) of one child validation error: under the override that caused it when
-    one did (``grid.method.temperature``), else under the variant's spec."""
+    one did (``grid.method.temperature``), else under the request's ``base``; the caller names the
+    variant beside it."""
     parts = spec_error_path(err["loc"].split("."))
     # the method union puts its tag in the location ('method.simclr.temperature'): drop it
     if len(parts) > 1 and parts[0] == "method" and parts[1] in METHOD_NAMES:
@@ -81,7 +82,8 @@ def _located(err: dict[str, Any], overrides: dict[str, Any], where: str) -> tupl
     for path in overrides:
         if loc == path or loc.startswith(path + ".") or (unknown and path.startswith(loc + ".")):
             return f"{where}.{path}", ("not a field of the pretraining spec" if unknown else err["msg"])
-    return f"{where}.spec.{loc}" if loc else f"{where}.spec", err["msg"]
+    # not an override's own field: the base spec's (a check that ties fields together, say)
+    return f"base.{loc}" if loc else "base", err["msg"]
 
 
 def validate_child(spec: dict[str, Any], overrides: dict[str, Any], label: str, where: str) -> PretrainSpec:
