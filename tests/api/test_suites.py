@@ -4,6 +4,9 @@ table filling in as children finish, and delete."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from api_helpers import PRETRAIN
 from sqlalchemy import select
@@ -209,3 +212,10 @@ def test_owners_see_their_own_suites(make_settings, database_url, settings):
         assert client.get(f"/v1/suites/{sid}", headers=as_bob).status_code == 404
         assert client.post(f"/v1/suites/{sid}/cancel", headers=as_bob).status_code == 404
         assert client.get("/v1/suites", headers=as_bob).json()["items"] == []
+
+
+@pytest.mark.parametrize("name", ["simclr_temperature.json", "simclr_sweep.json"])
+def test_example_suite_files_are_accepted(client, name):
+    path = Path(__file__).resolve().parents[2] / "examples" / "suites" / name
+    suite = post(client, json.loads(path.read_text()))
+    assert suite["status"] == "queued" and suite["total_jobs"] > 0
