@@ -150,6 +150,8 @@ class JobOut(BaseModel):
     worker: str | None = Field(None, description="the worker of its current (or last) attempt")
     devices: list[int] | None = Field(None, description="the device ids that attempt was given")
     waiting_reason: str | None = Field(None, description="why a queued job cannot start on the live fleet")
+    suite_id: int | None = Field(None, description="the suite it belongs to (GET /v1/suites/{id})")
+    variant: str | None = Field(None, description="its variant in that suite ('trial N' in a sweep)")
 
     @classmethod
     def from_row(cls, job: Job, artifacts: int | None = None, full: bool = True) -> "JobOut":
@@ -166,6 +168,7 @@ class JobOut(BaseModel):
             finished_at=as_utc(job.finished_at), updated_at=as_utc(job.updated_at),
             heartbeat_at=as_utc(job.heartbeat_at), lease_expires_at=as_utc(job.lease_expires_at),
             gpus=job.gpus or 1, worker=job.worker, devices=job.devices, waiting_reason=job.waiting_reason,
+            suite_id=job.suite_id, variant=job.variant,
         )
 
 

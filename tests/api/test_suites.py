@@ -44,6 +44,8 @@ def test_grid_crossed_times_seeds_with_baselines(client, db):
     assert len(pre) == 8 and {(j.spec["seed"], j.spec["batch_size"]) for j in pre} == {(s, b) for s in (3, 4)
                                                                                       for b in (8, 16)}
     assert all(len(j.spec["eval"]["after"]) == 2 and j.followups == 2 for j in pre)
+    shown = client.get(f"/v1/jobs/{pre[0].id}").json()
+    assert (shown["suite_id"], shown["variant"]) == (suite["id"], pre[0].variant)
     refs = [j for j in jobs if j.kind == "evaluate"]  # 2 baselines x 2 protocols x 2 seeds
     assert len(refs) == 8 and {j.variant for j in refs} == {"baseline:random_init", "baseline:raw_pixels"}
     assert suite["total_jobs"] == 8 * 3 + 8
