@@ -123,7 +123,6 @@ def test_sweep_with_pruner_finds_a_best_trial(make_cluster, sqlite_url):
     storage = open_storage(sqlite_url)
     study = optuna.load_study(study_name=f"pretextlab-suite-{sweep['id']}", storage=storage)
     states = {t.number: t.state.name for t in study.trials}
-    print("trial states", states, {t.number: t.intermediate_values for t in study.trials})
     assert len(states) == 4 and set(states.values()) <= {"COMPLETE", "PRUNED"}
     assert sum(1 for t in study.trials if t.intermediate_values) >= 2
     for t in study.trials:
