@@ -249,6 +249,8 @@ class ResultRow(BaseModel):
     epochs: int | None
     dataset: str | None
     protocol: str | None
+    layer: str = Field("pool", description="the probed layer: pool (final pooled features), a conv block, "
+                       "a+b (a concatenation), or pixels (the raw-pixels baseline)")
     top1: float | None
     top5: float | None
     finished_at: datetime | None

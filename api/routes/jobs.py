@@ -36,7 +36,8 @@ from api.schemas import (
 from api.quotas import check_caps, check_runtime
 from api.security import Principal, PrincipalDep, UnsafePath, require_token, resolve_data_path, resolve_weights
 from api.settings import Settings
-from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
+from ssl_core.specs import BackboneSpec, EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
+from ssl_core.specs.evaluation import resolve_layers
 from ssl_core.storage.urls import allowed_data_urls, check_data_url, is_s3_url
 
 log = logging.getLogger("pretextlab.api")
@@ -102,6 +103,11 @@ def _check_source(session: Session, spec: EvaluateSpec, who: Principal) -> None:
         raise ApiError(409, "invalid_state",
                        f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
                        {"source_job_id": sid, "status": src.status})
+    if spec.layers is not None:  # the source's backbone is known now: name its layers or refuse
+        try:
+            resolve_layers(spec.layers, BackboneSpec.model_validate((src.spec or {}).get("backbone") or {}))
+        except ValueError as exc:
+            raise ApiError(422, "invalid_spec", f"spec.{exc}", {"loc": "spec.layers", "layers": spec.layers}) from None
 
 
 def _resolve_weights(spec: EvaluateSpec, settings: Settings) -> EvaluateSpec:
