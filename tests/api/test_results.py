@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from api.db.jobs import transition
 from api_helpers import PRETRAIN, submit
 
@@ -82,3 +84,27 @@ def test_bad_layer_names_are_refused_with_the_valid_ones(client):
     assert r.status_code == 422 and "layers: fine-tuning" in r.json()["error"]["message"]
     ok = submit(client, {**EVAL, "source_job_id": pre, "layers": "rotnet_blocks"})
     assert ok["spec"]["layers"] == "rotnet_blocks" and ok["spec"]["layer_pooling"]["max_dims"] == 9216
+
+
+
+def _weights_file(path, backbone: dict) -> str:
+    """A .safetensors file holding only a header with pretextlab's metadata (what the API reads)."""
+    header = json.dumps({"__metadata__": {"backbone": json.dumps(backbone), "format": "pretextlab-backbone/1"}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode())
+    return str(path)
+
+
+def test_layer_names_of_a_weights_file_are_checked_from_its_header(client, settings):
+    weights = _weights_file(settings.artifact_root / "jobs" / "3" / "backbone.safetensors",
+                            {"name": "resnet18", "cifar_stem": None, "width": 32})
+    r = client.post("/v1/jobs", json={"spec": {**EVAL, "weights": weights, "layers": ["block2"]}})
+    assert r.status_code == 422
+    assert "layers: 'block2' is not a layer of resnet18 (valid: layer1, layer2, layer3, layer4, pool" \
+        in r.json()["error"]["message"]
+    assert submit(client, {**EVAL, "weights": weights, "layers": ["layer2", "pool"]})["spec"]["layers"] == \
+        ["layer2", "pool"]
+    garbage = settings.artifact_root / "jobs" / "4" / "backbone.safetensors"
+    garbage.parent.mkdir(parents=True)
+    garbage.write_bytes(b"not a safetensors file")  # unreadable here: the worker reports it when it runs
+    assert submit(client, {**EVAL, "weights": str(garbage), "layers": ["block2"]})["status"] == "queued"

@@ -185,6 +185,12 @@ def test_a_weights_file_checks_layer_names_against_its_own_backbone(tmp_path):
     net = build_backbone(bspec, 3, 16)
     meta = backbone_metadata("{}", bspec, net.feature_dim, 3, 16, [0.5] * 3, [0.25] * 3, "rotation", 1, "synthetic")
     weights = export_backbone(tmp_path / "b.safetensors", net, meta)
+    from safetensors import safe_open
+
+    from ssl_core.weights_header import read_metadata
+
+    with safe_open(str(weights), framework="pt") as f:  # the torch-free reader agrees with the library's
+        assert read_metadata(weights) == f.metadata() == meta
     spec = EvaluateSpec.model_validate({"weights": str(weights), "layers": ["layer2"], "data": EVAL_DATA,
                                         "device": "cpu", "protocol": {"protocol": "knn", "k": 5}})
     with pytest.raises(SpecError, match=r"^layers: 'layer2' is not a layer of convnet \(valid: block1"):
