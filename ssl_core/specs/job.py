@@ -174,7 +174,7 @@ class EvaluateSpec(Strict):
         if self.baseline == "raw_pixels" and self.layers is not None:
             raise ValueError("layers: raw pixels have no layers")
         # the names are checked here when the backbone is known; for a weights file or a source job the
-        # API checks them against the source's spec and the engine against the file's backbone
+        # API checks them against the file's header or the source's spec, and the engine again on loading
         self.layer_pooling = check_layer_fields(self.layers, self.layer_pooling, [self.protocol.protocol],
                                                 self.backbone)
         return self
