@@ -197,3 +197,25 @@ def test_a_weights_file_checks_layer_names_against_its_own_backbone(tmp_path):
         evaluate(spec, tmp_path / "out")
     good = spec.model_copy(update={"layers": ["block3"], "layer_pooling": LayerPooling()})
     assert list(evaluate(good, tmp_path / "ok").layers) == ["block3"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnet"])
+def test_forward_layers_agree_with_forward_and_stop_at_the_deepest_asked(name):
+    from ssl_core.backbones import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(BackboneSpec(name=name, width=4), 3, 32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = net.forward_layers(x, list(BackboneSpec(name=name).layer_names()))
+        torch.testing.assert_close(every["pool"], net(x))
+        first = BackboneSpec(name=name).conv_blocks()[0]
+        calls = []
+        last = net.net.layer4 if name == "resnet18" else net.features[-1]
+        hook = last.register_forward_hook(lambda *a: calls.append(1))
+        shallow = net.forward_layers(x, [first])
+        hook.remove()
+    assert list(shallow) == [first] and calls == []  # the deeper stages never ran
+    torch.testing.assert_close(shallow[first], every[first])
+    widths = [every[b].shape[1] for b in BackboneSpec(name=name).conv_blocks()]
+    assert widths == ([64, 128, 256, 512] if name == "resnet18" else [4, 8, 16, 32])
