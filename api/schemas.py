@@ -252,6 +252,8 @@ class ResultRow(BaseModel):
     epochs: int | None
     dataset: str | None
     protocol: str | None
+    layer: str = Field("pool", description="the probed layer: pool (final pooled features), a conv block, "
+                       "a+b (a concatenation), or pixels (the raw-pixels baseline)")
     top1: float | None
     top5: float | None
     finished_at: datetime | None
@@ -267,6 +269,7 @@ class ResultGroup(BaseModel):
     method: str | None
     dataset: str | None
     protocol: str | None
+    layer: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     suite_id: int | None = None

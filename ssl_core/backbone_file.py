@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,6 +20,7 @@ from ssl_core.backbones import build_backbone
 from ssl_core.errors import PermanentError
 from ssl_core.runtime import atomic_write
 from ssl_core.specs import BackboneSpec
+from ssl_core.weights_header import read_metadata
 
 FORMAT = "pretextlab-backbone/1"
 
@@ -54,8 +54,7 @@ def load_backbone(weights_path: Path | str, device: torch.device | str = "cpu") 
     if not path.is_file():
         raise PermanentError(f"weights: no backbone file at {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = dict(f.metadata() or {})
+        raw = read_metadata(path)
         state = load_file(str(path), device=str(device))
     except Exception as e:  # a truncated or foreign file
         raise PermanentError(f"weights: {path} is not a readable safetensors file ({e})") from e

@@ -9,6 +9,10 @@
   3x3 stride-1 convolution and the max-pool is dropped (SimCLR App. B.9, MoCo CIFAR demo).
 * ``convnet``: a small conv-BN-ReLU network for CPU runs and tests (width doubling per
   block, adaptive average pooling); it accepts inputs down to 4 px.
+
+Both expose ``forward_layers(x, names)``: the feature maps of the named stages (``BackboneSpec.layer_names``:
+ResNet ``layer1..layer4``, ConvNet ``block1..block4``) and/or the pooled ``pool`` vector from one forward
+pass that stops at the deepest stage asked for. Evaluation probes intermediate layers through it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from ssl_core.specs import BackboneSpec
+from ssl_core.specs.model import CONVNET_BLOCKS, POOLED, RESNET_STAGES
 
 _RESNETS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
 
@@ -42,6 +47,21 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def forward_layers(self, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """Stage outputs (B, C, H, W) and/or ``pool`` (B, D) for ``names``, in one pass."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        out: dict[str, Tensor] = {}
+        for stage in RESNET_STAGES:
+            if len(out) == len(names):
+                return out
+            x = getattr(n, stage)(x)
+            if stage in names:
+                out[stage] = x
+        if POOLED in names:
+            out[POOLED] = torch.flatten(n.avgpool(x), 1)
+        return out
+
 
 class ConvNet(nn.Module):
     """Small conv-BN-ReLU encoder: widths w, 2w, 4w, 8w; 2x2 max-pool between blocks.
@@ -50,15 +70,17 @@ class ConvNet(nn.Module):
     vanishing; the final adaptive average pool gives (B, 8w) for any input side >= 1.
     """
 
-    def __init__(self, in_channels: int, width: int = 32, blocks: int = 4) -> None:
+    def __init__(self, in_channels: int, width: int = 32, blocks: int = CONVNET_BLOCKS) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        self.block_ends: list[int] = []  # index in ``features`` one past each block's ReLU
         c_in = in_channels
         for i in range(blocks):
             c_out = width * 2**i
             if i > 0:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            self.block_ends.append(len(layers))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -66,6 +88,22 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)
+
+    def forward_layers(self, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """Block outputs (B, C, H, W) (after the block's ReLU, before the next max-pool) and/or ``pool``."""
+        out: dict[str, Tensor] = {}
+        start = 0
+        for i, end in enumerate(self.block_ends, start=1):
+            if len(out) == len(names):
+                return out
+            x = self.features[start:end](x)
+            start = end
+            if f"block{i}" in names:
+                # the next block's in-place ReLU never touches this tensor (a max-pool comes first)
+                out[f"block{i}"] = x
+        if POOLED in names:
+            out[POOLED] = torch.flatten(self.pool(x), 1)
+        return out
 
 
 def build_backbone(spec: BackboneSpec, in_channels: int, image_size: int) -> nn.Module:

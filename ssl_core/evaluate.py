@@ -13,6 +13,10 @@ is all an evaluation job reads. Accuracies are fractions in [0, 1].
   first: an affine map, so the probe stays linear, but one lr then suits every backbone
   (the role BatchNorm-without-affine plays before the probe in MAE's protocol).
 * Fine-tune: the whole backbone plus a linear head, crop + flip augmentation.
+* Layers (``spec.layers``): one probe per requested layer (or one on their concatenation), all layers'
+  features from the same single pass over each split (:class:`~ssl_core.features.LayerTap`); the
+  result keeps every probe's numbers (``layers``) and reports ``pool`` -- or else the last layer
+  listed -- as its top-level top-1/top-5, so a default evaluation reads as before.
 
 :func:`evaluate` reads top to bottom: what is evaluated (:func:`load_subject`: a backbone file or a
 baseline), the labelled splits, the protocol (:func:`run_protocol`), the result. Progress
@@ -29,22 +33,21 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.augment import build_pipeline, normalize
-from ssl_core.backbone_file import load_backbone
-from ssl_core.backbones import build_backbone
 from ssl_core.data import load_dataset
 from ssl_core.errors import DatasetError, SpecError
-from ssl_core.features import OnStep, StopRequested, extract_features, num_batches, raw_pixel_features, to_input
-from ssl_core.normalization import dataset_stats
+from ssl_core.features import OnStep, StopRequested, extract_features, num_batches, to_input
 from ssl_core.reporting import NullSink, Sink
 from ssl_core.runtime import atomic_write_text, autocast, resolve_device, resolve_precision, seed_everything
-from ssl_core.specs import DATASETS, EvaluateSpec, HorizontalFlipOp, RandomCropOp
+from ssl_core.specs import EvaluateSpec, HorizontalFlipOp, RandomCropOp
+from ssl_core.specs.model import POOLED
+from ssl_core.subject import Subject, load_subject
 
 # bound the (test rows x bank) similarity matrix of one kNN chunk to ~64 MiB of fp32
 _KNN_CHUNK_ELEMENTS = 1 << 24
@@ -67,11 +70,19 @@ class EvalResult:
     epochs: int | None               # pretraining epochs of the backbone (0 for a baseline)
     baseline: str | None
     wall_s: float
+    layer: str = POOLED              # the probe whose numbers are top1 / top5 / feature_dim
+    layers: dict[str, dict[str, Any]] | None = None  # every probe: {top1, top5, feature_dim}
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The metric rows an evaluation reports (empty when stopped)."""
-        return {"eval/top1": self.top1, "eval/top5": self.top5} if self.completed else {}
+        """The metric rows an evaluation reports (empty when stopped); per probe when there are several."""
+        if not self.completed:
+            return {}
+        out = {"eval/top1": self.top1, "eval/top5": self.top5}
+        if self.layers and len(self.layers) > 1:
+            for name, r in self.layers.items():
+                out.update({f"eval/{name}/top1": r["top1"], f"eval/{name}/top5": r["top5"]})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +95,7 @@ class Scores:
     top1: float
     top5: float
     train_loss: float | None = None  # the linear probe's last-epoch mean cross-entropy
+    feature_dim: int = 0             # the width of the features scored (set by run_protocol)
 
 
 class ProgressMeter:
@@ -314,64 +326,6 @@ def _classify(model: nn.Module, images_uint8: Tensor, mean, std, batch_size: int
 # ---------------------------------------------------------------------------
 # One evaluation job
 @dataclass
-class Subject:
-    """What an evaluation measures: a backbone (trained or random init) or raw pixels, and its input."""
-
-    backbone: nn.Module | None       # None: the raw-pixels baseline
-    channels: int
-    image_size: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    method: str | None
-    epochs: int | None
-    backbone_spec: dict[str, Any] | None
-
-    @property
-    def feature_dim(self) -> int:
-        if self.backbone is not None:
-            return int(self.backbone.feature_dim)
-        return self.channels * self.image_size * self.image_size
-
-    def features(self, images: Tensor, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None,
-                 should_stop: Callable[[], bool], on_batch: OnStep) -> Tensor:
-        """Features (N, D) batch by batch, asking ``should_stop`` before and reporting after each batch."""
-        if self.backbone is not None:
-            return extract_features(self.backbone, images, self.mean, self.std, batch_size, device, amp_dtype,
-                                    should_stop=should_stop, on_batch=on_batch)
-        out = []  # raw pixels: cheap, but batched like the backbone path so progress and stop behave alike
-        for start in range(0, images.shape[0], batch_size):
-            if should_stop():
-                raise StopRequested
-            out.append(raw_pixel_features(images[start:start + batch_size], self.mean, self.std, device))
-            on_batch(0, out[-1].shape[0])
-        return torch.cat(out)
-
-
-def load_subject(spec: EvaluateSpec, weights_path: Path | str | None, device: torch.device) -> Subject:
-    """The backbone file (``weights_path`` over ``spec.weights``) or the baseline the spec names."""
-    d = spec.data
-    if spec.baseline is None:
-        weights = weights_path if weights_path is not None else spec.weights
-        if weights is None:
-            raise SpecError("source_job_id: must be resolved to a backbone file (weights_path) before evaluating")
-        backbone, meta = load_backbone(weights, device)
-        # the backbone's own input size unless the spec asks for another (adaptive pooling allows it)
-        return Subject(backbone, int(meta["in_channels"]), int(d.image_size or meta["image_size"]),
-                       meta["mean"], meta["std"], meta.get("method"), meta.get("epochs"), meta["backbone"])
-    info = DATASETS[d.dataset]
-    image_size = int(d.image_size or info.image_size or 0)
-    if not image_size:
-        raise SpecError(f"data.image_size: {d.dataset} has no native image size; a baseline needs one")
-    mean, std = dataset_stats(d.dataset, info.channels)
-    backbone = None
-    if spec.baseline == "random_init":
-        torch.manual_seed(spec.seed)
-        backbone = build_backbone(spec.backbone, info.channels, image_size).to(device)
-    return Subject(backbone, info.channels, image_size, mean, std, spec.baseline, 0,
-                   spec.backbone.model_dump() if spec.backbone is not None else None)
-
-
-@dataclass
 class LabelledSplits:
     train_images: Tensor             # uint8 (N, C, H, W) on the CPU
     train_labels: Tensor             # on the device
@@ -392,41 +346,59 @@ def load_labelled(spec: EvaluateSpec, subject: Subject, device: torch.device) ->
     return LabelledSplits(train.images, train.labels.to(device), test.images, test.labels.to(device), num_classes)
 
 
-def protocol_work(spec: EvaluateSpec, n_train: int, n_test: int, augment: bool) -> int:
-    """Units of work :func:`run_protocol` reports: feature batches, probe / fine-tuning steps."""
+def protocol_work(spec: EvaluateSpec, n_train: int, n_test: int, augment: bool, probes: int = 1) -> int:
+    """Units of work :func:`run_protocol` reports: feature batches (one pass for every probe), then
+    probe / fine-tuning steps (per probe)."""
     proto, fb = spec.protocol, spec.batch_size
     if proto.protocol == "finetune":
         return finetune_steps(n_train, proto.epochs, proto.batch_size)
     work = num_batches(n_train, fb) + num_batches(n_test, fb)
     if proto.protocol == "linear":
-        work += linear_probe_steps(n_train, proto.epochs, proto.batch_size, augment, fb)
+        work += probes * linear_probe_steps(n_train, proto.epochs, proto.batch_size, augment, fb)
     return work
 
 
 def run_protocol(spec: EvaluateSpec, subject: Subject, data: LabelledSplits, device: torch.device,
                  amp_dtype: torch.dtype | None, use_scaler: bool, should_stop: Callable[[], bool],
-                 meter: ProgressMeter) -> Scores:
-    """The spec's protocol on the subject; raises :class:`StopRequested` when ``should_stop`` fires."""
+                 meter: ProgressMeter) -> dict[str, Scores]:
+    """The spec's protocol on the subject, {probe: scores}; raises :class:`StopRequested` when
+    ``should_stop`` fires. Every probe's features come from the same pass over each split."""
     proto, fb = spec.protocol, spec.batch_size
     if proto.protocol == "finetune":
         if subject.backbone is None:
             raise SpecError("protocol: raw pixels have nothing to fine-tune")
-        return finetune(subject.backbone, data.train_images, data.train_labels, data.test_images, data.test_labels,
-                        mean=subject.mean, std=subject.std, num_classes=data.num_classes, epochs=proto.epochs,
-                        lr=proto.lr, batch_size=proto.batch_size, weight_decay=proto.weight_decay,
-                        augment=proto.augment, seed=spec.seed, device=device, amp_dtype=amp_dtype,
-                        use_scaler=use_scaler, eval_batch_size=fb, should_stop=should_stop, on_step=meter.step)
+        scores = finetune(subject.backbone, data.train_images, data.train_labels, data.test_images, data.test_labels,
+                          mean=subject.mean, std=subject.std, num_classes=data.num_classes, epochs=proto.epochs,
+                          lr=proto.lr, batch_size=proto.batch_size, weight_decay=proto.weight_decay,
+                          augment=proto.augment, seed=spec.seed, device=device, amp_dtype=amp_dtype,
+                          use_scaler=use_scaler, eval_batch_size=fb, should_stop=should_stop, on_step=meter.step)
+        scores.feature_dim = int(subject.backbone.feature_dim)
+        return {POOLED: scores}
     f_train = subject.features(data.train_images, fb, device, amp_dtype, should_stop, meter.step)
     f_test = subject.features(data.test_images, fb, device, amp_dtype, should_stop, meter.step)
-    if proto.protocol == "knn":
-        scores = knn_predict(f_train, data.train_labels, f_test, proto.k, proto.temperature, data.num_classes)
-        return Scores(topk_accuracy(scores, data.test_labels, 1), topk_accuracy(scores, data.test_labels, 5))
-    return linear_probe(
-        f_train, data.train_labels, f_test, data.test_labels, epochs=proto.epochs, lr=proto.lr,
-        batch_size=proto.batch_size, weight_decay=proto.weight_decay, num_classes=data.num_classes,
-        seed=spec.seed, augment=proto.augment and subject.backbone is not None, backbone=subject.backbone,
-        train_images=data.train_images, mean=subject.mean, std=subject.std, feature_batch_size=fb,
-        amp_dtype=amp_dtype, should_stop=should_stop, on_step=meter.step)
+    out: dict[str, Scores] = {}
+    for probe in subject.probes:
+        # free each probe's features once scored: the next probe needs only its own
+        tr, te = f_train.pop(probe), f_test.pop(probe)
+        if proto.protocol == "knn":
+            scores = knn_predict(tr, data.train_labels, te, proto.k, proto.temperature, data.num_classes)
+            out[probe] = Scores(topk_accuracy(scores, data.test_labels, 1), topk_accuracy(scores, data.test_labels, 5))
+        else:
+            out[probe] = linear_probe(
+                tr, data.train_labels, te, data.test_labels, epochs=proto.epochs, lr=proto.lr,
+                batch_size=proto.batch_size, weight_decay=proto.weight_decay, num_classes=data.num_classes,
+                seed=spec.seed, augment=proto.augment and subject.backbone is not None,
+                backbone=subject.probe_input(probe), train_images=data.train_images, mean=subject.mean,
+                std=subject.std, feature_batch_size=fb, amp_dtype=amp_dtype, should_stop=should_stop,
+                on_step=meter.step)
+        out[probe].feature_dim = int(tr.shape[1])
+    return out
+
+
+def primary_probe(probes: list[str]) -> str:
+    """The probe whose numbers an evaluation reports at the top level (and the leaderboard sorts by):
+    the final pooled features when probed, else the last layer listed."""
+    return POOLED if POOLED in probes else probes[-1]
 
 
 def evaluate(spec: EvaluateSpec, out_dir: Path, sink: Sink | None = None,
@@ -447,19 +419,25 @@ def evaluate(spec: EvaluateSpec, out_dir: Path, sink: Sink | None = None,
     data = load_labelled(spec, subject, device)
     n_train, n_test = int(data.train_images.shape[0]), int(data.test_images.shape[0])
     augment = spec.protocol.protocol == "linear" and spec.protocol.augment and subject.backbone is not None
-    meter = ProgressMeter(sink, protocol_work(spec, n_train, n_test, augment) + 1)  # + 1: scoring the test set
+    probes = subject.probes
+    meter = ProgressMeter(sink, protocol_work(spec, n_train, n_test, augment, len(probes)) + 1)  # + 1: scoring
     try:
-        scores: Scores | None = run_protocol(spec, subject, data, device, amp_dtype, use_scaler, should_stop, meter)
+        per_probe: dict[str, Scores] | None = run_protocol(spec, subject, data, device, amp_dtype, use_scaler,
+                                                           should_stop, meter)
         meter.step(max(0, getattr(spec.protocol, "epochs", 1) - 1))
     except StopRequested:
-        scores = None
+        per_probe = None
 
+    primary = primary_probe(probes)
+    scores = per_probe[primary] if per_probe else None
     result = EvalResult(
         completed=scores is not None, protocol=spec.protocol.protocol, dataset=spec.data.dataset,
         top1=scores.top1 if scores else None, top5=scores.top5 if scores else None,
-        num_train=n_train, num_test=n_test, feature_dim=subject.feature_dim, method=subject.method,
+        num_train=n_train, num_test=n_test, feature_dim=scores.feature_dim if scores else 0, method=subject.method,
         backbone=subject.backbone_spec, epochs=subject.epochs, baseline=spec.baseline,
-        wall_s=round(time.time() - t0, 3))
+        wall_s=round(time.time() - t0, 3), layer=primary,
+        layers={p: {"top1": v.top1, "top5": v.top5, "feature_dim": v.feature_dim} for p, v in per_probe.items()}
+        if per_probe else None)
     if result.completed:
         path = atomic_write_text(Path(out_dir) / "result.json", json.dumps(result.to_dict(), indent=2))
         sink.metrics(0, result.metrics)

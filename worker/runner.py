@@ -147,10 +147,13 @@ def eval_followups(job: Job) -> list[dict[str, Any]]:
     if spec.kind != "pretrain" or not spec.eval.after:
         return []
     data = followup_eval_data(spec)
+    # eval.layers is set only with knn/linear after-protocols (the spec refuses fine-tuning with it)
+    layers = {} if spec.eval.layers is None else {
+        "layers": spec.eval.layers, "layer_pooling": spec.eval.layer_pooling.model_dump(mode="json")}
     return [
         {"kind": "evaluate", "source_job_id": job.id, "protocol": p.model_dump(mode="json"),
          "data": data.model_dump(mode="json", exclude_none=True), "seed": spec.seed, "device": spec.device,
-         "precision": spec.precision}
+         "precision": spec.precision, **layers}
         for p in spec.eval.after
     ]
 

@@ -103,10 +103,11 @@ def list_jobs(
 # -- leaderboard ---------------------------------------------------------------------------------
 def leaderboard(
     session: Session, *, dataset: str | None = None, protocol: str | None = None, limit: int = 500,
-    created_by: str | None = None, suite_id: int | None = None,
+    created_by: str | None = None, suite_id: int | None = None, layer: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Succeeded evaluations, best top-1 first, each with the pretraining it measured
-    (``created_by``: only that owner's evaluations)."""
+    """Succeeded evaluations, best top-1 first, each with the pretraining it measured (``created_by``:
+    only that owner's evaluations). One row per probed layer (``layer``; a default evaluation has the
+    one row ``pool``); ``layer`` keeps only that layer's rows. ``limit`` bounds the rows."""
     src = aliased(Job)
     q = (
         select(Job, src)
@@ -126,33 +127,34 @@ def leaderboard(
     for ev, pre in session.execute(q).all():
         result = ev.result or {}
         pre_spec = (pre.spec if pre is not None else None) or {}
-        out.append(
-            {
-                "evaluation_job_id": ev.id,
-                "pretrain_job_id": pre.id if pre is not None else None,
-                "method": (pre.method if pre is not None else None) or ev.method or result.get("method"),
-                "backbone": (pre_spec.get("backbone") or {}).get("name") or result.get("backbone"),
-                "epochs": pre_spec.get("epochs", result.get("epochs")),
-                "dataset": ev.dataset,
-                "protocol": ev.protocol,
-                "top1": ev.top1 if ev.top1 is not None else result.get("top1"),
-                "top5": ev.top5 if ev.top5 is not None else result.get("top5"),
-                "finished_at": as_utc(ev.finished_at),
-                "batch_size": pre_spec.get("batch_size"),
-                "seed": pre_spec.get("seed", (ev.spec or {}).get("seed")),
-                "suite_id": ev.suite_id,
-                "variant": ev.variant,
-            }
-        )
-    return out
+        row = {
+            "evaluation_job_id": ev.id,
+            "pretrain_job_id": pre.id if pre is not None else None,
+            "method": (pre.method if pre is not None else None) or ev.method or result.get("method"),
+            "backbone": (pre_spec.get("backbone") or {}).get("name") or result.get("backbone"),
+            "epochs": pre_spec.get("epochs", result.get("epochs")),
+            "dataset": ev.dataset,
+            "protocol": ev.protocol,
+            "finished_at": as_utc(ev.finished_at),
+            "batch_size": pre_spec.get("batch_size"),
+            "seed": pre_spec.get("seed", (ev.spec or {}).get("seed")),
+            "suite_id": ev.suite_id,
+            "variant": ev.variant,
+        }
+        out += [{**row, **scores} for scores in _layer_scores(ev, result) if layer is None or scores["layer"] == layer]
+    # the SQL order is by each evaluation's headline number; per-layer rows re-sort by their own
+    out.sort(key=lambda r: (r["top1"] is None, -(r["top1"] or 0.0), -r["evaluation_job_id"]))
+    return out[:limit]
+
 
 
 def group_results(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
-    """Leaderboard rows grouped by method (with dataset, protocol, epochs and batch) or by suite
-    variant (with protocol): mean, sample standard deviation (None under two) and count of top-1,
+    """Leaderboard rows grouped by method (with dataset, protocol, layer, epochs and batch) or by suite
+    variant (with protocol and layer): mean, sample standard deviation (None under two) and count of top-1,
     best mean first."""
-    keys = (("method", "dataset", "protocol", "epochs", "batch_size") if by == "method"
-            else ("suite_id", "variant", "method", "dataset", "protocol"))
+    # the layer is part of every key: two layers of one evaluation are two measurements, not two seeds
+    keys = (("method", "dataset", "protocol", "layer", "epochs", "batch_size") if by == "method"
+            else ("suite_id", "variant", "method", "dataset", "protocol", "layer"))
     groups: dict[tuple[Any, ...], list[float]] = {}
     for r in rows:
         if r["top1"] is None or (by == "variant" and r["variant"] is None):
@@ -163,3 +165,14 @@ def group_results(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
         out.append({**dict(zip(keys, key)), "top1_mean": statistics.fmean(values),
                     "top1_std": statistics.stdev(values) if len(values) > 1 else None, "count": len(values)})
     return sorted(out, key=lambda g: -g["top1_mean"])
+
+
+def _layer_scores(ev: Job, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """{layer, top1, top5} per probed layer; one row for a result from before per-layer evaluation."""
+    layers = result.get("layers")
+    if isinstance(layers, dict) and layers:
+        return [{"layer": name, "top1": r.get("top1"), "top5": r.get("top5")} for name, r in layers.items()]
+    default = "pixels" if result.get("baseline") == "raw_pixels" else "pool"
+    return [{"layer": result.get("layer") or default,
+             "top1": ev.top1 if ev.top1 is not None else result.get("top1"),
+             "top5": ev.top5 if ev.top5 is not None else result.get("top5")}]

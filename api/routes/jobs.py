@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import ValidationError
@@ -36,8 +37,10 @@ from api.schemas import (
 from api.quotas import check_caps, check_runtime
 from api.security import Principal, PrincipalDep, UnsafePath, require_token, resolve_data_path, resolve_weights
 from api.settings import Settings
-from ssl_core.specs import EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
+from ssl_core.specs import BackboneSpec, EvaluateSpec, PretrainSpec, parse_job_spec, spec_error_path
+from ssl_core.specs.evaluation import resolve_layers
 from ssl_core.storage.urls import allowed_data_urls, check_data_url, is_s3_url
+from ssl_core.weights_header import read_metadata
 
 log = logging.getLogger("pretextlab.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
@@ -103,6 +106,27 @@ def _check_source(session: Session, spec: EvaluateSpec, who: Principal) -> None:
         raise ApiError(409, "invalid_state",
                        f"spec.source_job_id: job {sid} is {src.status}: it has no backbone to evaluate",
                        {"source_job_id": sid, "status": src.status})
+    _check_layers(spec, (src.spec or {}).get("backbone") or {})
+
+
+def _check_layers(spec: EvaluateSpec, backbone: dict[str, Any] | None) -> None:
+    """``layers`` must name layers of the backbone being evaluated, once it is known (the source job's
+    spec, the weights file's metadata): 422 naming ``layers`` and the valid names otherwise."""
+    if spec.layers is None or backbone is None:
+        return
+    try:
+        resolve_layers(spec.layers, BackboneSpec.model_validate(backbone))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_spec", f"spec.{exc}", {"loc": "spec.layers", "layers": spec.layers}) from None
+
+
+def _weights_backbone(path: str) -> dict[str, Any] | None:
+    """The backbone spec a weights file records, or None when it cannot be read here (the worker
+    reports an unreadable file when it opens it)."""
+    try:
+        return json.loads(read_metadata(path)["backbone"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _resolve_weights(spec: EvaluateSpec, settings: Settings) -> EvaluateSpec:
@@ -116,7 +140,10 @@ def _resolve_weights(spec: EvaluateSpec, settings: Settings) -> EvaluateSpec:
         resolved = resolve_weights(spec.weights, [r.expanduser().resolve() for r in roots])
     except UnsafePath as exc:
         raise ApiError(422, "invalid_spec", f"spec.{exc}", {"weights": spec.weights}) from None
-    return spec.model_copy(update={"weights": str(resolved)})
+    spec = spec.model_copy(update={"weights": str(resolved)})
+    if spec.layers is not None:
+        _check_layers(spec, _weights_backbone(spec.weights))
+    return spec
 
 
 def check_data_paths(spec: PretrainSpec | EvaluateSpec, settings: Settings) -> None:

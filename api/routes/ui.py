@@ -141,26 +141,30 @@ def compare_page(request: Request, session: SessionDep,
     return render(request, "compare.html", jobs=jobs, ids=ids, tag=tag, rows=rows, finals=finals, error=None)
 
 
+_GROUP_KEY = ("method", "backbone", "epochs", "dataset", "protocol", "layer")
+
+
 def _groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of one (method, backbone, epochs, dataset, protocol): top-1 as mean +- std over them."""
+    """Rows of one (method, backbone, epochs, dataset, protocol, layer): top-1 as mean +- std over them."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["backbone"], r["epochs"], r["dataset"], r["protocol"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in _GROUP_KEY), []).append(r)
     out = []
     for key, members in groups.items():
         top1 = [m["top1"] for m in members if m["top1"] is not None]
-        out.append(dict(zip(("method", "backbone", "epochs", "dataset", "protocol"), key), runs=len(members),
+        out.append(dict(zip(_GROUP_KEY, key), runs=len(members),
                         mean=mean(top1) if top1 else None, std=pstdev(top1) if len(top1) > 1 else None))
     return sorted(out, key=lambda g: -(g["mean"] or -1))
 
 
 @router.get("/leaderboard", response_class=HTMLResponse)
-def leaderboard_page(request: Request, session: SessionDep, dataset: Text = None, protocol: Text = None) -> Response:
+def leaderboard_page(request: Request, session: SessionDep, dataset: Text = None, protocol: Text = None,
+                     layer: Text = None) -> Response:
     who = _who(request)
     rows = leaderboard(session, dataset=dataset or None, protocol=protocol or None, limit=1000,
-                       created_by=_mine(who))
+                       created_by=_mine(who), layer=layer or None)
     return render(request, "leaderboard.html", rows=rows, groups=_groups(rows), dataset=dataset or "",
-                  protocol=protocol or "")
+                  protocol=protocol or "", layer=layer or "")
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -1,5 +1,12 @@
-"""Evaluation: the protocols (kNN, linear probe, fine-tuning), their labelled data, and the
-online monitor. Shared by the pretraining spec's ``eval`` and the evaluate job."""
+"""Evaluation: the protocols (kNN, linear probe, fine-tuning), their labelled data, the layers probed,
+and the online monitor. Shared by the pretraining spec's ``eval`` and the evaluate job.
+
+Layers: by default an evaluation reads the backbone's final pooled features (``pool``). ``layers`` names
+conv blocks too (``BackboneSpec.layer_names()``), or a paper's preset: ``rotnet_blocks`` (Gidaris et al.:
+one probe per conv block, each map average-pooled to at most ~9,000 values as in the RotNet/Zhang et al.
+ImageNet protocol) or ``exemplar_all`` (Dosovitskiy et al.: every conv block max-pooled over its four
+quadrants, concatenated, one probe). Every requested layer comes from one pass over the data.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,12 @@ from pydantic import Field, model_validator
 from ssl_core.specs.base import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_FOLLOWUPS, MAX_IMAGE_SIZE, MAX_PATH_LENGTH, MAX_SUBSET, Bool,
                                  Int, Real, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DATASETS, DatasetName
+from ssl_core.specs.model import POOLED, BackboneSpec
+
+MAX_LAYERS = 16
+LayerName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+LayerPreset = Literal["rotnet_blocks", "exemplar_all"]
+Layers = Union[Annotated[list[LayerName], Field(min_length=1, max_length=MAX_LAYERS)], LayerPreset]
 
 
 class KnnProtocol(Strict):
@@ -82,6 +95,64 @@ class EvalDataSpec(Strict):
         return self.test_split or DATASETS[self.dataset].test_split
 
 
+class LayerPooling(Strict):
+    """How a conv block's (C, H, W) map becomes the probe's vector: adaptive pooling to a grid x grid."""
+
+    mode: Literal["avg", "max"] = "avg"
+    grid: Int | None = Field(None, ge=1, le=32, description=(
+        "cells per side; None = the largest grid (at most the map's side) with C x grid^2 <= max_dims"))
+    max_dims: Int = Field(4096, ge=1, le=65_536, description="the auto grid's bound on values per layer")
+    concat: Bool = Field(False, description="one probe on all the layers concatenated, not one per layer")
+
+
+# The papers' protocols. RotNet's ImageNet probes follow Zhang et al. (2016): each map resized to ~9,000
+# values (9,216 = 4 x 48 x 48 bounds it here); Exemplar-CNN max-pools every layer over 4 quadrants and
+# concatenates them for one linear classifier.
+LAYER_PRESETS: dict[str, LayerPooling] = {
+    "rotnet_blocks": LayerPooling(mode="avg", max_dims=9216),
+    "exemplar_all": LayerPooling(mode="max", grid=2, concat=True),
+}
+
+
+def resolve_layers(layers: Layers | None, backbone: BackboneSpec) -> list[str]:
+    """The layer names a selection stands for on ``backbone`` (a preset: its conv blocks; None: pool).
+
+    Raises ValueError naming ``layers`` and listing the valid names."""
+    if layers is None:
+        return [POOLED]
+    if isinstance(layers, str):
+        return list(backbone.conv_blocks())
+    valid = backbone.layer_names()
+    for name in layers:
+        if name not in valid:
+            raise ValueError(f"layers: {name!r} is not a layer of {backbone.name} (valid: {', '.join(valid)}; "
+                             f"or a preset: {', '.join(LAYER_PRESETS)})")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers: a layer is named twice in {list(layers)}")
+    return list(layers)
+
+
+def check_layer_fields(layers: Layers | None, pooling: LayerPooling | None, protocols: list[str],
+                       backbone: BackboneSpec | None, prefix: str = "") -> LayerPooling | None:
+    """Checks shared by an evaluate job and ``eval.after``; returns the pooling to store (a preset's own,
+    the given one, or the defaults). ``backbone`` None: not known yet (a weights file or a source job)."""
+    if layers is None:
+        if pooling is not None:
+            raise ValueError(f"{prefix}layer_pooling: applies to conv blocks named in {prefix}layers, which is not set")
+        return None
+    if "finetune" in protocols:
+        raise ValueError(f"{prefix}layers: fine-tuning trains the whole backbone on its final features; "
+                         "layers apply to the knn and linear protocols")
+    if backbone is not None:
+        try:
+            resolve_layers(layers, backbone)
+        except ValueError as exc:
+            raise ValueError(f"{prefix}{exc}") from None
+    if pooling is not None:
+        return pooling
+    return LAYER_PRESETS[layers].model_copy() if isinstance(layers, str) else LayerPooling()
+
+
 class MonitorSpec(Strict):
     """Online kNN monitor during pretraining."""
 
@@ -99,3 +170,5 @@ class PretrainEvalSpec(Strict):
         description="evaluations queued as jobs when the pretraining succeeds"
     )
     data: EvalDataSpec | None = Field(None, description="None = the pretraining dataset's labelled splits")
+    layers: Layers | None = Field(None, description="layers every knn/linear evaluation in after probes; None = pool")
+    layer_pooling: LayerPooling | None = Field(None, description="None = the preset's pooling, or the defaults")

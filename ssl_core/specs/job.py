@@ -19,7 +19,8 @@ from ssl_core.specs.augment import AugmentOp
 from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_GPUS, MAX_PATH_LENGTH,
                                  MAX_QUEUE_ELEMENTS, MAX_SEED, Bool, Int, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DataSpec
-from ssl_core.specs.evaluation import EvalDataSpec, KnnProtocol, PretrainEvalSpec, ProtocolSpec
+from ssl_core.specs.evaluation import (EvalDataSpec, KnnProtocol, LayerPooling, Layers, PretrainEvalSpec, ProtocolSpec,
+                                      check_layer_fields)
 from ssl_core.specs.method import MethodSpec
 from ssl_core.specs.model import BackboneSpec
 from ssl_core.specs.optim import OptimSpec
@@ -76,6 +77,9 @@ class PretrainSpec(Strict):
             check(self, size, min_side)
         if self.optim.warmup_epochs > self.epochs:
             raise ValueError(f"optim.warmup_epochs: {self.optim.warmup_epochs} exceeds epochs {self.epochs}")
+        ev = self.eval
+        ev.layer_pooling = check_layer_fields(ev.layers, ev.layer_pooling, [p.protocol for p in ev.after],
+                                              self.backbone, "eval.")
         return self
 
 
@@ -144,6 +148,9 @@ class EvaluateSpec(Strict):
     )
     backbone: BackboneSpec | None = Field(None, description="random_init baseline: the backbone to build")
     protocol: ProtocolSpec = Field(default_factory=KnnProtocol)
+    layers: Layers | None = Field(None, description=(
+        "layer names (BackboneSpec.layer_names) or a preset (rotnet_blocks, exemplar_all); None = pool"))
+    layer_pooling: LayerPooling | None = Field(None, description="None = the preset's pooling, or the defaults")
     data: EvalDataSpec = Field(default_factory=EvalDataSpec)
     batch_size: Int = Field(512, ge=1, le=MAX_BATCH_SIZE, description="feature extraction batch")
     seed: Int = Field(0, ge=0, le=MAX_SEED)
@@ -164,6 +171,12 @@ class EvaluateSpec(Strict):
             raise ValueError("weights: '..' and NUL are not allowed in a weights path")
         if self.baseline == "raw_pixels" and self.protocol.protocol == "finetune":
             raise ValueError("protocol: raw pixels have nothing to fine-tune")
+        if self.baseline == "raw_pixels" and self.layers is not None:
+            raise ValueError("layers: raw pixels have no layers")
+        # the names are checked here when the backbone is known; for a weights file or a source job the
+        # API checks them against the file's header or the source's spec, and the engine again on loading
+        self.layer_pooling = check_layer_fields(self.layers, self.layer_pooling, [self.protocol.protocol],
+                                                self.backbone)
         return self
 
 

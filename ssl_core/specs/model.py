@@ -8,6 +8,10 @@ from pydantic import Field
 
 from ssl_core.specs.base import Bool, Int, Strict
 
+CONVNET_BLOCKS = 4  # the convnet's conv blocks (widths w, 2w, 4w, 8w)
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+POOLED = "pool"  # the final globally pooled features: what methods train and evaluation reads by default
+
 
 class BackboneSpec(Strict):
     name: Literal["resnet18", "resnet34", "resnet50", "convnet"] = "resnet18"
@@ -22,3 +26,14 @@ class BackboneSpec(Strict):
     def min_input_size(self) -> int:
         """Smallest image side the backbone accepts (adaptive pooling handles the rest)."""
         return 4 if self.name == "convnet" else 8
+
+    def conv_blocks(self) -> tuple[str, ...]:
+        """The backbone's convolutional stages, shallow to deep: what an evaluation can probe besides the
+        final pooled features (ssl_core.backbones exposes the same names through ``forward_layers``)."""
+        if self.name == "convnet":
+            return tuple(f"block{i}" for i in range(1, CONVNET_BLOCKS + 1))
+        return RESNET_STAGES
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Every layer an evaluation may name: the conv blocks, then ``pool``."""
+        return (*self.conv_blocks(), POOLED)
