@@ -95,15 +95,23 @@ def _check_moco(spec: PretrainSpec, size: int, min_side: int) -> None:
 
 def _check_relative_position(spec: PretrainSpec, size: int, min_side: int) -> None:
     m = spec.method
-    patch = m.resolved_patch_size(size)
+    patch, gap, jitter = m.resolved_geometry(size)
+    m.patch_size, m.gap, m.jitter = patch, gap, jitter  # a stored spec says the geometry it ran with
+    if gap - 2 * jitter < 1:
+        # two neighbours can each move `jitter` px towards the other: only gap - 2*jitter px stay between them
+        raise ValueError(
+            f"method.gap: gap {gap} px with method.jitter {jitter} px lets neighbouring patches come "
+            f"{gap - 2 * jitter} px apart (touching or overlapping, the low-level shortcut the gap closes); "
+            f"use gap >= 2*jitter + 1 = {2 * jitter + 1} or a smaller jitter"
+        )
     if patch < min_side:
         raise ValueError(
             f"method.patch_size: {patch} px patches are too small for backbone {spec.backbone.name} "
             f"(min {min_side}); use larger images or a smaller gap/jitter"
         )
-    if 3 * patch + 2 * m.gap + 2 * m.jitter > size:
+    if 3 * patch + 2 * gap + 2 * jitter > size:
         raise ValueError(
-            f"method.patch_size: a 3x3 grid of {patch} px patches with gap {m.gap} and jitter {m.jitter} "
+            f"method.patch_size: a 3x3 grid of {patch} px patches with gap {gap} and jitter {jitter} "
             f"does not fit a {size} px image"
         )
 
