@@ -11,9 +11,10 @@ let the model "cheat". Under multi-process torch.distributed training (world siz
 the key batch is shuffled across processes (the official all-gather shuffle, dealt so that
 every key batch mixes the samples of all ranks: no key is normalised with its query's batch); a
 one-process group gives that shuffle nothing to mix with. On one device the official CIFAR demo's
-split-batch BN is used instead: every BN layer normalises ``bn_splits`` sub-batches
-separately, and the key batch is shuffled so that no key lands in the sub-batch its
-query had (a cyclic derangement of the sub-batches). State (queue, pointer, key
+split-batch BN emulates the devices: every BN layer normalises ``bn_splits`` sub-batches
+separately, and the key batch is dealt across the sub-batches with the same shuffle as across
+ranks, so every key sub-batch mixes all query sub-batches (moving whole sub-batches would
+leave every key with its own query's group, and protect nothing). State (queue, pointer, key
 encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
 
 The trainer (``ssl_core.train``) builds the method after ``init_process_group``, so a run on
@@ -91,11 +92,12 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(idx_shuffle, idx_unshuffle) for the key batch such that no key shares its query's BN sub-batch.
+    """(idx_shuffle, idx_unshuffle) for the key batch: Shuffling BN with the sub-batches as the devices.
 
-    Sample n = i*s + j sits in sub-batch j. It moves to row rho[i] of sub-batch d(j), where
-    rho is a random permutation of the rows and d a random cyclic derangement of the
-    sub-batches (d(j) != j for all j). shuffled = k[idx_shuffle]; k = shuffled[idx_unshuffle].
+    Sample n sits in BN sub-batch n % s. The sub-batches are dealt to each other exactly as ranks
+    are across processes (:func:`rank_mixing_shuffle`), so every key sub-batch mixes the samples
+    of all query sub-batches (at most ceil(rows / s) of any one): a key is never normalised with
+    the batch statistics of its own query's group. shuffled = k[idx_shuffle]; k = shuffled[idx_unshuffle].
     With a single sub-batch this is a plain random permutation.
     """
     s = effective_splits(batch, splits)
@@ -103,13 +105,13 @@ def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, de
         idx_shuffle = randperm(batch, device, generator)
         return idx_shuffle, torch.argsort(idx_shuffle)
     rows = batch // s
-    tau = randperm(s, device, generator)
-    derange = torch.empty_like(tau)
-    derange[tau] = tau.roll(-1)  # d(tau[a]) = tau[a + 1]: a single cycle, no fixed point
-    rho = randperm(rows, device, generator)
+    # rank_mixing_shuffle numbers the samples group by group (group j's t-th sample = j*rows + t);
+    # SplitBatchNorm interleaves them (n = t*s + j): translate into its order and back
+    grouped = rank_mixing_shuffle(s, rows, generator, device)
     n = torch.arange(batch, device=device)
-    dest = rho[n // s] * s + derange[n % s]  # where sample n goes
-    return torch.argsort(dest), dest
+    source = grouped[(n % s) * rows + n // s]  # key position n takes this sample, numbered by group
+    idx_shuffle = (source % rows) * s + source // rows
+    return idx_shuffle, torch.argsort(idx_shuffle)
 
 
 # ----------------------------------------------------------------------------- DDP shuffle
