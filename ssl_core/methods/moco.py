@@ -25,6 +25,7 @@ rank enqueues the keys of the global batch; one process takes the split-BN path.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 import torch.distributed as dist
@@ -32,10 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.augment.sampling import randperm
+from ssl_core.errors import SpecError
 from ssl_core.heads import MoCoProjectionHead
 from ssl_core.losses import info_nce
 from ssl_core.methods.base import SSLMethod
 from ssl_core.specs import PretrainSpec
+from ssl_core.specs.method import capped_queue_size, queue_refusal
+
+log = logging.getLogger("pretextlab.moco")
 
 
 # ----------------------------------------------------------------------------- split BN
@@ -193,6 +198,25 @@ class MoCo(SSLMethod):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(m.queue_size, m.projection_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def fit_to_data(self, samples: int) -> dict[str, float]:
+        """Refuse a queue longer than the samples of the other batches (stale keys of the batch's own
+        images), or with ``method.cap_queue`` shrink it to the largest multiple of the batch that fits.
+
+        The API refuses this at submission when the dataset's size is known statically; an image
+        folder is counted only here. Returns the queue size the run uses (metric method/queue_size)."""
+        batch, queue = self.spec.batch_size, self.queue.shape[0]
+        refusal = queue_refusal(queue, samples, batch)
+        if refusal is not None:
+            capped = capped_queue_size(samples, batch)
+            if not self.spec.method.cap_queue or capped == 0:
+                raise SpecError(refusal)
+            # the oldest entries of a fresh random queue: no RNG draw, the run stays reproducible
+            self.queue = self.queue[:capped].clone()
+            self.queue_ptr.zero_()
+            log.warning("method.queue_size: capped from %d to %d keys (%d training samples, batch %d; "
+                        "method.cap_queue)", queue, capped, samples, batch)
+        return {"method/queue_size": float(self.queue.shape[0])}
 
     def query_parameters(self) -> list[nn.Parameter]:
         return [*self.backbone.parameters(), *self.projection_head.parameters()]

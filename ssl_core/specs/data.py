@@ -81,6 +81,17 @@ DATASETS: dict[str, DatasetInfo] = {
 
 DatasetName = Literal["fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "image_folder", "synthetic"]
 
+# Images per split of the built-in sets (digits: the seeded 80/20 split of 1797; synthetic: generated).
+# The memory budget and the MoCo queue check read them before any file is opened.
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "fashion_mnist": {"train": 60_000, "test": 10_000},
+    "digits": {"train": 1438, "test": 359},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "stl10": {"unlabeled": 100_000, "train": 5000, "test": 8000, "train+unlabeled": 105_000},
+    "synthetic": {"train": 2000, "test": 500},
+}
+
 # Where each dataset's files live under the data root (the loaders read them there).
 DATASET_FOLDERS = {
     "fashion_mnist": "FashionMNIST/raw",
@@ -135,6 +146,16 @@ class DataSpec(Strict):
     @property
     def resolved_image_size(self) -> int:
         return int(self.image_size or self.info.image_size)  # validator guarantees one is set
+
+    @property
+    def known_size(self) -> int | None:
+        """Images in the resolved split after ``subset`` when known without reading any file (the
+        built-in sets); None for an image folder, whose files are counted by the loader."""
+        sizes = SPLIT_SIZES.get(self.dataset)
+        if sizes is None:
+            return None
+        n = sizes[self.resolved_split]
+        return n if self.subset is None else min(n, self.subset)
 
     @property
     def resolved_channels(self) -> int:

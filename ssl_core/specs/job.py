@@ -20,7 +20,7 @@ from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MA
                                  MAX_QUEUE_ELEMENTS, MAX_SEED, Bool, Int, Strict, climbs_or_has_nul)
 from ssl_core.specs.data import DataSpec
 from ssl_core.specs.evaluation import EvalDataSpec, KnnProtocol, PretrainEvalSpec, ProtocolSpec
-from ssl_core.specs.method import MethodSpec
+from ssl_core.specs.method import MethodSpec, queue_refusal
 from ssl_core.specs.model import BackboneSpec
 from ssl_core.specs.optim import OptimSpec
 from ssl_core.specs.recipes import default_augment, default_optim
@@ -89,6 +89,10 @@ def _check_moco(spec: PretrainSpec, size: int, min_side: int) -> None:
         )
     if m.queue_size % spec.batch_size:
         raise ValueError(f"method.queue_size: {m.queue_size} is not a multiple of batch_size {spec.batch_size}")
+    known = spec.data.known_size  # an image folder's size is checked by the engine (ssl_core.methods.moco)
+    refusal = None if known is None or m.cap_queue else queue_refusal(m.queue_size, known, spec.batch_size)
+    if refusal:
+        raise ValueError(refusal)
     if m.shuffle_bn == "split" and spec.batch_size % m.bn_splits:
         raise ValueError(f"method.bn_splits: batch_size {spec.batch_size} is not divisible by {m.bn_splits}")
 

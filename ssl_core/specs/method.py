@@ -120,7 +120,15 @@ class MoCoSpec(Strict):
 
     name: Literal["moco"] = "moco"
     version: Annotated[Literal[1, 2], IntChoice] = 2
-    queue_size: Int = Field(65536, ge=1, le=MAX_QUEUE_SIZE, description="K")
+    queue_size: Int = Field(
+        4096, ge=1, le=MAX_QUEUE_SIZE,
+        description="K (the official CIFAR-10 demo: 4096 of 50k images; the papers: 65536 of ImageNet's 1.28M); "
+        "at most the training samples minus one batch",
+    )
+    cap_queue: Bool = Field(
+        False, description="a queue larger than the training samples minus one batch: false = refuse the job, "
+        "true = shrink it to the largest multiple of batch_size that fits (logged, metric method/queue_size)",
+    )
     momentum: Real = Field(0.999, ge=0.0, le=1.0, description="m in theta_k <- m*theta_k + (1-m)*theta_q")
     temperature: Real | None = Field(None, gt=0.0, le=10.0, description="None = 0.07 (v1) / 0.2 (v2)")
     mlp_head: Bool | None = Field(None, description="None = linear for v1, 2-layer MLP for v2")
@@ -139,6 +147,27 @@ class MoCoSpec(Strict):
         if self.mlp_head is None:
             self.mlp_head = self.version == 2
         return self
+
+
+def capped_queue_size(samples: int, batch: int) -> int:
+    """The largest MoCo queue a training set allows that is a multiple of the batch (0: none)."""
+    return max(0, samples - batch) // batch * batch
+
+
+def queue_refusal(queue: int, samples: int, batch: int) -> str | None:
+    """Why a queue of ``queue`` keys is too large for ``samples`` training samples, or None.
+
+    Keys of earlier batches of the same images are stale positives posing as negatives; a queue
+    longer than the samples of the other batches is bound to hold them (and more than one key of
+    an image). Within this limit, a per-epoch reshuffle still lets about (K/N)^2/2 of the queries
+    meet an older key of their own image (docs/methods.md)."""
+    if queue <= samples - batch:
+        return None
+    fits = capped_queue_size(samples, batch)
+    advice = (f"lower it to at most {fits} (a multiple of batch_size) or set method.cap_queue: true"
+              if fits else "use more training images or a smaller batch_size")
+    return (f"method.queue_size: {queue} keys exceed the {samples} training samples minus one batch "
+            f"({batch}) = {samples - batch}; {advice}")
 
 
 MethodSpec = Annotated[
