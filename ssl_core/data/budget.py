@@ -6,7 +6,9 @@ after resizing). :func:`check_dataset_budget` refuses a request above
 DatasetError naming ``data.image_size`` / ``data.subset`` and the computed size, so one small
 spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes are
 known (:data:`ssl_core.specs.data.SPLIT_SIZES`), so the check runs before their files are read; an image folder's is
-the number of its files, counted before any is decoded.
+the number of its files, counted before any is decoded. An image folder kept for pretraining at
+``data.storage_size`` (8/7 of the training side by default for crop-based augmentation) is
+budgeted at that side: (8/7)^2 = 1.31x the bytes of the training size.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def check_dataset_budget(settings: DataSettings, name: str, split: str, n: int, 
         raise DatasetError(
             f"dataset {name} ({split}): {n} images of {channels} x {size} x {size} px need {_gib(need)} decoded, "
             f"more than this worker's budget PRETEXTLAB_MAX_DATASET_BYTES ({_gib(limit)}); lower data.image_size "
-            "or data.subset (or, for an evaluation, data.train_subset / data.test_subset / data.image_size)")
+            "or data.subset (an image folder's pretraining: data.storage_size; an evaluation: data.train_subset / "
+            "data.test_subset / data.image_size)")
     return need
 
 

@@ -117,6 +117,13 @@ class DataSpec(Strict):
         None, ge=4, le=MAX_IMAGE_SIZE, description="resize side in pixels; None = the dataset's native size"
     )
     subset: Int | None = Field(None, ge=1, le=MAX_SUBSET, description="use a seeded random subset of this many images")
+    storage_size: Int | None = Field(
+        None, ge=4, le=MAX_IMAGE_SIZE,
+        description="image_folder pretraining: the side at which each WHOLE image is kept (resized to a square, "
+        "aspect not kept) for the augmentation to crop from; None = 8/7 of image_size (256 for 224) when the "
+        "augmentation starts with random_resized_crop, else images are kept at image_size, shorter side resized "
+        "and centre-cropped (as evaluation reads them)",
+    )
     channels: Annotated[Literal[1, 3], IntChoice] | None = Field(None, description="None = the dataset's own; 3 on a grayscale set repeats it")
 
     @model_validator(mode="after")
@@ -131,6 +138,12 @@ class DataSpec(Strict):
                 raise ValueError("data.image_size: image_folder needs an image size to resize to")
         elif self.path is not None:
             raise ValueError(f"data.path: only image_folder takes a path, not {self.dataset}")
+        if self.storage_size is not None:
+            if self.dataset != "image_folder":
+                raise ValueError(f"data.storage_size: only image_folder is resized on loading, not {self.dataset}")
+            if self.image_size is not None and self.storage_size < self.image_size:
+                raise ValueError(f"data.storage_size: {self.storage_size} px is below data.image_size "
+                                 f"{self.image_size} px (the crops would be upsampled)")
         if self.path is not None and climbs_or_has_nul(self.path):
             raise ValueError("data.path: '..' and NUL are not allowed in a dataset path")
         return self
@@ -146,6 +159,13 @@ class DataSpec(Strict):
     @property
     def resolved_image_size(self) -> int:
         return int(self.image_size or self.info.image_size)  # validator guarantees one is set
+
+    def default_storage_size(self, crops: bool) -> int | None:
+        """The storage side a folder gets when none is given: 8/7 of the training side (ImageNet's
+        256 for 224) when the augmentation resamples crops (``crops``), else None (kept at image_size)."""
+        if self.dataset != "image_folder" or not crops:
+            return None
+        return round(self.resolved_image_size * 8 / 7)
 
     @property
     def known_size(self) -> int | None:

@@ -68,6 +68,9 @@ class PretrainSpec(Strict):
             self.augment = default_augment(m, size)
         if self.optim is None:
             self.optim = default_optim(m, self.batch_size, self.epochs)
+        if self.data.storage_size is None:  # stored explicitly: the run says what it cropped from
+            self.data.storage_size = self.data.default_storage_size(
+                any(op.op == "random_resized_crop" for op in self.augment))
         min_side = self.backbone.min_input_size()
         if m.name in ("rotation", "exemplar", "simclr", "moco") and size < min_side:
             raise ValueError(f"data.image_size: {size} px is too small for backbone {self.backbone.name} (min {min_side})")
