@@ -17,6 +17,11 @@ ranks, so every key sub-batch mixes all query sub-batches (moving whole sub-batc
 leave every key with its own query's group, and protect nothing). State (queue, pointer, key
 encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
 
+The queue may hold at most the training samples minus one global batch (older keys of the
+batch's own images would otherwise pose as negatives): :meth:`MoCo.fit_to_data` refuses a longer
+one, or shrinks it with ``method.cap_queue``. The default K is the CIFAR demo's 4096, not the
+papers' 65536 (ImageNet-sized); docs/methods.md lists the remaining deviations.
+
 The trainer (``ssl_core.train``) builds the method after ``init_process_group``, so a run on
 several ranks (torchrun, ``pretextlab train --nproc``) takes the cross-process path and every
 rank enqueues the keys of the global batch; one process takes the split-BN path.
