@@ -4,11 +4,11 @@ A decoded set is ``N x C x S x S`` uint8 bytes (N images after ``subset``, C cha
 after resizing). :func:`check_dataset_budget` refuses a request above
 ``PRETEXTLAB_MAX_DATASET_BYTES`` (:class:`~ssl_core.data.settings.DataSettings`) with a
 DatasetError naming ``data.image_size`` / ``data.subset`` and the computed size, so one small
-spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes are
-known (:data:`ssl_core.specs.data.SPLIT_SIZES`), so the check runs before their files are read; an image folder's is
-the number of its files, counted before any is decoded. An image folder kept for pretraining at
-``data.storage_size`` (8/7 of the training side by default for crop-based augmentation) is
-budgeted at that side: (8/7)^2 = 1.31x the bytes of the training size.
+spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes
+are known (:data:`ssl_core.specs.data.SPLIT_SIZES`), so the check runs before their files are
+read; an image folder's is the number of its files, counted before any is decoded. An image
+folder kept for pretraining at ``data.storage_size`` (8/7 of the training side by default for
+crop-based augmentation) is budgeted at that side: (8/7)^2 = 1.31x the bytes of the training size.
 """
 
 from __future__ import annotations

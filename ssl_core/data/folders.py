@@ -1,12 +1,13 @@
 """Image folders: class sub-folders (or a flat folder, unlabeled), decoded once or streamed.
 
 Layouts: ``root/<class>/*`` or ``root/{train,test}/<class>/*``; torchvision's ``ImageFolder``
-finds the classes. Images are decoded in DataLoader workers and either resized (shorter side) and
-centre-cropped, as evaluation reads them, or (``full_image``, pretraining with a storage size)
-resized whole to a square, so the augmentation's crops can reach every part of the image as
-torchvision's RandomResizedCrop on the full image does; only the aspect ratio is not kept. A folder whose decoded tensor would exceed PRETEXTLAB_MAX_IN_MEMORY_BYTES is
-streamed instead: :func:`streaming_samples` tells the trainer which files,
-:func:`stream_image_folder` is a ready-made DataLoader.
+finds the classes. Images are decoded in DataLoader workers and either resized (shorter side)
+and centre-cropped, as evaluation reads them, or (``full_image``, pretraining with a storage
+size) resized whole to a square, so the augmentation's crops can reach every part of the image
+as torchvision's RandomResizedCrop on the full image does; only the aspect ratio is not kept.
+A folder whose decoded tensor would exceed PRETEXTLAB_MAX_IN_MEMORY_BYTES is streamed instead:
+:func:`streaming_samples` tells the trainer which files, :func:`stream_image_folder` is a
+ready-made DataLoader.
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def load_dataset(
     seeded random subset of that many images (in their original order), taken before resizing;
     settings: default read from the environment, once, here; full_image: an image folder's whole
     images resized to image_size x image_size instead of a centre crop (pretraining with
-    ``data.storage_size``, :class:`~ssl_core.data.folders.DecodedImages`). DatasetError when the decoded set
-    would exceed PRETEXTLAB_MAX_DATASET_BYTES (checked before anything is decoded).
+    ``data.storage_size``, :class:`~ssl_core.data.folders.DecodedImages`). DatasetError when the
+    decoded set would exceed PRETEXTLAB_MAX_DATASET_BYTES (checked before anything is decoded).
     """
     if name not in DATASET_LOADERS:
         raise DatasetError(f"unknown dataset {name!r} (one of {sorted(DATASET_LOADERS)})")

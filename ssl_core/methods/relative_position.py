@@ -119,7 +119,8 @@ class RelativePosition(SSLMethod):
     def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.augment(images, generator)  # spec.augment is empty by default
         if x.shape[1] == 3 and self.spec.method.chromatic == "project":
-            x = project_out_green_magenta(x, self.colour_projection)  # on colours in [0, 1], as the paper does on pixel values
+            # on colours in [0, 1], before normalisation: the paper projects pixel values
+            x = project_out_green_magenta(x, self.colour_projection)
         x = self.normalize(x)
         pairs, labels = self.make_pairs(x, generator)
         pairs = self.guard(pairs, generator)
