@@ -90,11 +90,11 @@ class StreamingBatches:
     (``non_blocking``: the copy overlaps the previous step). Same epoch order as TensorBatches."""
 
     def __init__(self, samples: list[tuple[str, int]], size: int, channels: int, batch: int, seed: int,
-                 device: torch.device, workers: int, rank: int = 0, world: int = 1):
+                 device: torch.device, workers: int, rank: int = 0, world: int = 1, full_image: bool = False):
         self.n, self.batch, self.device = len(samples), batch, device
         self.sampler = EpochBatchSampler(seed, self.n, batch, rank, world)
         self.loader = torch.utils.data.DataLoader(
-            DecodedImages(samples, size, channels), batch_sampler=self.sampler, num_workers=workers,
+            DecodedImages(samples, size, channels, full_image), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             # the loader's base seed is drawn from this generator, not the global RNG (saved in checkpoints)
@@ -120,12 +120,13 @@ def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.devic
     """In memory when the split fits (after the method's prepare_data), else streamed from disk; this
     rank's share of every global batch."""
     d = spec.data
-    size, channels = d.resolved_image_size, d.resolved_channels
+    # an image folder with a storage size is kept whole and larger, for the augmentation to crop from
+    size, channels, full = d.storage_size or d.resolved_image_size, d.resolved_channels, d.storage_size is not None
     samples = streaming_samples(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
                                 subset=d.subset, seed=spec.seed)
     if samples is None:
         ds = load_dataset(d.dataset, d.resolved_split, path=d.path, image_size=size, channels=channels,
-                          subset=d.subset, seed=spec.seed)
+                          subset=d.subset, seed=spec.seed, full_image=full)
         prep_gen = torch.Generator(device=device).manual_seed(spec.seed)  # fresh on resume: same result
         images, targets = method.prepare_data(ds.images.to(device), prep_gen)
         return TensorBatches(images, targets, int(getattr(method, "epoch_repeats", 1)), spec.batch_size, spec.seed,
@@ -135,4 +136,5 @@ def data_source(spec: PretrainSpec, method: torch.nn.Module, device: torch.devic
             f"data: {d.path} is too big to hold in memory at {size} px (PRETEXTLAB_MAX_IN_MEMORY_BYTES), and "
             f"method {spec.method.name} builds its training set from the whole split in memory (prepare_data), "
             "so it cannot stream it; lower data.image_size or raise PRETEXTLAB_MAX_IN_MEMORY_BYTES")
-    return StreamingBatches(samples, size, channels, spec.batch_size, spec.seed, device, loader_workers(), rank, world)
+    return StreamingBatches(samples, size, channels, spec.batch_size, spec.seed, device, loader_workers(), rank, world,
+                            full)

@@ -200,12 +200,6 @@ class Trainer:
         # model and data: uint8 batches on the device, from memory or streamed from disk
         self.mean, self.std = dataset_stats(spec.data.dataset, spec.data.resolved_channels)
         self.method = registry.build_method(spec).to(self.device).to(memory_format=memory_format)
-        sync_bn = getattr(spec.method, "sync_bn", None)
-        self.model = self.dist.wrap(self.method, self.device, self.device.type == "cuda" if sync_bn is None else sync_bn)
-        # one step: the method itself at world size 1; through DDP (averaged gradients) on several ranks
-        self.step_fn = self.method.training_step if self.model is self.method else self.model
-        if self.dist.rank:  # the same initial weights everywhere, then rank-own random streams (dropout)
-            torch.manual_seed(self.rank_seed(0))
         self.source = data_source(spec, self.method, self.device, self.dist.rank, self.dist.world)
         if self.source.n < spec.batch_size:
             raise SpecError(
@@ -213,6 +207,17 @@ class Trainer:
                 f"{spec.batch_size}); raise data.subset or lower batch_size"
                 + (" (Exemplar-CNN: method.num_classes seeds x method.samples_per_class)"
                    if spec.method.name == "exemplar" else ""))
+        # settings the method fits to the data (MoCo's queue), before DDP records the module's buffers;
+        # recorded with every metrics read
+        self.fitted = self.method.fit_to_data(self.source.n)
+        if self.fitted:
+            self.sink.metrics(0, self.fitted, epoch=0)
+        sync_bn = getattr(spec.method, "sync_bn", None)
+        self.model = self.dist.wrap(self.method, self.device, self.device.type == "cuda" if sync_bn is None else sync_bn)
+        # one step: the method itself at world size 1; through DDP (averaged gradients) on several ranks
+        self.step_fn = self.method.training_step if self.model is self.method else self.model
+        if self.dist.rank:  # the same initial weights everywhere, then rank-own random streams (dropout)
+            torch.manual_seed(self.rank_seed(0))
         self.steps_per_epoch = len(self.source)
         self.total_steps = self.steps_per_epoch * spec.epochs
 
@@ -230,7 +235,7 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.step = 0
         self.lr = self.schedule.lr(0)
         self.totals = RunningTotals(self.device, ctx=self.dist)
-        self.last_values: dict[str, float] = {}  # the latest metrics read, then the epoch's merged in
+        self.last_values: dict[str, float] = dict(self.fitted)  # the latest metrics read, the epoch's merged in
         self.last_loss: float | None = None
 
     def restore(self, ck: dict[str, Any]) -> None:
@@ -294,7 +299,7 @@ class Trainer:
         self.sink.progress(epoch=self.epoch, step=self.step, total_steps=self.total_steps,
                            images_per_sec=images_per_sec, eta_s=eta)
         self.last_loss = values["train/loss"]
-        self.last_values = values
+        self.last_values = {**self.fitted, **values}
 
     def end_epoch(self) -> None:
         """Epoch metrics (loss, the kNN monitor when due), a checkpoint when due."""

@@ -4,26 +4,20 @@ A decoded set is ``N x C x S x S`` uint8 bytes (N images after ``subset``, C cha
 after resizing). :func:`check_dataset_budget` refuses a request above
 ``PRETEXTLAB_MAX_DATASET_BYTES`` (:class:`~ssl_core.data.settings.DataSettings`) with a
 DatasetError naming ``data.image_size`` / ``data.subset`` and the computed size, so one small
-spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes are
-known (:data:`SPLIT_SIZES`), so the check runs before their files are read; an image folder's is
-the number of its files, counted before any is decoded.
+spec (``stl10`` at 512 px: 79 GB) cannot exhaust a worker's memory. The built-in sets' sizes
+are known (:data:`ssl_core.specs.data.SPLIT_SIZES`), so the check runs before their files are
+read; an image folder's is the number of its files, counted before any is decoded. An image
+folder kept for pretraining at ``data.storage_size`` (8/7 of the training side by default for
+crop-based augmentation) is budgeted at that side: (8/7)^2 = 1.31x the bytes of the training size.
 """
 
 from __future__ import annotations
 
-from ssl_core.data.bundled import SYNTHETIC_SIZES
 from ssl_core.data.settings import DataSettings
 from ssl_core.errors import DatasetError
+from ssl_core.specs.data import SPLIT_SIZES
 
-# images per split of the built-in sets (digits: the seeded 80/20 split of 1797)
-SPLIT_SIZES: dict[str, dict[str, int]] = {
-    "fashion_mnist": {"train": 60_000, "test": 10_000},
-    "digits": {"train": 1438, "test": 359},
-    "cifar10": {"train": 50_000, "test": 10_000},
-    "cifar100": {"train": 50_000, "test": 10_000},
-    "stl10": {"unlabeled": 100_000, "train": 5000, "test": 8000, "train+unlabeled": 105_000},
-    "synthetic": SYNTHETIC_SIZES,  # the same dict: a benchmark that resizes the set is budgeted right
-}
+__all__ = ["SPLIT_SIZES", "check_dataset_budget", "decoded_bytes", "kept"]
 
 
 def kept(n: int, subset: int | None) -> int:
@@ -43,7 +37,8 @@ def check_dataset_budget(settings: DataSettings, name: str, split: str, n: int, 
         raise DatasetError(
             f"dataset {name} ({split}): {n} images of {channels} x {size} x {size} px need {_gib(need)} decoded, "
             f"more than this worker's budget PRETEXTLAB_MAX_DATASET_BYTES ({_gib(limit)}); lower data.image_size "
-            "or data.subset (or, for an evaluation, data.train_subset / data.test_subset / data.image_size)")
+            "or data.subset (an image folder's pretraining: data.storage_size; an evaluation: data.train_subset / "
+            "data.test_subset / data.image_size)")
     return need
 
 

@@ -1,10 +1,13 @@
 """Image folders: class sub-folders (or a flat folder, unlabeled), decoded once or streamed.
 
 Layouts: ``root/<class>/*`` or ``root/{train,test}/<class>/*``; torchvision's ``ImageFolder``
-finds the classes. Images are decoded in DataLoader workers, resized (shorter side) and
-centre-cropped. A folder whose decoded tensor would exceed PRETEXTLAB_MAX_IN_MEMORY_BYTES is
-streamed instead: :func:`streaming_samples` tells the trainer which files,
-:func:`stream_image_folder` is a ready-made DataLoader.
+finds the classes. Images are decoded in DataLoader workers and either resized (shorter side)
+and centre-cropped, as evaluation reads them, or (``full_image``, pretraining with a storage
+size) resized whole to a square, so the augmentation's crops can reach every part of the image
+as torchvision's RandomResizedCrop on the full image does; only the aspect ratio is not kept.
+A folder whose decoded tensor would exceed PRETEXTLAB_MAX_IN_MEMORY_BYTES is streamed instead:
+:func:`streaming_samples` tells the trainer which files, :func:`stream_image_folder` is a
+ready-made DataLoader.
 """
 
 from __future__ import annotations
@@ -89,12 +92,14 @@ def folder_help(root: Path, what: str) -> str:
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Decodes files to uint8 (C, size, size): shorter side resized to `size` (anti-aliased),
-    centre-cropped. Runs in DataLoader workers, once per image (load_dataset) or per epoch
-    (stream_image_folder); PIL decodes (JPEG draft mode shrinks large photos while decoding)."""
+    """Decodes files to uint8 (C, size, size): shorter side resized to `size` (anti-aliased) and
+    centre-cropped, or with ``full_image`` the whole image resized to size x size (a non-square
+    image is squeezed: a uint8 batch holds one shape, and no part of the image is cut away). Runs in
+    DataLoader workers, once per image (load_dataset) or per epoch (stream_image_folder); PIL decodes
+    (JPEG draft mode shrinks large photos while decoding)."""
 
-    def __init__(self, samples: list[tuple[str, int]], size: int, channels: int):
-        self.samples, self.size, self.channels = samples, size, channels
+    def __init__(self, samples: list[tuple[str, int]], size: int, channels: int, full_image: bool = False):
+        self.samples, self.size, self.channels, self.full_image = samples, size, channels, full_image
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,8 +117,11 @@ class DecodedImages(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001 - any decoder failure names the file
             raise DatasetError(f"dataset image_folder: cannot decode {path}: {e}") from None
         img = torch.from_numpy(arr.copy()).view(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1)
-        img = TF.resize(img, [self.size], antialias=True)
-        img = TF.center_crop(img, [self.size, self.size])
+        if self.full_image:
+            img = TF.resize(img, [self.size, self.size], antialias=True)
+        else:
+            img = TF.resize(img, [self.size], antialias=True)
+            img = TF.center_crop(img, [self.size, self.size])
         return img.contiguous(), label
 
 
@@ -147,9 +155,10 @@ def streaming_samples(
 
 
 def load_image_folder(settings: DataSettings, split: str, path: Path | None, size: int | None,
-                      channels: int | None, subset: int | None = None, seed: int = 0) -> Raw:
+                      channels: int | None, subset: int | None = None, seed: int = 0, full_image: bool = False) -> Raw:
     """The folder's images decoded to (N, C, size, size): only the ``subset`` kept (the files are
-    listed, the subset drawn, the budget checked, then those files decoded)."""
+    listed, the subset drawn, the budget checked at ``size``, then those files decoded); ``full_image``:
+    see :class:`DecodedImages`."""
     if path is None or size is None:
         raise DatasetError("dataset image_folder: needs data.path and data.image_size")
     channels = channels or DATASETS["image_folder"].channels
@@ -170,7 +179,7 @@ def load_image_folder(settings: DataSettings, split: str, path: Path | None, siz
     images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.long)
     loader = torch.utils.data.DataLoader(
-        DecodedImages(samples, size, channels), batch_size=256, num_workers=_decode_workers(len(samples)),
+        DecodedImages(samples, size, channels, full_image), batch_size=256, num_workers=_decode_workers(len(samples)),
     )
     at = 0
     for x, y in loader:

@@ -44,12 +44,12 @@ _cache_lock = threading.Lock()  # local workers may load from several threads
 
 
 def _decode(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
-            channels: int | None, subset: int | None, seed: int) -> Raw:
+            channels: int | None, subset: int | None, seed: int, full_image: bool = False) -> Raw:
     """The loader's tensors: budget checked, subset taken, then converted to ``channels`` and resized
     to ``size`` (None = native)."""
     if name == "image_folder":  # lists its files, checks the budget and decodes only the kept ones
         return load_image_folder(settings, split, Path(path) if path else None, size, channels,
-                                 subset=subset, seed=seed)
+                                 subset=subset, seed=seed, full_image=full_image)
     info = DATASETS[name]
     out_channels, out_size = channels or info.channels, size or int(info.image_size or 0)
     check_dataset_budget(settings, name, split, kept(SPLIT_SIZES[name][split], subset), out_channels, out_size)
@@ -72,14 +72,15 @@ def _nbytes(value: Raw) -> int:
 
 
 def _cached(settings: DataSettings, name: str, split: str, path: str | None, size: int | None,
-            channels: int | None, subset: int | None, seed: int) -> Raw:
+            channels: int | None, subset: int | None, seed: int, full_image: bool = False) -> Raw:
     """:func:`_decode`, memoised (see the module docstring for the cache's bounds)."""
-    key = (str(settings.data_root), name, split, path, size, channels, subset, seed if subset is not None else None)
+    key = (str(settings.data_root), name, split, path, size, channels, subset, seed if subset is not None else None,
+           full_image)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    value = _decode(settings, name, split, path, size, channels, subset, seed)
+    value = _decode(settings, name, split, path, size, channels, subset, seed, full_image)
     if _nbytes(value) > settings.max_cache_bytes:
         return value  # larger than the whole cache: used once, not kept
     with _cache_lock:
@@ -93,22 +94,25 @@ def _cached(settings: DataSettings, name: str, split: str, path: str | None, siz
 def load_dataset(
     name: str, split: str, *, path: str | None = None, image_size: int | None = None,
     channels: int | None = None, subset: int | None = None, seed: int = 0, settings: DataSettings | None = None,
+    full_image: bool = False,
 ) -> ImageTensorDataset:
     """Load a dataset split as uint8 tensors (cached in-process).
 
     path: image_folder only (see :func:`~ssl_core.data.settings.resolve_path`); image_size: resize
     side (None = native); channels: 1 or 3 (None = native; 3 on a gray set repeats it); subset: a
     seeded random subset of that many images (in their original order), taken before resizing;
-    settings: default read from the environment, once, here. DatasetError when the decoded set
-    would exceed PRETEXTLAB_MAX_DATASET_BYTES (checked before anything is decoded).
+    settings: default read from the environment, once, here; full_image: an image folder's whole
+    images resized to image_size x image_size instead of a centre crop (pretraining with
+    ``data.storage_size``, :class:`~ssl_core.data.folders.DecodedImages`). DatasetError when the
+    decoded set would exceed PRETEXTLAB_MAX_DATASET_BYTES (checked before anything is decoded).
     """
     if name not in DATASET_LOADERS:
         raise DatasetError(f"unknown dataset {name!r} (one of {sorted(DATASET_LOADERS)})")
     info = DATASETS[name]
     if split not in info.splits:
         raise DatasetError(f"dataset {name}: no split {split!r} (one of {list(info.splits)})")
-    if path is not None and name != "image_folder":
-        raise DatasetError(f"dataset {name}: only image_folder takes a path")
+    if (path is not None or full_image) and name != "image_folder":
+        raise DatasetError(f"dataset {name}: only image_folder takes a path or a storage size")
     settings = settings or DataSettings.from_env()
     resolved = str(resolve_path(path, settings)) if path is not None else None
     if name == "image_folder" and resolved is None:
@@ -117,7 +121,7 @@ def load_dataset(
     size = image_size if (image_size != info.image_size or name == "image_folder") else None
     if channels == info.channels:
         channels = None
-    x, y, k = _cached(settings, name, split, resolved, size, channels, subset, seed)
+    x, y, k = _cached(settings, name, split, resolved, size, channels, subset, seed, full_image)
     return ImageTensorDataset(images=x, labels=y, num_classes=k, name=name, split=split)
 
 

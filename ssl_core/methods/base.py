@@ -39,6 +39,11 @@ class SSLMethod(nn.Module):
         """The training set the loop iterates over: by default the images, without targets."""
         return images, None
 
+    def fit_to_data(self, samples: int) -> dict[str, float]:
+        """Adapt to the number of training samples per epoch before the first step (the trainer
+        calls it once the data is known); returns values to record with the run's metrics."""
+        return {}
+
     def augment(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 (B, C, H, W) -> float (B, C, S, S) in [0, 1]: the spec's pipeline, on the batch's device."""
         return self.pipeline(images, generator=generator)

@@ -11,10 +11,16 @@ let the model "cheat". Under multi-process torch.distributed training (world siz
 the key batch is shuffled across processes (the official all-gather shuffle, dealt so that
 every key batch mixes the samples of all ranks: no key is normalised with its query's batch); a
 one-process group gives that shuffle nothing to mix with. On one device the official CIFAR demo's
-split-batch BN is used instead: every BN layer normalises ``bn_splits`` sub-batches
-separately, and the key batch is shuffled so that no key lands in the sub-batch its
-query had (a cyclic derangement of the sub-batches). State (queue, pointer, key
+split-batch BN emulates the devices: every BN layer normalises ``bn_splits`` sub-batches
+separately, and the key batch is dealt across the sub-batches with the same shuffle as across
+ranks, so every key sub-batch mixes all query sub-batches (moving whole sub-batches would
+leave every key with its own query's group, and protect nothing). State (queue, pointer, key
 encoder) are buffers/modules, so ``state_dict()`` checkpoints them.
+
+The queue may hold at most the training samples minus one global batch (older keys of the
+batch's own images would otherwise pose as negatives): :meth:`MoCo.fit_to_data` refuses a longer
+one, or shrinks it with ``method.cap_queue``. The default K is the CIFAR demo's 4096, not the
+papers' 65536 (ImageNet-sized); docs/methods.md lists the remaining deviations.
 
 The trainer (``ssl_core.train``) builds the method after ``init_process_group``, so a run on
 several ranks (torchrun, ``pretextlab train --nproc``) takes the cross-process path and every
@@ -24,6 +30,7 @@ rank enqueues the keys of the global batch; one process takes the split-BN path.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 import torch.distributed as dist
@@ -31,10 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.augment.sampling import randperm
+from ssl_core.errors import SpecError
 from ssl_core.heads import MoCoProjectionHead
 from ssl_core.losses import info_nce
 from ssl_core.methods.base import SSLMethod
 from ssl_core.specs import PretrainSpec
+from ssl_core.specs.method import capped_queue_size, queue_refusal
+
+log = logging.getLogger("pretextlab.moco")
 
 
 # ----------------------------------------------------------------------------- split BN
@@ -91,11 +102,12 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(idx_shuffle, idx_unshuffle) for the key batch such that no key shares its query's BN sub-batch.
+    """(idx_shuffle, idx_unshuffle) for the key batch: Shuffling BN with the sub-batches as the devices.
 
-    Sample n = i*s + j sits in sub-batch j. It moves to row rho[i] of sub-batch d(j), where
-    rho is a random permutation of the rows and d a random cyclic derangement of the
-    sub-batches (d(j) != j for all j). shuffled = k[idx_shuffle]; k = shuffled[idx_unshuffle].
+    Sample n sits in BN sub-batch n % s. The sub-batches are dealt to each other exactly as ranks
+    are across processes (:func:`rank_mixing_shuffle`), so every key sub-batch mixes the samples
+    of all query sub-batches (at most ceil(rows / s) of any one): a key is never normalised with
+    the batch statistics of its own query's group. shuffled = k[idx_shuffle]; k = shuffled[idx_unshuffle].
     With a single sub-batch this is a plain random permutation.
     """
     s = effective_splits(batch, splits)
@@ -103,13 +115,13 @@ def split_shuffle(batch: int, splits: int, generator: torch.Generator | None, de
         idx_shuffle = randperm(batch, device, generator)
         return idx_shuffle, torch.argsort(idx_shuffle)
     rows = batch // s
-    tau = randperm(s, device, generator)
-    derange = torch.empty_like(tau)
-    derange[tau] = tau.roll(-1)  # d(tau[a]) = tau[a + 1]: a single cycle, no fixed point
-    rho = randperm(rows, device, generator)
+    # rank_mixing_shuffle numbers the samples group by group (group j's t-th sample = j*rows + t);
+    # SplitBatchNorm interleaves them (n = t*s + j): translate into its order and back
+    grouped = rank_mixing_shuffle(s, rows, generator, device)
     n = torch.arange(batch, device=device)
-    dest = rho[n // s] * s + derange[n % s]  # where sample n goes
-    return torch.argsort(dest), dest
+    source = grouped[(n % s) * rows + n // s]  # key position n takes this sample, numbered by group
+    idx_shuffle = (source % rows) * s + source // rows
+    return idx_shuffle, torch.argsort(idx_shuffle)
 
 
 # ----------------------------------------------------------------------------- DDP shuffle
@@ -191,6 +203,25 @@ class MoCo(SSLMethod):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(m.queue_size, m.projection_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def fit_to_data(self, samples: int) -> dict[str, float]:
+        """Refuse a queue longer than the samples of the other batches (stale keys of the batch's own
+        images), or with ``method.cap_queue`` shrink it to the largest multiple of the batch that fits.
+
+        The API refuses this at submission when the dataset's size is known statically; an image
+        folder is counted only here. Returns the queue size the run uses (metric method/queue_size)."""
+        batch, queue = self.spec.batch_size, self.queue.shape[0]
+        refusal = queue_refusal(queue, samples, batch)
+        if refusal is not None:
+            capped = capped_queue_size(samples, batch)
+            if not self.spec.method.cap_queue or capped == 0:
+                raise SpecError(refusal)
+            # the oldest entries of a fresh random queue: no RNG draw, the run stays reproducible
+            self.queue = self.queue[:capped].clone()
+            self.queue_ptr.zero_()
+            log.warning("method.queue_size: capped from %d to %d keys (%d training samples, batch %d; "
+                        "method.cap_queue)", queue, capped, samples, batch)
+        return {"method/queue_size": float(self.queue.shape[0])}
 
     def query_parameters(self) -> list[nn.Parameter]:
         return [*self.backbone.parameters(), *self.projection_head.parameters()]

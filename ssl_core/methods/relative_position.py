@@ -12,11 +12,15 @@ labels 0-7 in raster order::
 Both patches go through one shared backbone (tied towers), the two feature vectors are
 concatenated (late fusion) and an MLP (fc7, ``hidden_dim``) -> fc8 predicts the 8-way
 label. The paper's guards against trivial shortcuts, per patch: the gap and jitter
-(no continuing edges or textures), chromatic-aberration guards ('drop': keep one random
-colour channel and replace the other two by Gaussian noise with 1/100 of its standard
-deviation; 'gray'), random downsampling and upsampling of some patches (``downsample_p``),
-and mean subtraction. On 1-channel data the chromatic guard is a no-op: there is no
-colour to leak.
+(no continuing edges or textures; the spec refuses a gap that jitter could close, so
+neighbours always keep at least 1 px between them), chromatic-aberration guards
+('project', the default: every pixel's colour loses its component along the green-magenta
+axis a = (-1, 2, -1), x <- (I - a a^T / a^T a) x, as in the paper and its reference code,
+applied to the image in [0, 1] before normalisation; 'drop': keep one random colour channel
+and replace the other two by Gaussian noise with 1/100 of its standard deviation; 'gray'),
+random downsampling and upsampling of a share ``downsample_p`` of the patches (the
+reference code's 0.33), and mean subtraction. On 1-channel data the chromatic guard is a
+no-op: there is no colour to leak.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ from ssl_core.specs import PretrainSpec
 NUM_POSITIONS = 8
 # label -> (row, col) of the neighbour in the 3x3 grid, raster order skipping the centre
 NEIGHBOURS = torch.tensor([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)])
+GREEN_MAGENTA = (-1.0, 2.0, -1.0)  # the paper's colour axis along which chromatic aberration shows
+
+
+def green_magenta_projection() -> Tensor:
+    """The paper's B = I - a a^T / (a^T a): subtracts a colour's projection onto the green-magenta axis."""
+    a = torch.tensor(GREEN_MAGENTA)
+    return torch.eye(3) - torch.outer(a, a) / a.dot(a)
+
+
+def project_out_green_magenta(x: Tensor, proj: Tensor | None = None) -> Tensor:
+    """(B, 3, H, W) RGB -> the same with every pixel's green-magenta component removed.
+
+    ``proj``: :func:`green_magenta_projection` already on the device (a module buffer: no copy per step)."""
+    proj = proj if proj is not None else green_magenta_projection().to(x.device)
+    return torch.einsum("ij,bjhw->bihw", proj.to(x.dtype), x)
 
 
 def sample_pairs(
@@ -60,15 +79,16 @@ def sample_pairs(
 class RelativePosition(SSLMethod):
     def __init__(self, spec: PretrainSpec) -> None:
         m = spec.method
-        self.patch_size = m.resolved_patch_size(spec.data.resolved_image_size)
+        self.patch_size, self.gap, self.jitter = m.resolved_geometry(spec.data.resolved_image_size)
         super().__init__(spec)
         self.head = ClassifierHead(2 * self.backbone.feature_dim, NUM_POSITIONS, hidden_dim=m.hidden_dim)
         self.register_buffer("neighbours", NEIGHBOURS.clone(), persistent=False)
+        self.register_buffer("colour_projection", green_magenta_projection(), persistent=False)
 
     def make_pairs(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(B, C, S, S) float -> patch pairs (B, 2, C, P, P) (centre first) and labels (B,)."""
-        m = self.spec.method
-        tops, lefts, labels = sample_pairs(x.shape[0], x.shape[-1], self.patch_size, m.gap, m.jitter, generator, x.device, self.neighbours)
+        tops, lefts, labels = sample_pairs(x.shape[0], x.shape[-1], self.patch_size, self.gap, self.jitter, generator,
+                                           x.device, self.neighbours)
         return extract_patches(x, tops, lefts, self.patch_size), labels
 
     def guard(self, patches: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -97,7 +117,11 @@ class RelativePosition(SSLMethod):
         return flat.reshape(b, k, c, p, p)
 
     def training_step(self, images, targets, generator=None) -> tuple[Tensor, dict[str, Tensor]]:
-        x = self.normalize(self.augment(images, generator))  # spec.augment is empty by default
+        x = self.augment(images, generator)  # spec.augment is empty by default
+        if x.shape[1] == 3 and self.spec.method.chromatic == "project":
+            # on colours in [0, 1], before normalisation: the paper projects pixel values
+            x = project_out_green_magenta(x, self.colour_projection)
+        x = self.normalize(x)
         pairs, labels = self.make_pairs(x, generator)
         pairs = self.guard(pairs, generator)
         b = pairs.shape[0]

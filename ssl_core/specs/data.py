@@ -81,6 +81,17 @@ DATASETS: dict[str, DatasetInfo] = {
 
 DatasetName = Literal["fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "image_folder", "synthetic"]
 
+# Images per split of the built-in sets (digits: the seeded 80/20 split of 1797; synthetic: generated).
+# The memory budget and the MoCo queue check read them before any file is opened.
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "fashion_mnist": {"train": 60_000, "test": 10_000},
+    "digits": {"train": 1438, "test": 359},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "stl10": {"unlabeled": 100_000, "train": 5000, "test": 8000, "train+unlabeled": 105_000},
+    "synthetic": {"train": 2000, "test": 500},
+}
+
 # Where each dataset's files live under the data root (the loaders read them there).
 DATASET_FOLDERS = {
     "fashion_mnist": "FashionMNIST/raw",
@@ -106,6 +117,13 @@ class DataSpec(Strict):
         None, ge=4, le=MAX_IMAGE_SIZE, description="resize side in pixels; None = the dataset's native size"
     )
     subset: Int | None = Field(None, ge=1, le=MAX_SUBSET, description="use a seeded random subset of this many images")
+    storage_size: Int | None = Field(
+        None, ge=4, le=MAX_IMAGE_SIZE,
+        description="image_folder pretraining: the side at which each WHOLE image is kept (resized to a square, "
+        "aspect not kept) for the augmentation to crop from; None = 8/7 of image_size (256 for 224) when the "
+        "augmentation starts with random_resized_crop, else images are kept at image_size, shorter side resized "
+        "and centre-cropped (as evaluation reads them)",
+    )
     channels: Annotated[Literal[1, 3], IntChoice] | None = Field(None, description="None = the dataset's own; 3 on a grayscale set repeats it")
 
     @model_validator(mode="after")
@@ -120,6 +138,12 @@ class DataSpec(Strict):
                 raise ValueError("data.image_size: image_folder needs an image size to resize to")
         elif self.path is not None:
             raise ValueError(f"data.path: only image_folder takes a path, not {self.dataset}")
+        if self.storage_size is not None:
+            if self.dataset != "image_folder":
+                raise ValueError(f"data.storage_size: only image_folder is resized on loading, not {self.dataset}")
+            if self.image_size is not None and self.storage_size < self.image_size:
+                raise ValueError(f"data.storage_size: {self.storage_size} px is below data.image_size "
+                                 f"{self.image_size} px (the crops would be upsampled)")
         if self.path is not None and climbs_or_has_nul(self.path):
             raise ValueError("data.path: '..' and NUL are not allowed in a dataset path")
         return self
@@ -135,6 +159,23 @@ class DataSpec(Strict):
     @property
     def resolved_image_size(self) -> int:
         return int(self.image_size or self.info.image_size)  # validator guarantees one is set
+
+    def default_storage_size(self, crops: bool) -> int | None:
+        """The storage side a folder gets when none is given: 8/7 of the training side (ImageNet's
+        256 for 224) when the augmentation resamples crops (``crops``), else None (kept at image_size)."""
+        if self.dataset != "image_folder" or not crops:
+            return None
+        return round(self.resolved_image_size * 8 / 7)
+
+    @property
+    def known_size(self) -> int | None:
+        """Images in the resolved split after ``subset`` when known without reading any file (the
+        built-in sets); None for an image folder, whose files are counted by the loader."""
+        sizes = SPLIT_SIZES.get(self.dataset)
+        if sizes is None:
+            return None
+        n = sizes[self.resolved_split]
+        return n if self.subset is None else min(n, self.subset)
 
     @property
     def resolved_channels(self) -> int:

@@ -21,7 +21,7 @@ from ssl_core.specs.base import (MAX_AUGMENT_OPS, MAX_BATCH_SIZE, MAX_EPOCHS, MA
 from ssl_core.specs.data import DataSpec
 from ssl_core.specs.evaluation import (EvalDataSpec, KnnProtocol, LayerPooling, Layers, PretrainEvalSpec, ProtocolSpec,
                                       check_layer_fields)
-from ssl_core.specs.method import MethodSpec
+from ssl_core.specs.method import MethodSpec, queue_refusal
 from ssl_core.specs.model import BackboneSpec
 from ssl_core.specs.optim import OptimSpec
 from ssl_core.specs.recipes import default_augment, default_optim
@@ -69,6 +69,9 @@ class PretrainSpec(Strict):
             self.augment = default_augment(m, size)
         if self.optim is None:
             self.optim = default_optim(m, self.batch_size, self.epochs)
+        if self.data.storage_size is None:  # stored explicitly: the run says what it cropped from
+            self.data.storage_size = self.data.default_storage_size(
+                any(op.op == "random_resized_crop" for op in self.augment))
         min_side = self.backbone.min_input_size()
         if m.name in ("rotation", "exemplar", "simclr", "moco") and size < min_side:
             raise ValueError(f"data.image_size: {size} px is too small for backbone {self.backbone.name} (min {min_side})")
@@ -93,21 +96,33 @@ def _check_moco(spec: PretrainSpec, size: int, min_side: int) -> None:
         )
     if m.queue_size % spec.batch_size:
         raise ValueError(f"method.queue_size: {m.queue_size} is not a multiple of batch_size {spec.batch_size}")
+    known = spec.data.known_size  # an image folder's size is checked by the engine (ssl_core.methods.moco)
+    refusal = None if known is None or m.cap_queue else queue_refusal(m.queue_size, known, spec.batch_size)
+    if refusal:
+        raise ValueError(refusal)
     if m.shuffle_bn == "split" and spec.batch_size % m.bn_splits:
         raise ValueError(f"method.bn_splits: batch_size {spec.batch_size} is not divisible by {m.bn_splits}")
 
 
 def _check_relative_position(spec: PretrainSpec, size: int, min_side: int) -> None:
     m = spec.method
-    patch = m.resolved_patch_size(size)
+    patch, gap, jitter = m.resolved_geometry(size)
+    m.patch_size, m.gap, m.jitter = patch, gap, jitter  # a stored spec says the geometry it ran with
+    if gap - 2 * jitter < 1:
+        # two neighbours can each move `jitter` px towards the other: only gap - 2*jitter px stay between them
+        raise ValueError(
+            f"method.gap: gap {gap} px with method.jitter {jitter} px lets neighbouring patches come "
+            f"{gap - 2 * jitter} px apart (touching or overlapping, the low-level shortcut the gap closes); "
+            f"use gap >= 2*jitter + 1 = {2 * jitter + 1} or a smaller jitter"
+        )
     if patch < min_side:
         raise ValueError(
             f"method.patch_size: {patch} px patches are too small for backbone {spec.backbone.name} "
             f"(min {min_side}); use larger images or a smaller gap/jitter"
         )
-    if 3 * patch + 2 * m.gap + 2 * m.jitter > size:
+    if 3 * patch + 2 * gap + 2 * jitter > size:
         raise ValueError(
-            f"method.patch_size: a 3x3 grid of {patch} px patches with gap {m.gap} and jitter {m.jitter} "
+            f"method.patch_size: a 3x3 grid of {patch} px patches with gap {gap} and jitter {jitter} "
             f"does not fit a {size} px image"
         )
 

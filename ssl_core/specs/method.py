@@ -40,22 +40,48 @@ class ExemplarSpec(Strict):
 class RelativePositionSpec(Strict):
     """Context prediction (Doersch et al., ICCV 2015), scaled to small images.
 
-    Paper: 96 px patches, 48 px gap, +-7 px jitter. Defaults here are for 28-32 px images:
-    the patch side is derived from the image (``None``), gap and jitter in pixels.
+    Paper: 96 px patches, 48 px gap (half a patch), up to 7 px jitter (7/96 of a patch).
+    ``None`` keeps those proportions at the image's size (the largest patch whose 3x3 grid,
+    gaps and jitter fit), with at least 1 px jitter and a gap that always exceeds twice the
+    jitter, so no two patches touch after jitter (28 px: 6 px patches, gap 3, jitter 1).
     """
 
     name: Literal["relative_position"] = "relative_position"
-    patch_size: Int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE, description="None = (side - 2*gap - 2*jitter) // 3")
-    gap: Int = Field(2, ge=0, le=128)
-    jitter: Int = Field(1, ge=0, le=64)
-    chromatic: Literal["drop", "gray", "none"] = Field(
-        "drop", description="per-patch guard against chromatic aberration: drop 2 of 3 channels to noise, or grayscale"
+    patch_size: Int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE, description="None = the largest that fits the image")
+    gap: Int | None = Field(None, ge=0, le=128, description="px between cells; None = half a patch (paper 48 of 96), "
+                                                            "at least 2*jitter + 1")
+    jitter: Int | None = Field(None, ge=0, le=64, description="max shift of each patch per axis in px; None = 7/96 "
+                                                              "of a patch (at least 1, below gap/2 when gap is given)")
+    chromatic: Literal["project", "drop", "gray", "none"] = Field(
+        "project", description="per-patch guard against chromatic aberration: project: remove the green-magenta "
+        "colour axis (the paper's projection, its reference code); drop: keep one random channel, the other two "
+        "become noise (the paper's colour dropping); gray: average the channels",
     )
-    downsample_p: Real = Field(0.0, ge=0.0, le=1.0, description="paper: some patches downsampled and upsampled back")
+    downsample_p: Real = Field(0.33, ge=0.0, le=1.0, description="share of patches downsampled and upsampled back "
+                                                                 "(reference code: 0.33)")
     hidden_dim: Int = Field(512, ge=8, le=8192, description="fc7/fc8 width (paper 4096)")
 
+    def resolved_geometry(self, image_size: int) -> tuple[int, int, int]:
+        """(patch, gap, jitter) in px: given values are kept, the others follow the paper's proportions."""
+        def around(p: int) -> tuple[int, int, int]:
+            if self.jitter is not None:
+                j = self.jitter
+            else:  # paper 7/96; with a given gap, small enough to keep the patches apart
+                j = max(1, round(p * 7 / 96))
+                j = j if self.gap is None else max(0, min(j, (self.gap - 1) // 2))
+            g = self.gap if self.gap is not None else max(2 * j + 1, round(p / 2))
+            return p, g, j
+
+        if self.patch_size is not None:
+            return around(self.patch_size)
+        for p in range(image_size // 3, 1, -1):  # the largest patch whose grid, gaps and jitter fit
+            p, g, j = around(p)
+            if 3 * p + 2 * g + 2 * j <= image_size:
+                return p, g, j
+        return around(1)  # nothing fits: the job validator refuses it, naming the numbers
+
     def resolved_patch_size(self, image_size: int) -> int:
-        return self.patch_size or (image_size - 2 * self.gap - 2 * self.jitter) // 3
+        return self.resolved_geometry(image_size)[0]
 
 
 class JigsawSpec(Strict):
@@ -94,7 +120,15 @@ class MoCoSpec(Strict):
 
     name: Literal["moco"] = "moco"
     version: Annotated[Literal[1, 2], IntChoice] = 2
-    queue_size: Int = Field(65536, ge=1, le=MAX_QUEUE_SIZE, description="K")
+    queue_size: Int = Field(
+        4096, ge=1, le=MAX_QUEUE_SIZE,
+        description="K (the official CIFAR-10 demo: 4096 of 50k images; the papers: 65536 of ImageNet's 1.28M); "
+        "at most the training samples minus one batch",
+    )
+    cap_queue: Bool = Field(
+        False, description="a queue larger than the training samples minus one batch: false = refuse the job, "
+        "true = shrink it to the largest multiple of batch_size that fits (logged, metric method/queue_size)",
+    )
     momentum: Real = Field(0.999, ge=0.0, le=1.0, description="m in theta_k <- m*theta_k + (1-m)*theta_q")
     temperature: Real | None = Field(None, gt=0.0, le=10.0, description="None = 0.07 (v1) / 0.2 (v2)")
     mlp_head: Bool | None = Field(None, description="None = linear for v1, 2-layer MLP for v2")
@@ -113,6 +147,27 @@ class MoCoSpec(Strict):
         if self.mlp_head is None:
             self.mlp_head = self.version == 2
         return self
+
+
+def capped_queue_size(samples: int, batch: int) -> int:
+    """The largest MoCo queue a training set allows that is a multiple of the batch (0: none)."""
+    return max(0, samples - batch) // batch * batch
+
+
+def queue_refusal(queue: int, samples: int, batch: int) -> str | None:
+    """Why a queue of ``queue`` keys is too large for ``samples`` training samples, or None.
+
+    Keys of earlier batches of the same images are stale positives posing as negatives; a queue
+    longer than the samples of the other batches is bound to hold them (and more than one key of
+    an image). Within this limit, a per-epoch reshuffle still lets about (K/N)^2/2 of the queries
+    meet an older key of their own image (docs/methods.md)."""
+    if queue <= samples - batch:
+        return None
+    fits = capped_queue_size(samples, batch)
+    advice = (f"lower it to at most {fits} (a multiple of batch_size) or set method.cap_queue: true"
+              if fits else "use more training images or a smaller batch_size")
+    return (f"method.queue_size: {queue} keys exceed the {samples} training samples minus one batch "
+            f"({batch}) = {samples - batch}; {advice}")
 
 
 MethodSpec = Annotated[

@@ -27,7 +27,7 @@ def test_submit_pretrain_denormalises_and_records_event(client, db):
 
 
 def test_moco_label_and_evaluate_queue(client):
-    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "version": 2, "queue_size": 64}})
+    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "version": 2, "queue_size": 48}})
     assert moco["method"] == "moco_v2"
     ev = submit(client, {**EVAL, "source_job_id": moco["id"]})
     assert (ev["kind"], ev["queue"], ev["protocol"], ev["method"], ev["source_job_id"]) == (
@@ -58,6 +58,10 @@ def test_kind_mismatch_and_invalid_spec_name_the_field(client):
     assert r.status_code == 422 and "image_size" in r.json()["error"]["message"]
     r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "method": {"name": "moco", "queue_size": 1 << 30}}})
     assert r.status_code == 422 and "queue_size" in r.json()["error"]["message"]
+    # a queue longer than the training set minus one batch (64 synthetic images, batch 16)
+    r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "method": {"name": "moco", "queue_size": 64}}})
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 422 and "method.queue_size" in msg and "64 training samples" in msg, msg
     r = client.post("/v1/jobs", json={"spec": {**PRETRAIN, "data": {"dataset": "image_folder", "path": "../../etc",
                                                                      "image_size": 32}}})
     assert r.status_code == 422 and "'..'" in r.json()["error"]["message"]
@@ -148,7 +152,7 @@ def test_unknown_job_is_404_everywhere(client):
 
 def test_list_filters_and_cursor_pagination(client, db):
     ids = [submit(client, tags=["even" if i % 2 == 0 else "odd", "all"])["id"] for i in range(7)]
-    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "queue_size": 64}}, tags=["all"])["id"]
+    moco = submit(client, {**PRETRAIN, "method": {"name": "moco", "queue_size": 48}}, tags=["all"])["id"]
     ev = submit(client, {**EVAL, "source_job_id": ids[0]})["id"]
     with db() as s:
         transition(s, ids[1], "queued", "running")

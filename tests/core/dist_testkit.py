@@ -33,7 +33,7 @@ EVERY_METHOD = {
     "relative_position": lambda: tiny({"name": "relative_position", "hidden_dim": 16}, size=32),
     "jigsaw": lambda: tiny({"name": "jigsaw", "num_permutations": 8, "tile_dim": 16, "hidden_dim": 16}, size=32),
     "simclr": lambda: tiny({"name": "simclr"}),
-    "moco": lambda: tiny({"name": "moco", "version": 2, "queue_size": 32}),
+    "moco": lambda: tiny({"name": "moco", "version": 2, "queue_size": 24}),
 }
 
 

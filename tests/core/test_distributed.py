@@ -50,7 +50,7 @@ def test_simclr_world_2_equals_world_1_with_the_global_batch(tmp_path):
 
 
 def test_moco_world_2_enqueues_both_ranks_keys_and_mixes_the_key_batches(tmp_path):
-    spec = kit.tiny({"name": "moco", "version": 2, "queue_size": 32}, batch=8, augment=[])
+    spec = kit.tiny({"name": "moco", "version": 2, "queue_size": 24}, batch=8, augment=[])
     images = random_images(8, side=16, seed=4)
     r0, r1 = kit.spawn(kit.moco_step, tmp_path, spec.model_dump_json(), images)
     assert r0["ptr"] == r1["ptr"] == 8  # the global batch's keys

@@ -106,7 +106,7 @@ def sync_detector(monkeypatch):
 METHOD_CONFIGS = {
     "rotation": {"name": "rotation"},
     "exemplar": {"name": "exemplar", "num_classes": 48, "samples_per_class": 1, "hidden_dim": 16},
-    "relative_position": {"name": "relative_position", "hidden_dim": 16, "gap": 1, "jitter": 1},
+    "relative_position": {"name": "relative_position", "hidden_dim": 16, "gap": 3, "jitter": 1},
     "jigsaw": {"name": "jigsaw", "num_permutations": 10, "tile_dim": 8, "hidden_dim": 16},
     "simclr": {"name": "simclr"},
     "moco_v1": {"name": "moco", "version": 1, "queue_size": 16},

@@ -70,8 +70,6 @@ def test_method_overfits_fixed_batch(name: str, one_thread) -> None:  # noqa: F8
 @pytest.mark.parametrize("name", ["rotation", "relative_position", "jigsaw", "simclr", "moco_v2"])
 def test_method_runs_on_gray_28px(name: str, one_thread) -> None:  # noqa: F811
     method_cfg = dict(CONFIGS[name])
-    if name == "relative_position":
-        method_cfg["gap"] = 1  # (28 - 2 - 2) // 3 = 8 px patches
     spec = tiny_spec(method_cfg, dataset="fashion_mnist", batch_size=8)
     if name.startswith("moco"):
         spec = tiny_spec({**method_cfg, "queue_size": 8}, dataset="fashion_mnist", batch_size=8)
@@ -140,7 +138,7 @@ def _coordinate_image(batch: int, side: int) -> torch.Tensor:
     return torch.stack([rows, cols, torch.zeros(side, side)]).expand(batch, 3, side, side).contiguous()
 
 
-@pytest.mark.parametrize("gap,jitter", [(2, 1), (0, 0), (3, 2)])
+@pytest.mark.parametrize("gap,jitter", [(3, 1), (1, 0), (5, 2)])
 def test_relative_position_labels_match_patch_positions(gap: int, jitter: int) -> None:
     spec = tiny_spec({"name": "relative_position", "hidden_dim": 32, "gap": gap, "jitter": jitter})
     method: RelativePosition = build_method(spec)
@@ -174,7 +172,7 @@ def test_relative_position_sample_pairs_centre_is_the_middle_cell() -> None:
 
 def test_relative_position_chromatic_guards() -> None:
     x = torch.rand(4, 2, 3, 8, 8) + torch.tensor([0.0, 1.0, 2.0]).view(1, 1, 3, 1, 1)
-    drop = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "chromatic": "drop"}))
+    drop = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "chromatic": "drop", "downsample_p": 0}))
     out = drop.guard(x, torch.Generator().manual_seed(0))
     flat = out.flatten(0, 1)  # (8 patches, 3, 8, 8)
     std = flat.flatten(2).std(dim=2)  # (8, 3)
@@ -186,13 +184,13 @@ def test_relative_position_chromatic_guards() -> None:
         ratio = std[i, others] / std[i, k]
         assert (ratio > 0.002).all() and (ratio < 0.03).all()  # noise at ~1/100 of the kept channel's std
     assert len(set(kept.tolist())) > 1  # the kept channel is random per patch
-    gray = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "chromatic": "gray"}))
+    gray = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "chromatic": "gray", "downsample_p": 0}))
     g = gray.guard(x, None)
     assert torch.allclose(g[:, :, 0], g[:, :, 1]) and torch.allclose(g[:, :, 0], g[:, :, 2])
     # per-patch mean subtraction
     assert g.mean(dim=(3, 4)).abs().max() < 1e-5
     # a 1-channel patch is only mean-subtracted
-    one = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "gap": 1}, dataset="fashion_mnist"))
+    one = build_method(tiny_spec({"name": "relative_position", "hidden_dim": 32, "downsample_p": 0}, dataset="fashion_mnist"))
     y = torch.rand(2, 2, 1, 8, 8)
     assert torch.allclose(one.guard(y, None), y - y.mean(dim=(3, 4), keepdim=True))
 
