@@ -132,7 +132,7 @@ def test_method_recipes_are_resolved_into_the_stored_spec() -> None:
     assert v1.method.temperature == 0.07 and v1.method.mlp_head is False
     assert v1.optim.schedule == "step" and v1.optim.milestones == [120.0, 160.0]
     assert not any(op.op == "gaussian_blur" for op in v1.augment)
-    v2 = PretrainSpec.model_validate({"method": {"name": "moco", "version": 2}})
+    v2 = PretrainSpec.model_validate({"method": {"name": "moco", "version": 2}, "data": {"dataset": "stl10"}})
     assert v2.method.temperature == 0.2 and v2.method.mlp_head is True
     assert v2.optim.schedule == "cosine" and any(op.op == "gaussian_blur" for op in v2.augment)
     simclr = PretrainSpec.model_validate({"method": {"name": "simclr"}, "batch_size": 512})
