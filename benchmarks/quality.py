@@ -6,14 +6,22 @@ weighted kNN (k=200, t=0.1) and the linear probe, exactly as an evaluation job w
 (``ssl_core.features.extract_features``, ``ssl_core.evaluate``'s knn_accuracy and linear_probe;
 features extracted once per backbone and shared by the two protocols). Beside them: the same
 backbone at random init, raw pixels, and a supervised model (the same backbone + a linear head
-trained with cross-entropy on the same labelled subset for the same number of epochs, crop + flip),
+trained with cross-entropy on the same labelled images for the same number of epochs, crop + flip),
 evaluated the same way.
 
-    .venv/bin/python benchmarks/quality.py                      # CPU budget (9-15 min on 2 shared cores)
+Each (row, seed) is one entry of the results JSON, written atomically as soon as it finishes; a
+run given an existing results file skips the entries already in it, so a table too long for one
+sitting is completed over several runs (the file also records the budget, and a run with another
+budget is refused rather than mixed in). The table gives mean ± std over the seeds present.
+
+    .venv/bin/python benchmarks/quality.py                             # small budget, seed 0 (10-15 min)
+    .venv/bin/python benchmarks/quality.py --seeds 0,1,2               # small budget, 3 seeds
+    .venv/bin/python benchmarks/quality.py --budget full --rows simclr,moco_v2,raw_pixels,random_init \
+        --results docs/quality_full.json                               # all 60,000 training images
     .venv/bin/python benchmarks/quality.py --device cuda --epochs 200 --train-subset 60000 \
         --backbone resnet18 --eval-train-subset 60000 --test-subset 10000 --linear-epochs 100
 
-Writes ``<out>/quality.json`` and ``<out>/quality.md`` and prints the table.
+Writes the results JSON (``--results``, default ``<out>/quality.json``) and ``<out>/quality.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -30,25 +39,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ["rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moco_v1", "moco_v2"]
+BASELINES = ["random_init", "raw_pixels", "supervised"]
+# small: the CPU budget of the first tables; full: every Fashion-MNIST training image for pretraining,
+# the kNN bank and the probe, and the whole test set (15 epochs: one row fits in 45 min on 2 cores)
+BUDGETS = {
+    "small": {"epochs": 10, "train_subset": 4096, "eval_train_subset": 5000, "test_subset": 2000},
+    "full": {"epochs": 15, "train_subset": 60000, "eval_train_subset": 60000, "test_subset": 10000},
+}
+# what makes two entries comparable: entries of a results file must agree on all of these
+CONFIG_KEYS = ("budget", "epochs", "train_subset", "backbone", "width", "batch_size", "eval_train_subset",
+               "test_subset", "linear_epochs", "device")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs per method")
-    p.add_argument("--train-subset", type=int, default=4096, help="pretraining images (seeded subset of train)")
+    p.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="defaults for the four sizes below")
+    p.add_argument("--epochs", type=int, help="pretraining epochs per method")
+    p.add_argument("--train-subset", type=int, help="pretraining images (seeded subset of train)")
     p.add_argument("--backbone", default="convnet", choices=["convnet", "resnet18", "resnet34", "resnet50"])
     p.add_argument("--width", type=int, default=32, help="convnet width")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--eval-train-subset", type=int, default=5000, help="kNN bank / probe training images")
-    p.add_argument("--test-subset", type=int, default=2000, help="test images (None = all)")
+    p.add_argument("--eval-train-subset", type=int, help="kNN bank / probe training images")
+    p.add_argument("--test-subset", type=int, help="test images")
     p.add_argument("--linear-epochs", type=int, default=20)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", "--methods", dest="rows", default=",".join(METHODS + BASELINES),
+                   help="comma-separated rows, run in this order: " + ",".join(METHODS + BASELINES))
+    p.add_argument("--no-baselines", action="store_true", help="drop " + ",".join(BASELINES) + " from --rows")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; each row runs once per seed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="results and run folders (git-ignored)")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="run folders (git-ignored)")
+    p.add_argument("--results", type=Path, help="results JSON, read first and extended (default <out>/quality.json)")
+    args = p.parse_args(argv)
+    for key, value in BUDGETS[args.budget].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.rows = [r for r in args.rows.split(",") if r and not (args.no_baselines and r in BASELINES)]
+    unknown = sorted(set(args.rows) - set(METHODS + BASELINES))
+    if unknown:
+        p.error(f"--rows: unknown {unknown} (known: {METHODS + BASELINES})")
+    args.results = args.results or args.out / "quality.json"
+    args.seed = args.seeds[0]  # set per entry by main()
+    return args
 
 
 def pretrain_spec(name: str, args):
@@ -166,18 +199,111 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
     return path, wall, r.top1
 
 
-def markdown(rows: list[dict], args, machine: str) -> str:
-    def pct(v):
-        return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+ROW_LABELS = {"random_init": "baseline: random init", "raw_pixels": "baseline: raw pixels",
+              "supervised": "supervised (cross-entropy)"}
 
-    lines = [
-        "| method | epochs | pretrain wall (s) | kNN top-1 (%) | linear top-1 (%) |",
-        "|---|---:|---:|---:|---:|",
+
+def run_entry(row: str, args, data) -> dict:
+    """Pretrain (or train, or nothing for the baselines) and evaluate one row at one seed."""
+    from ssl_core.reporting import NullSink
+    from ssl_core.specs import method_label
+    from ssl_core.train import pretrain
+
+    entry: dict = {"row": row, "seed": args.seed, "load_start": os.getloadavg()[0],
+                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.time()
+    if row in METHODS:
+        spec = pretrain_spec(row, args)
+        t = time.time()
+        result = pretrain(spec, args.out / f"{row}-seed{args.seed}", sink=NullSink(), resume=False)
+        entry.update(method=method_label(spec), epochs=spec.epochs, wall_s=round(time.time() - t, 1),
+                     final_loss=result.final_loss, pretext_acc=result.metrics.get("train/pretext_acc"),
+                     batch_size=spec.batch_size, images=spec.data.subset, lr=spec.optim.lr,
+                     spec=json.loads(spec.model_dump_json()))  # the recipe this entry measured
+        entry.update(evaluate_backbone(args, data, weights=result.backbone_path))
+    elif row == "supervised":
+        path, wall, e2e_top1 = train_supervised(args, args.out / f"supervised-seed{args.seed}")
+        entry.update(method=ROW_LABELS[row], epochs=args.epochs, wall_s=round(wall, 1), end_to_end_top1=e2e_top1)
+        entry.update(evaluate_backbone(args, data, weights=path))
+    else:
+        entry.update(method=ROW_LABELS[row], epochs=0, wall_s=None)
+        entry.update(evaluate_backbone(args, data, baseline=row))
+    entry.update(total_s=round(time.time() - t0, 1), load_end=os.getloadavg()[0],
+                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return entry
+
+
+def config_of(args) -> dict:
+    return {k: getattr(args, k) for k in CONFIG_KEYS}
+
+
+def load_results(args, machine: str) -> dict:
+    """The results file to extend: a new one, or the existing one when its budget is this run's."""
+    if not args.results.exists():
+        return {"config": config_of(args), "machine": machine, "entries": {}}
+    payload = json.loads(args.results.read_text())
+    if payload.get("config") != config_of(args):
+        raise SystemExit(f"{args.results}: its budget {payload.get('config')} is not this run's {config_of(args)}; "
+                         "give another --results to start a new table")
+    return payload
+
+
+def save_results(args, payload: dict) -> None:
+    from ssl_core.runtime import atomic_write_text
+
+    atomic_write_text(args.results, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(args.out / "quality.md", markdown(payload))
+
+
+def summarise(payload: dict) -> list[dict]:
+    """One line per row: mean, std and standard error over its seeds (test-set sampling included)."""
+    n_test = payload["config"]["test_subset"]
+    order = {r: i for i, r in enumerate(METHODS + BASELINES)}
+    by_row: dict[str, list[dict]] = {}
+    for e in payload["entries"].values():
+        by_row.setdefault(e["row"], []).append(e)
+    lines = []
+    for row in sorted(by_row, key=lambda r: order.get(r, 99)):
+        es = sorted(by_row[row], key=lambda e: e["seed"])
+        line = {"row": row, "method": es[0]["method"], "seeds": [e["seed"] for e in es],
+                "epochs": es[0]["epochs"], "wall_s": [e["wall_s"] for e in es],
+                "load": [(e["load_start"], e["load_end"]) for e in es]}
+        for key in ("knn", "linear"):
+            vals = [e[key] for e in es]
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            # test-set binomial SE of the mean, plus the seed-to-seed spread where there are seeds
+            se = math.sqrt(mean * (1 - mean) / (n_test * len(vals)) + std**2 / len(vals))
+            line[key] = {"mean": mean, "std": std, "se": se}
+        lines.append(line)
+    return lines
+
+
+def margin_in_se(a: dict, b: dict) -> float:
+    """(a - b) in standard errors of the difference."""
+    return (a["mean"] - b["mean"]) / math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+
+
+def markdown(payload: dict) -> str:
+    def pm(v: dict, n: int) -> str:
+        return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if n > 1 else f"{100 * v['mean']:.1f}"
+
+    lines = summarise(payload)
+    rand = next((ln for ln in lines if ln["row"] == "random_init"), None)
+    out = [
+        "| method | seeds | epochs | pretrain wall (s) | load (start-end) | kNN top-1 (%) | linear top-1 (%) "
+        "| linear - random init (SE) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for r in rows:
-        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") is not None else "-"
-        lines.append(f"| {r['method']} | {r.get('epochs', '-')} | {wall} | {pct(r.get('knn'))} | {pct(r.get('linear'))} |")
-    return "\n".join(lines) + "\n"
+    for ln in lines:
+        n = len(ln["seeds"])
+        walls = [w for w in ln["wall_s"] if w is not None]
+        wall = "/".join(f"{w:.0f}" for w in walls) or "-"
+        load = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in ln["load"])
+        margin = f"{margin_in_se(ln['linear'], rand['linear']):+.1f}" if rand and ln is not rand else "-"
+        out.append(f"| {ln['method']} | {n} | {ln['epochs']} | {wall} | {load} | {pm(ln['knn'], n)} "
+                   f"| {pm(ln['linear'], n)} | {margin} |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -186,58 +312,27 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ssl_core.reporting import NullSink
-    from ssl_core.specs import method_label
-    from ssl_core.train import pretrain
-
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
     machine = (torch.cuda.get_device_name(0) if device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
-    rows: list[dict] = []
-    t_all = time.time()
-    data = load_eval_data(args)
-
-    def save():
-        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "machine": machine, "torch": torch.__version__, "rows": rows,
-                   "total_wall_s": round(time.time() - t_all, 1)}
-        (args.out / "quality.json").write_text(json.dumps(payload, indent=2))
-        (args.out / "quality.md").write_text(markdown(rows, args, machine))
-
-    for name in [m for m in args.methods.split(",") if m]:
-        spec = pretrain_spec(name, args)
-        run_dir = args.out / name
-        t = time.time()
-        result = pretrain(spec, run_dir, sink=NullSink(), resume=False)
-        wall = time.time() - t
-        row = {"method": method_label(spec), "epochs": spec.epochs, "wall_s": round(wall, 1),
-               "final_loss": result.final_loss, "pretext_acc": result.metrics.get("train/pretext_acc"),
-               "batch_size": spec.batch_size, "images": spec.data.subset}
-        row.update(evaluate_backbone(args, data, weights=result.backbone_path))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save()
-
-    if not args.no_baselines:
-        for baseline in ("random_init", "raw_pixels"):
-            row = {"method": f"baseline: {baseline.replace('_', ' ')}", "epochs": 0, "wall_s": None}
-            row.update(evaluate_backbone(args, data, baseline=baseline))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            save()
-        path, wall, e2e_top1 = train_supervised(args, args.out / "supervised")
-        row = {"method": "supervised (cross-entropy)", "epochs": args.epochs, "wall_s": round(wall, 1),
-               "end_to_end_top1": e2e_top1}
-        row.update(evaluate_backbone(args, data, weights=path))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save()
-
-    save()
+               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    payload = load_results(args, machine)
+    for seed in args.seeds:
+        args.seed = seed
+        todo = [r for r in args.rows if f"{r}/seed{seed}" not in payload["entries"]]
+        if not todo:
+            continue
+        data = load_eval_data(args)
+        for row in todo:
+            entry = run_entry(row, args, data)
+            entry["machine"] = machine
+            payload["entries"][f"{row}/seed{seed}"] = entry
+            save_results(args, payload)
+            print(json.dumps(entry), flush=True)
+    save_results(args, payload)
     print()
-    print(markdown(rows, args, machine))
-    print(f"machine: {machine}; total {time.time() - t_all:.0f}s")
+    print(markdown(payload))
     return 0
 
 
