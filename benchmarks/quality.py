@@ -248,11 +248,21 @@ def load_results(args, machine: str) -> dict:
     return payload
 
 
-def save_results(args, payload: dict) -> None:
+def save_entry(args, machine: str, key: str, entry: dict) -> dict:
+    """Add one entry to the results file at once: re-read under a lock, so two runs sharing a file
+    (say, one per row) never drop each other's rows; written atomically."""
+    import fcntl
+
     from ssl_core.runtime import atomic_write_text
 
-    atomic_write_text(args.results, json.dumps(payload, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results.with_name(f".{args.results.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        payload = load_results(args, machine)
+        payload["entries"][key] = entry
+        atomic_write_text(args.results, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(args.out / "quality.md", markdown(payload))
+    return payload
 
 
 def summarise(payload: dict) -> list[dict]:
@@ -325,12 +335,13 @@ def main(argv=None) -> int:
             continue
         data = load_eval_data(args)
         for row in todo:
+            if f"{row}/seed{seed}" in load_results(args, machine)["entries"]:
+                continue  # another run sharing the file did it meanwhile
             entry = run_entry(row, args, data)
             entry["machine"] = machine
-            payload["entries"][f"{row}/seed{seed}"] = entry
-            save_results(args, payload)
+            payload = save_entry(args, machine, f"{row}/seed{seed}", entry)
             print(json.dumps(entry), flush=True)
-    save_results(args, payload)
+    payload = load_results(args, machine)
     print()
     print(markdown(payload))
     return 0
