@@ -106,10 +106,6 @@ def pretrain_spec(name: str, args):
         raw["method"]["num_classes"] = n
         raw["epochs"] = max(1, round(args.epochs * args.train_subset / (n * m.samples_per_class)))
         raw["batch_size"] = min(raw["batch_size"], n * m.samples_per_class)
-    if raw["method"]["name"] == "simclr":
-        # SimCLR App. B.1: square-root lr scaling, 0.075 x sqrt(BS), is better for small batches and short runs
-        optim = PretrainSpec.model_validate(raw).optim.model_dump(mode="json")
-        raw["optim"] = {**optim, "lr": 0.075 * math.sqrt(raw["batch_size"])}
     return PretrainSpec.model_validate(raw)
 
 

@@ -6,6 +6,7 @@ validator fills them in from here, so a stored spec is always explicit.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ssl_core.specs.augment import (
@@ -69,9 +70,13 @@ def default_optim(method: Any, batch_size: int, epochs: int) -> OptimSpec:
     """The paper's optimizer for a method (learning rates scaled linearly with the batch where the paper does)."""
     name = method.name
     if name == "simclr":
-        # LARS, lr = 0.3 x BS/256, wd 1e-6, 10-epoch warmup (of 100+) then cosine (SimCLR §2.2, App. B.1).
+        # LARS, wd 1e-6, 10-epoch warmup (of 100+) then cosine (SimCLR §2.2, App. B.1). lr: 0.3 x BS/256
+        # (linear) from batch 4096 up, the paper's square-root scaling 0.075 x sqrt(BS) below it (App. B.1:
+        # better for small batches and short runs; the two agree at 4096). Linear scaling at batch 128
+        # gives lr 0.15, where LARS's trust ratio (eta 0.001) moves each layer by 0.015 % of its norm per
+        # step: a CPU-sized run hardly leaves its random init.
         return OptimSpec(
-            name="lars", lr=0.3 * batch_size / 256, weight_decay=1e-6,
+            name="lars", lr=max(0.3 * batch_size / 256, 0.075 * math.sqrt(batch_size)), weight_decay=1e-6,
             warmup_epochs=min(10.0, epochs / 10), schedule="cosine",
         )
     if name == "moco":
