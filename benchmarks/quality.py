@@ -88,11 +88,11 @@ def pretrain_spec(name: str, args):
     from ssl_core.specs import ExemplarSpec, PretrainSpec
 
     raw = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+    example_batch, example_optim = raw.get("batch_size", 256), raw.pop("optim", None)
     raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
     raw["data"] = {**raw.get("data", {}), "dataset": "fashion_mnist", "subset": args.train_subset}
     raw.update(epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed, log_every=20)
     raw["eval"] = {"monitor": {"every_epochs": 0}}
-    raw.pop("optim", None)  # the paper's recipe, re-scaled to this batch size and epoch count
     if raw["method"]["name"] == "rotation":
         raw["batch_size"] = max(2, args.batch_size // 4)  # 4 rotated copies per image: same inputs per step
     if raw["method"]["name"] == "moco":
@@ -106,6 +106,13 @@ def pretrain_spec(name: str, args):
         raw["method"]["num_classes"] = n
         raw["epochs"] = max(1, round(args.epochs * args.train_subset / (n * m.samples_per_class)))
         raw["batch_size"] = min(raw["batch_size"], n * m.samples_per_class)
+    if example_optim is not None:
+        # the example's tuned optimizer (chosen on the monitor's held-out training images): its lr moved to
+        # this batch by the square-root rule (SimCLR App. B.1), its warm-up to this run's length as the
+        # paper recipe's; an example without one gets the paper's recipe for this batch and epoch count
+        warmup = PretrainSpec.model_validate(raw).optim.warmup_epochs
+        lr = example_optim["lr"] * math.sqrt(raw["batch_size"] / example_batch)
+        raw["optim"] = {**example_optim, "lr": round(lr, 4), "warmup_epochs": warmup}
     return PretrainSpec.model_validate(raw)
 
 
