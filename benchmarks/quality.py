@@ -217,8 +217,12 @@ def run_entry(row: str, args, data) -> dict:
     t0 = time.time()
     if row in METHODS:
         spec = pretrain_spec(row, args)
+        run_dir = args.out / f"{row}-seed{args.seed}"
         t = time.time()
-        result = pretrain(spec, args.out / f"{row}-seed{args.seed}", sink=NullSink(), resume=False)
+        # a row cut short (killed, machine lost) continues from its last epoch's checkpoint next time;
+        # wall_s is then this attempt's time only, and resumed_at_epoch says so
+        entry["resumed_at_epoch"] = checkpoint_epoch(run_dir)
+        result = pretrain(spec, run_dir, sink=NullSink(), resume=True)
         entry.update(method=method_label(spec), epochs=spec.epochs, wall_s=round(time.time() - t, 1),
                      final_loss=result.final_loss, pretext_acc=result.metrics.get("train/pretext_acc"),
                      batch_size=spec.batch_size, images=spec.data.subset, lr=spec.optim.lr,
@@ -234,6 +238,16 @@ def run_entry(row: str, args, data) -> dict:
     entry.update(total_s=round(time.time() - t0, 1), load_end=os.getloadavg()[0],
                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return entry
+
+
+def checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch a run folder's checkpoint has reached (0: none)."""
+    from ssl_core.checkpoint import LAST_CHECKPOINT, CheckpointFormatError, read_checkpoint_header
+
+    try:
+        return int(read_checkpoint_header(run_dir / LAST_CHECKPOINT).get("epoch", 0))
+    except (FileNotFoundError, CheckpointFormatError):
+        return 0
 
 
 def config_of(args) -> dict:
