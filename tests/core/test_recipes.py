@@ -46,3 +46,20 @@ def test_moco_v2_keeps_its_own_jitter_at_every_size() -> None:
     for dataset in ("cifar10", "stl10"):
         (jitter,) = [op for op in _augment(MOCO_V2, dataset) if op.op == "color_jitter"]
         assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == pytest.approx((0.4, 0.4, 0.4, 0.1))
+
+
+def test_readme_quickstart_is_the_quickstart_example() -> None:
+    """The README's curl submits the recipe that docs/quality.md measured (examples/simclr_quickstart.json)."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    body = re.search(r"-H 'Idempotency-Key: quickstart-1' \\\n  -d '(.*?)'\n", readme, re.S)
+    assert body, "the README's quickstart curl was not found"
+    curl = json.loads(body.group(1))["spec"]
+    example = json.loads((root / "examples" / "simclr_quickstart.json").read_text())
+    a, b = PretrainSpec.model_validate(curl), PretrainSpec.model_validate(example)
+    for field in ("method", "backbone", "data", "epochs", "batch_size", "optim", "augment"):
+        assert getattr(a, field) == getattr(b, field), field
