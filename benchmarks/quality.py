@@ -6,14 +6,22 @@ weighted kNN (k=200, t=0.1) and the linear probe, exactly as an evaluation job w
 (``ssl_core.features.extract_features``, ``ssl_core.evaluate``'s knn_accuracy and linear_probe;
 features extracted once per backbone and shared by the two protocols). Beside them: the same
 backbone at random init, raw pixels, and a supervised model (the same backbone + a linear head
-trained with cross-entropy on the same labelled subset for the same number of epochs, crop + flip),
+trained with cross-entropy on the same labelled images for the same number of epochs, crop + flip),
 evaluated the same way.
 
-    .venv/bin/python benchmarks/quality.py                      # CPU budget (9-15 min on 2 shared cores)
+Each (row, seed) is one entry of the results JSON, written atomically as soon as it finishes; a
+run given an existing results file skips the entries already in it, so a table too long for one
+sitting is completed over several runs (the file also records the budget, and a run with another
+budget is refused rather than mixed in). The table gives mean ± std over the seeds present.
+
+    .venv/bin/python benchmarks/quality.py                             # small budget, seed 0 (10-15 min)
+    .venv/bin/python benchmarks/quality.py --seeds 0,1,2               # small budget, 3 seeds
+    .venv/bin/python benchmarks/quality.py --budget full --rows simclr,moco_v2,raw_pixels,random_init \
+        --results docs/quality_full.json                               # all 60,000 training images
     .venv/bin/python benchmarks/quality.py --device cuda --epochs 200 --train-subset 60000 \
         --backbone resnet18 --eval-train-subset 60000 --test-subset 10000 --linear-epochs 100
 
-Writes ``<out>/quality.json`` and ``<out>/quality.md`` and prints the table.
+Writes the results JSON (``--results``, default ``<out>/quality.json``) and ``<out>/quality.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -30,36 +39,60 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ["rotation", "exemplar", "relative_position", "jigsaw", "simclr", "moco_v1", "moco_v2"]
+BASELINES = ["random_init", "raw_pixels", "supervised"]
+# small: the CPU budget of the first tables; full: every Fashion-MNIST training image for pretraining,
+# the kNN bank and the probe, and the whole test set (15 epochs: one row fits in 45 min on 2 cores)
+BUDGETS = {
+    "small": {"epochs": 10, "train_subset": 4096, "eval_train_subset": 5000, "test_subset": 2000},
+    "full": {"epochs": 15, "train_subset": 60000, "eval_train_subset": 60000, "test_subset": 10000},
+}
+# what makes two entries comparable: entries of a results file must agree on all of these
+CONFIG_KEYS = ("budget", "epochs", "train_subset", "backbone", "width", "batch_size", "eval_train_subset",
+               "test_subset", "linear_epochs", "device")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs per method")
-    p.add_argument("--train-subset", type=int, default=4096, help="pretraining images (seeded subset of train)")
+    p.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="defaults for the four sizes below")
+    p.add_argument("--epochs", type=int, help="pretraining epochs per method")
+    p.add_argument("--train-subset", type=int, help="pretraining images (seeded subset of train)")
     p.add_argument("--backbone", default="convnet", choices=["convnet", "resnet18", "resnet34", "resnet50"])
     p.add_argument("--width", type=int, default=32, help="convnet width")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--eval-train-subset", type=int, default=5000, help="kNN bank / probe training images")
-    p.add_argument("--test-subset", type=int, default=2000, help="test images (None = all)")
+    p.add_argument("--eval-train-subset", type=int, help="kNN bank / probe training images")
+    p.add_argument("--test-subset", type=int, help="test images")
     p.add_argument("--linear-epochs", type=int, default=20)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", "--methods", dest="rows", default=",".join(METHODS + BASELINES),
+                   help="comma-separated rows, run in this order: " + ",".join(METHODS + BASELINES))
+    p.add_argument("--no-baselines", action="store_true", help="drop " + ",".join(BASELINES) + " from --rows")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; each row runs once per seed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="results and run folders (git-ignored)")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="run folders (git-ignored)")
+    p.add_argument("--results", type=Path, help="results JSON, read first and extended (default <out>/quality.json)")
+    args = p.parse_args(argv)
+    for key, value in BUDGETS[args.budget].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.rows = [r for r in args.rows.split(",") if r and not (args.no_baselines and r in BASELINES)]
+    unknown = sorted(set(args.rows) - set(METHODS + BASELINES))
+    if unknown:
+        p.error(f"--rows: unknown {unknown} (known: {METHODS + BASELINES})")
+    args.results = args.results or args.out / "quality.json"
+    args.seed = args.seeds[0]  # set per entry by main()
+    return args
 
 
 def pretrain_spec(name: str, args):
     from ssl_core.specs import ExemplarSpec, PretrainSpec
 
     raw = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+    example_batch, example_optim = raw.get("batch_size", 256), raw.pop("optim", None)
     raw["backbone"] = {"name": args.backbone, **({"width": args.width} if args.backbone == "convnet" else {})}
     raw["data"] = {**raw.get("data", {}), "dataset": "fashion_mnist", "subset": args.train_subset}
     raw.update(epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed, log_every=20)
     raw["eval"] = {"monitor": {"every_epochs": 0}}
-    raw.pop("optim", None)  # the paper's recipe, re-scaled to this batch size and epoch count
     if raw["method"]["name"] == "rotation":
         raw["batch_size"] = max(2, args.batch_size // 4)  # 4 rotated copies per image: same inputs per step
     if raw["method"]["name"] == "moco":
@@ -73,10 +106,13 @@ def pretrain_spec(name: str, args):
         raw["method"]["num_classes"] = n
         raw["epochs"] = max(1, round(args.epochs * args.train_subset / (n * m.samples_per_class)))
         raw["batch_size"] = min(raw["batch_size"], n * m.samples_per_class)
-    if raw["method"]["name"] == "simclr":
-        # SimCLR App. B.1: square-root lr scaling, 0.075 x sqrt(BS), is better for small batches and short runs
-        optim = PretrainSpec.model_validate(raw).optim.model_dump(mode="json")
-        raw["optim"] = {**optim, "lr": 0.075 * math.sqrt(raw["batch_size"])}
+    if example_optim is not None:
+        # the example's tuned optimizer (chosen on the monitor's held-out training images): its lr moved to
+        # this batch by the square-root rule (SimCLR App. B.1), its warm-up to this run's length as the
+        # paper recipe's; an example without one gets the paper's recipe for this batch and epoch count
+        warmup = PretrainSpec.model_validate(raw).optim.warmup_epochs
+        lr = example_optim["lr"] * math.sqrt(raw["batch_size"] / example_batch)
+        raw["optim"] = {**example_optim, "lr": round(lr, 4), "warmup_epochs": warmup}
     return PretrainSpec.model_validate(raw)
 
 
@@ -166,18 +202,135 @@ def train_supervised(args, out: Path) -> tuple[Path, float, float]:
     return path, wall, r.top1
 
 
-def markdown(rows: list[dict], args, machine: str) -> str:
-    def pct(v):
-        return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+ROW_LABELS = {"random_init": "baseline: random init", "raw_pixels": "baseline: raw pixels",
+              "supervised": "supervised (cross-entropy)"}
 
-    lines = [
-        "| method | epochs | pretrain wall (s) | kNN top-1 (%) | linear top-1 (%) |",
-        "|---|---:|---:|---:|---:|",
+
+def run_entry(row: str, args, data) -> dict:
+    """Pretrain (or train, or nothing for the baselines) and evaluate one row at one seed."""
+    from ssl_core.reporting import NullSink
+    from ssl_core.specs import method_label
+    from ssl_core.train import pretrain
+
+    entry: dict = {"row": row, "seed": args.seed, "load_start": os.getloadavg()[0],
+                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.time()
+    if row in METHODS:
+        spec = pretrain_spec(row, args)
+        run_dir = args.out / f"{row}-seed{args.seed}"
+        t = time.time()
+        # a row cut short (killed, machine lost) continues from its last epoch's checkpoint next time;
+        # wall_s is then this attempt's time only, and resumed_at_epoch says so
+        entry["resumed_at_epoch"] = checkpoint_epoch(run_dir)
+        result = pretrain(spec, run_dir, sink=NullSink(), resume=True)
+        entry.update(method=method_label(spec), epochs=spec.epochs, wall_s=round(time.time() - t, 1),
+                     final_loss=result.final_loss, pretext_acc=result.metrics.get("train/pretext_acc"),
+                     batch_size=spec.batch_size, images=spec.data.subset, lr=spec.optim.lr,
+                     spec=json.loads(spec.model_dump_json()))  # the recipe this entry measured
+        entry.update(evaluate_backbone(args, data, weights=result.backbone_path))
+    elif row == "supervised":
+        path, wall, e2e_top1 = train_supervised(args, args.out / f"supervised-seed{args.seed}")
+        entry.update(method=ROW_LABELS[row], epochs=args.epochs, wall_s=round(wall, 1), end_to_end_top1=e2e_top1)
+        entry.update(evaluate_backbone(args, data, weights=path))
+    else:
+        entry.update(method=ROW_LABELS[row], epochs=0, wall_s=None)
+        entry.update(evaluate_backbone(args, data, baseline=row))
+    entry.update(total_s=round(time.time() - t0, 1), load_end=os.getloadavg()[0],
+                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return entry
+
+
+def checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch a run folder's checkpoint has reached (0: none)."""
+    from ssl_core.checkpoint import LAST_CHECKPOINT, CheckpointFormatError, read_checkpoint_header
+
+    try:
+        return int(read_checkpoint_header(run_dir / LAST_CHECKPOINT).get("epoch", 0))
+    except (FileNotFoundError, CheckpointFormatError):
+        return 0
+
+
+def config_of(args) -> dict:
+    return {k: getattr(args, k) for k in CONFIG_KEYS}
+
+
+def load_results(args, machine: str) -> dict:
+    """The results file to extend: a new one, or the existing one when its budget is this run's."""
+    if not args.results.exists():
+        return {"config": config_of(args), "machine": machine, "entries": {}}
+    payload = json.loads(args.results.read_text())
+    if payload.get("config") != config_of(args):
+        raise SystemExit(f"{args.results}: its budget {payload.get('config')} is not this run's {config_of(args)}; "
+                         "give another --results to start a new table")
+    return payload
+
+
+def save_entry(args, machine: str, key: str, entry: dict) -> dict:
+    """Add one entry to the results file at once: re-read under a lock, so two runs sharing a file
+    (say, one per row) never drop each other's rows; written atomically."""
+    import fcntl
+
+    from ssl_core.runtime import atomic_write_text
+
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results.with_name(f".{args.results.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        payload = load_results(args, machine)
+        payload["entries"][key] = entry
+        atomic_write_text(args.results, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(args.out / "quality.md", markdown(payload))
+    return payload
+
+
+def summarise(payload: dict) -> list[dict]:
+    """One line per row: mean, std and standard error over its seeds (test-set sampling included)."""
+    n_test = payload["config"]["test_subset"]
+    order = {r: i for i, r in enumerate(METHODS + BASELINES)}
+    by_row: dict[str, list[dict]] = {}
+    for e in payload["entries"].values():
+        by_row.setdefault(e["row"], []).append(e)
+    lines = []
+    for row in sorted(by_row, key=lambda r: order.get(r, 99)):
+        es = sorted(by_row[row], key=lambda e: e["seed"])
+        line = {"row": row, "method": es[0]["method"], "seeds": [e["seed"] for e in es],
+                "epochs": es[0]["epochs"], "wall_s": [e["wall_s"] for e in es],
+                "load": [(e["load_start"], e["load_end"]) for e in es]}
+        for key in ("knn", "linear"):
+            vals = [e[key] for e in es]
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            # test-set binomial SE of the mean, plus the seed-to-seed spread where there are seeds
+            se = math.sqrt(mean * (1 - mean) / (n_test * len(vals)) + std**2 / len(vals))
+            line[key] = {"mean": mean, "std": std, "se": se}
+        lines.append(line)
+    return lines
+
+
+def margin_in_se(a: dict, b: dict) -> float:
+    """(a - b) in standard errors of the difference."""
+    return (a["mean"] - b["mean"]) / math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+
+
+def markdown(payload: dict) -> str:
+    def pm(v: dict, n: int) -> str:
+        return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if n > 1 else f"{100 * v['mean']:.1f}"
+
+    lines = summarise(payload)
+    rand = next((ln for ln in lines if ln["row"] == "random_init"), None)
+    out = [
+        "| method | seeds | epochs | pretrain wall (s) | load (start-end) | kNN top-1 (%) | linear top-1 (%) "
+        "| linear - random init (SE) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for r in rows:
-        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") is not None else "-"
-        lines.append(f"| {r['method']} | {r.get('epochs', '-')} | {wall} | {pct(r.get('knn'))} | {pct(r.get('linear'))} |")
-    return "\n".join(lines) + "\n"
+    for ln in lines:
+        n = len(ln["seeds"])
+        walls = [w for w in ln["wall_s"] if w is not None]
+        wall = "/".join(f"{w:.0f}" for w in walls) or "-"
+        load = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in ln["load"])
+        margin = f"{margin_in_se(ln['linear'], rand['linear']):+.1f}" if rand and ln is not rand else "-"
+        out.append(f"| {ln['method']} | {n} | {ln['epochs']} | {wall} | {load} | {pm(ln['knn'], n)} "
+                   f"| {pm(ln['linear'], n)} | {margin} |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -186,58 +339,28 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ssl_core.reporting import NullSink
-    from ssl_core.specs import method_label
-    from ssl_core.train import pretrain
-
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
     machine = (torch.cuda.get_device_name(0) if device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
-    rows: list[dict] = []
-    t_all = time.time()
-    data = load_eval_data(args)
-
-    def save():
-        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "machine": machine, "torch": torch.__version__, "rows": rows,
-                   "total_wall_s": round(time.time() - t_all, 1)}
-        (args.out / "quality.json").write_text(json.dumps(payload, indent=2))
-        (args.out / "quality.md").write_text(markdown(rows, args, machine))
-
-    for name in [m for m in args.methods.split(",") if m]:
-        spec = pretrain_spec(name, args)
-        run_dir = args.out / name
-        t = time.time()
-        result = pretrain(spec, run_dir, sink=NullSink(), resume=False)
-        wall = time.time() - t
-        row = {"method": method_label(spec), "epochs": spec.epochs, "wall_s": round(wall, 1),
-               "final_loss": result.final_loss, "pretext_acc": result.metrics.get("train/pretext_acc"),
-               "batch_size": spec.batch_size, "images": spec.data.subset}
-        row.update(evaluate_backbone(args, data, weights=result.backbone_path))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save()
-
-    if not args.no_baselines:
-        for baseline in ("random_init", "raw_pixels"):
-            row = {"method": f"baseline: {baseline.replace('_', ' ')}", "epochs": 0, "wall_s": None}
-            row.update(evaluate_backbone(args, data, baseline=baseline))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            save()
-        path, wall, e2e_top1 = train_supervised(args, args.out / "supervised")
-        row = {"method": "supervised (cross-entropy)", "epochs": args.epochs, "wall_s": round(wall, 1),
-               "end_to_end_top1": e2e_top1}
-        row.update(evaluate_backbone(args, data, weights=path))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save()
-
-    save()
+               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    payload = load_results(args, machine)
+    for seed in args.seeds:
+        args.seed = seed
+        todo = [r for r in args.rows if f"{r}/seed{seed}" not in payload["entries"]]
+        if not todo:
+            continue
+        data = load_eval_data(args)
+        for row in todo:
+            if f"{row}/seed{seed}" in load_results(args, machine)["entries"]:
+                continue  # another run sharing the file did it meanwhile
+            entry = run_entry(row, args, data)
+            entry["machine"] = machine
+            payload = save_entry(args, machine, f"{row}/seed{seed}", entry)
+            print(json.dumps(entry), flush=True)
+    payload = load_results(args, machine)
     print()
-    print(markdown(rows, args, machine))
-    print(f"machine: {machine}; total {time.time() - t_all:.0f}s")
+    print(markdown(payload))
     return 0
 
 

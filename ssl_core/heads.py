@@ -8,11 +8,31 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-class SimCLRProjectionHead(nn.Module):
-    """SimCLR's projection g (Chen et al. 2020, §2.1): z = W2 ReLU(BN(W1 h)).
+class ScaleOnlyBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm with a learned scale and no shift: TensorFlow's ``center=False``.
 
-    As in the official ``model_util.py``: Linear-BN-ReLU, then a Linear without bias
-    (and without ReLU) to ``out_dim``. (B, in_dim) -> (B, out_dim).
+    The shift is removed rather than frozen at zero so that no optimizer, checkpoint or
+    SyncBatchNorm conversion ever sees a parameter that must not move.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+
+
+class SimCLRProjectionHead(nn.Module):
+    """SimCLR's projection g (Chen et al. 2020, §2.1): z = BN(W2 ReLU(BN(W1 h))).
+
+    The paper writes g as W2 ReLU(W1 h); the official code (google-research/simclr
+    ``model_util.py``, ``projection_head`` in ``nonlinear`` mode with two layers, as in v1)
+    puts BatchNorm on every layer's output: the hidden layer is Linear (no bias, the BN
+    shift replaces it) - BN (scale and shift) - ReLU, the output layer is Linear (no bias)
+    - BN with a scale but no shift (``center=use_bias=False``), and no ReLU.
+    (B, in_dim) -> (B, out_dim).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int = 128) -> None:
@@ -22,6 +42,7 @@ class SimCLRProjectionHead(nn.Module):
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim, bias=False),
+            ScaleOnlyBatchNorm1d(out_dim),
         )
 
     def forward(self, x: Tensor) -> Tensor:

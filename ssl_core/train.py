@@ -155,21 +155,25 @@ _NO_STEP = 2**62  # "no bad step" in the min over ranks
 
 
 class KnnMonitor:
-    """``eval.monitor``: the weighted-kNN top-1 of the backbone, on labelled splits loaded once."""
+    """``eval.monitor``: the weighted-kNN top-1 of the backbone on held-out TRAINING images.
+
+    Bank and queries are disjoint parts of the labelled training split (never the test split), so
+    a run's recipe can be selected on the monitor without tuning on the test set it is reported on.
+    """
 
     def __init__(self, spec: PretrainSpec, device: torch.device, amp_dtype: torch.dtype | None,
                  mean: tuple[float, ...], std: tuple[float, ...]):
         m, d, ed = spec.eval.monitor, spec.data, spec.eval.data
         if ed is not None:  # another labelled dataset than the pretraining one
-            name, path, splits = ed.dataset, ed.path, (ed.resolved_train_split, ed.resolved_test_split)
+            name, path, split = ed.dataset, ed.path, ed.resolved_train_split
         else:
-            name, path, splits = d.dataset, d.path, (d.info.train_split, d.info.test_split)
+            name, path, split = d.dataset, d.path, d.info.train_split
         kw = dict(path=path, image_size=d.resolved_image_size, channels=d.resolved_channels, seed=spec.seed)
-        bank = load_dataset(name, splits[0], subset=m.train_subset, **kw)
-        query = load_dataset(name, splits[1], subset=m.test_subset, **kw)
-        self.bank_x, self.bank_y = bank.images, bank.labels.to(device)
-        self.query_x, self.query_y = query.images, query.labels.to(device)
-        self.num_classes = int(bank.num_classes or int(bank.labels.max()) + 1)
+        labelled = load_dataset(name, split, subset=m.train_subset + m.test_subset, **kw)
+        bank, query = holdout_split(labelled.labels, m.train_subset, m.test_subset, spec.seed)
+        self.bank_x, self.bank_y = labelled.images[bank], labelled.labels[bank].to(device)
+        self.query_x, self.query_y = labelled.images[query], labelled.labels[query].to(device)
+        self.num_classes = int(labelled.num_classes or int(labelled.labels.max()) + 1)
         self.every, self.k, self.temperature = m.every_epochs, m.k, m.temperature
         self.device, self.amp_dtype, self.mean, self.std = device, amp_dtype, mean, std
 
@@ -180,6 +184,20 @@ class KnnMonitor:
         f_bank = extract_features(backbone, self.bank_x, self.mean, self.std, 512, self.device, self.amp_dtype)
         f_query = extract_features(backbone, self.query_x, self.mean, self.std, 512, self.device, self.amp_dtype)
         return knn_accuracy(f_bank, self.bank_y, f_query, self.query_y, self.k, self.temperature, self.num_classes)
+
+
+def holdout_split(labels: torch.Tensor, bank_size: int, query_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (bank, query) indices into ``labels``: a seeded shuffle, queries first. A split with
+    fewer images than asked is shared in the asked proportion (at least one of each)."""
+    n = int(labels.shape[0])
+    if n < 2:
+        raise ValueError(f"eval.monitor: the labelled training split has {n} image(s); the monitor needs 2")
+    if n < bank_size + query_size:
+        query_size = min(n - 1, max(1, round(n * query_size / (bank_size + query_size))))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    query = order[:query_size].sort().values
+    bank = order[query_size:query_size + bank_size].sort().values
+    return bank, query
 
 
 class Trainer:

@@ -1,7 +1,7 @@
 """SimCLR (Chen, Kornblith, Norouzi & Hinton, ICML 2020).
 
 Two views of each image from the augmentation pipeline, the encoder f (the backbone,
-kept after training) gives h, the projection g (Linear-BN-ReLU-Linear, discarded) gives
+kept after training) gives h, the projection g (Linear-BN-ReLU-Linear-BN as the official code, discarded) gives
 z, and NT-Xent pulls the two views of an image together against the other 2N-2 views.
 
 Under torch.distributed N is the global batch: every rank all-gathers the projections with their

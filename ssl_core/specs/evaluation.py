@@ -154,11 +154,14 @@ def check_layer_fields(layers: Layers | None, pooling: LayerPooling | None, prot
 
 
 class MonitorSpec(Strict):
-    """Online kNN monitor during pretraining."""
+    """Online kNN monitor during pretraining, on held-out training images (never the test split)."""
 
     every_epochs: Int = Field(0, ge=0, le=MAX_EPOCHS, description="0 = off")
-    train_subset: Int = Field(5000, ge=10, le=MAX_SUBSET)
-    test_subset: Int = Field(2000, ge=10, le=MAX_SUBSET)
+    train_subset: Int = Field(5000, ge=10, le=MAX_SUBSET, description="kNN bank: labelled training images")
+    test_subset: Int = Field(
+        2000, ge=10, le=MAX_SUBSET,
+        description="queries: other training images, held out of the bank (the test split is never used)",
+    )
     k: Int = Field(200, ge=1, le=10_000)
     temperature: Real = Field(0.1, gt=0.0, le=10.0)
 

@@ -156,12 +156,12 @@ def test_crop_resize_shrinking_averages_sub_samples_and_fuses_the_flip() -> None
 
 
 def test_pipeline_fuses_the_flip_into_the_crop_with_the_same_draws(monkeypatch) -> None:
-    """SimCLR's crop, flip, jitter, gray (and MoCo v2's crop, jitter, gray, blur, flip): the
-    pipeline folds the flip into the crop and must give what the ops give one by one, with
-    the generator consumed in the pipeline's order."""
+    """SimCLR's crop, flip, jitter, gray, blur (and MoCo v2's crop, jitter, gray, blur, flip), their
+    large-image recipes: the pipeline folds the flip into the crop and must give what the ops give
+    one by one, with the generator consumed in the pipeline's order."""
     real_flip = A.HorizontalFlip.apply
     for m in (specs.SimCLRSpec(), specs.MoCoSpec(version=2)):
-        pipe = A.build_pipeline(specs.default_augment(m, 16), 16)
+        pipe = A.build_pipeline(specs.default_augment(m, 96), 16)  # 96: the recipes with blur
         x = (images(b=16, side=20) * 255).to(torch.uint8)
         g = gen(4)
         ref = A.to_float(x)

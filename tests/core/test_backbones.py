@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ssl_core.backbones import build_backbone
-from ssl_core.heads import ClassifierHead, MoCoProjectionHead, SimCLRProjectionHead
+from ssl_core.heads import ClassifierHead, MoCoProjectionHead, ScaleOnlyBatchNorm1d, SimCLRProjectionHead
 from ssl_core.specs import BackboneSpec
 
 
@@ -58,7 +58,15 @@ def test_heads() -> None:
     x = torch.randn(4, 16)
     g = SimCLRProjectionHead(16, 32, 8)
     assert g(x).shape == (4, 8)
-    assert g.net[-1].bias is None and isinstance(g.net[1], nn.BatchNorm1d)
+    kinds = [type(m) for m in g.net]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, ScaleOnlyBatchNorm1d]
+    assert g.net[0].bias is None and g.net[3].bias is None  # BN follows each linear layer
+    assert g.net[1].bias is not None  # the hidden BN centres (use_bias=True in model_util.py)
+    out_bn = g.net[4]
+    assert out_bn.bias is None and out_bn.weight.shape == (8,)  # output BN: scale, no shift
+    assert [n for n, _ in g.named_parameters()] == ["net.0.weight", "net.1.weight", "net.1.bias", "net.3.weight", "net.4.weight"]
+    z = g.train()(torch.randn(64, 16))
+    assert torch.allclose(z.mean(0), torch.zeros(8), atol=1e-5)  # batch-normalised output, no shift
     v1 = MoCoProjectionHead(16, 8, mlp=False)
     assert isinstance(v1.net, nn.Linear) and v1(x).shape == (4, 8)
     v2 = MoCoProjectionHead(16, 8, mlp=True)

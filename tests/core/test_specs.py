@@ -136,11 +136,15 @@ def test_method_recipes_are_resolved_into_the_stored_spec() -> None:
     assert v1.method.temperature == 0.07 and v1.method.mlp_head is False
     assert v1.optim.schedule == "step" and v1.optim.milestones == [120.0, 160.0]
     assert not any(op.op == "gaussian_blur" for op in v1.augment)
-    v2 = PretrainSpec.model_validate({"method": {"name": "moco", "version": 2}})
+    v2 = PretrainSpec.model_validate({"method": {"name": "moco", "version": 2}, "data": {"dataset": "stl10"}})
     assert v2.method.temperature == 0.2 and v2.method.mlp_head is True
     assert v2.optim.schedule == "cosine" and any(op.op == "gaussian_blur" for op in v2.augment)
     simclr = PretrainSpec.model_validate({"method": {"name": "simclr"}, "batch_size": 512})
-    assert simclr.optim.name == "lars" and simclr.optim.lr == pytest.approx(0.6)
+    # the paper's square-root lr scaling below batch 4096, linear from there (App. B.1)
+    assert simclr.optim.name == "lars" and simclr.optim.lr == pytest.approx(0.075 * 512**0.5)
+    for batch, lr in ((128, 0.075 * 128**0.5), (4096, 4.8), (8192, 9.6)):
+        spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "batch_size": batch})
+        assert spec.optim.lr == pytest.approx(lr)
     crop = simclr.augment[0]
     assert crop.op == "random_resized_crop" and tuple(crop.scale) == (0.08, 1.0)
     # A stored spec round-trips to the same spec: nothing is re-resolved differently.
