@@ -67,7 +67,7 @@ def test_explicit_variants_and_a_preset(client, db):
     assert moco_v1.spec["method"]["momentum"] == 0.999 and moco_v1.spec["method"]["temperature"] == 0.07
     assert moco_v1.spec["optim"]["lr"] == pytest.approx(0.03) and moco_v1.spec["optim"]["schedule"] == "step"
     big = next(j for j in pre if j.variant == "simclr bs1024")
-    assert big.spec["optim"]["name"] == "lars" and big.spec["optim"]["lr"] == pytest.approx(0.3 * 1024 / 256)
+    assert big.spec["optim"]["name"] == "lars" and big.spec["optim"]["lr"] == pytest.approx(0.075 * 1024 ** 0.5)
     # first seed of every row before any second seed; the baselines ahead of the pretrainings
     assert [j.spec["seed"] for j in pre] == [0, 0, 0, 0, 1, 1, 1, 1]
     refs = [j for j in children(db, preset["id"]) if j.kind == "evaluate"]
