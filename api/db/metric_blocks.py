@@ -126,6 +126,18 @@ _BUCKET_STEPS = f"""
     )
     SELECT step FROM s WHERE step IS NOT NULL
 """
+# The same on PostgreSQL in one aggregate pass, no join: an array compares element by element, so
+# MIN(ARRAY[min_value, min_step]) is the earliest step of the bucket's min (MAX with -step: of its
+# max), and the filler steps come from the bucket's middle summary row.
+_BUCKET_STEPS_PG = """
+    SELECT MIN(first_step), MAX(last_step), (MIN(ARRAY[min_value, min_step]))[2],
+           -(MAX(ARRAY[max_value, -max_step]))[2],
+           (array_agg(q1_step ORDER BY block))[COUNT(*) / 2 + 1], (array_agg(q3_step ORDER BY block))[COUNT(*) / 2 + 1]
+    FROM metric_blocks WHERE job_id = :job AND name = :name AND level = :level AND block >= :b0 AND block <= :b1
+    GROUP BY ((block - :b0) * :buckets) / :nblocks
+"""
+
+
 def refresh_blocks(session: Session, job_id: int, steps: Iterable[tuple[str, int]]) -> None:
     """Recompute the summaries (both levels) of the blocks holding these (name, step) points, after
     an upsert: an overwritten step may have held a block's min or max."""
@@ -237,8 +249,8 @@ def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: i
             continue
         picks |= _region_picks(session, params, c0, c1)
         raw += [(a, c0 * BLOCK - 1), ((c1 + 1) * BLOCK, b)]
-    picks |= {int(r[0]) for r in session.execute(text(_BUCKET_STEPS), {
-        **params, "level": level, "b0": b0, "b1": b1, "buckets": buckets, "nblocks": nblocks}).all()}
+    picks |= _bucket_steps(session, {**params, "level": level, "b0": b0, "b1": b1, "buckets": buckets,
+                                     "nblocks": nblocks})
     in_list = ", ".join(str(s) for s in sorted(picks)) or "NULL"  # ints from the database itself
     # index probes and short ranges, never one OR (which PostgreSQL may answer by scanning the range)
     sql = f"{base} AND step IN ({in_list})"
@@ -252,6 +264,17 @@ def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: i
         return min(buckets - 1, max(0, (step // size - b0) * buckets // nblocks))
 
     return m4(rows, bucket_of)
+
+
+def _bucket_steps(session: Session, params: dict[str, Any]) -> set[int]:
+    """The steps M4 keeps from the buckets of whole blocks (fillers only where needed)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return {int(r[0]) for r in session.execute(text(_BUCKET_STEPS), params).all()}
+    steps: set[int] = set()
+    for f, l, smin, smax, q1, q3 in session.execute(text(_BUCKET_STEPS_PG), params).all():
+        core = {int(f), int(l), int(smin), int(smax)}
+        steps |= core if len(core) == 4 else core | {int(q1), int(q3)}
+    return steps
 
 
 def _region_picks(session: Session, params: dict[str, Any], c0: int, c1: int) -> set[int]:
