@@ -5,8 +5,8 @@
   ``deploy.resources.reservations.devices`` and ``service_completed_successfully`` included);
 * the services of the deployment are there, with their healthchecks, dependency conditions, GPU
   reservation (one worker per host owning several GPUs, with the shared memory NCCL needs, and
-  one task slot per GPU), persistent Redis and a
-  required API token;
+  one task slot per GPU), persistent Redis, and an API that needs a token (named, or optionally
+  from .env) and starts with a named one alone;
 * every command, entrypoint and healthcheck in the compose files and the Dockerfiles names a real
   part of the project (``pretextlab`` subcommands through the CLI's own parser, ``api.main:app``
   imported without torch, scripts and COPY sources that exist and reach the build context);
@@ -209,16 +209,19 @@ def test_the_validator_rejects_an_invalid_file(tmp_path):
     assert res.returncode != 0 and "stop_grace_periods" in res.stderr
 
 
-def test_compose_refuses_to_start_without_a_token(tmp_path):
+def test_compose_needs_no_env_token_but_refuses_without_its_passwords(tmp_path):
+    # The bootstrap token is a named one (`docker compose run --rm api pretextlab token create admin
+    # --admin`): PRETEXTLAB_API_TOKENS is optional, and renders empty when unset.
     env = {k: v for k, v in DUMMY_ENV.items() if k != "PRETEXTLAB_API_TOKENS"}
     res = run_compose(tmp_path, COMPOSE, env)
-    assert res.returncode != 0 and "PRETEXTLAB_API_TOKENS" in res.stderr
-    # ... nor with .env.example copied as it is: its token and password are empty on purpose.
+    assert res.returncode == 0, res.stderr
+    assert env_of(rendered(COMPOSE, {"PRETEXTLAB_API_TOKENS": ""})["services"]["api"])["PRETEXTLAB_API_TOKENS"] == ""
+    # .env.example copied as it is does not start: its passwords are empty on purpose.
     example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
                    if line and not line.startswith("#"))
     assert example["PRETEXTLAB_API_TOKENS"] == "" and example["POSTGRES_PASSWORD"] == ""
     res = run_compose(tmp_path, COMPOSE, example)
-    assert res.returncode != 0 and ("PRETEXTLAB_API_TOKENS" in res.stderr or "POSTGRES_PASSWORD" in res.stderr)
+    assert res.returncode != 0 and "POSTGRES_PASSWORD" in res.stderr
 
 
 def test_worker_host_needs_remote_database_broker_and_object_store(tmp_path):
@@ -293,13 +296,15 @@ def test_services_start_after_healthy_stores_and_a_finished_migration(services, 
     assert dep["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_api_on_8000_with_a_required_token_and_a_healthz_healthcheck(services):
+def test_api_on_8000_with_an_optional_env_token_and_a_healthz_healthcheck(services):
     api = services["api"]
     assert any(str(p).split(":")[-1] == "8000" for p in api["ports"])
-    # ${PRETEXTLAB_API_TOKENS:?...}: rendering without a token raises instead of running open.
+    # ${PRETEXTLAB_API_TOKENS:-}: the env token is passed when set, and optional (a named token
+    # suffices); authentication itself is never turned off by compose.
     raw = load(COMPOSE)["services"]["api"]["environment"]["PRETEXTLAB_API_TOKENS"]
-    assert raw.startswith("${PRETEXTLAB_API_TOKENS:?")
+    assert raw == "${PRETEXTLAB_API_TOKENS:-}"
     assert env_of(api)["PRETEXTLAB_API_TOKENS"] == DUMMY_ENV["PRETEXTLAB_API_TOKENS"]
+    assert "PRETEXTLAB_AUTH" not in env_of(api)
     # The healthcheck comes from the image and probes /healthz on the port uvicorn binds.
     assert "healthcheck" not in api or not api["healthcheck"].get("disable")
     hc = [a for i, a in parse_dockerfile(API_DOCKERFILE) if i == "HEALTHCHECK"]
@@ -685,7 +690,7 @@ def test_the_settings_accept_each_service_environment(monkeypatch, services, ser
         assert s.db_app_password is None
     assert s.broker_url == "redis://:test-redis-password@redis:6379/0"  # Celery mode, with the password
     if service == "api":
-        assert s.token_list() == ["test-token"] and s.auth_enabled
+        assert s.token_list() == ["test-token"] and s.auth_enabled  # passed on when .env sets it
 
 
 def test_env_example_documents_every_variable_and_nothing_else():
@@ -757,6 +762,45 @@ def test_the_api_image_declares_its_bind_so_auth_off_is_refused():
     s = Settings(host=env["PRETEXTLAB_HOST"], auth="off", database_url="sqlite://")
     assert "PRETEXTLAB_AUTH=off is refused" in s.auth_refusal(0)
     assert "no API token" in Settings(host="0.0.0.0", database_url="sqlite://").auth_refusal(0)
+
+
+def test_the_compose_api_without_an_env_token_starts_once_a_named_token_exists(monkeypatch, tmp_path):
+    """The api service's own environment (no PRETEXTLAB_API_TOKENS in .env) on the image's bind:
+    refused with the bootstrap command in the message, then, after `pretextlab token create admin
+    --admin` (the documented bootstrap, through the real CLI), the app starts and takes that token."""
+    from fastapi.testclient import TestClient
+
+    from api.db.session import upgrade
+    from api.main import AuthRefused, create_app
+    from api.settings import Settings
+
+    for k in list(os.environ):
+        if k.startswith("PRETEXTLAB_"):
+            monkeypatch.delenv(k)
+    api = rendered(COMPOSE, {"PRETEXTLAB_API_TOKENS": ""})["services"]["api"]
+    image_env = dict(kv.split("=", 1) for i, a in parse_dockerfile(API_DOCKERFILE) if i == "ENV"
+                     for kv in shlex.split(a))
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"  # PostgreSQL in compose; the same rows here
+    for k, v in {**{k: v for k, v in image_env.items() if k.startswith("PRETEXTLAB_")}, **env_of(api),
+                 "PRETEXTLAB_DATABASE_URL": db, "PRETEXTLAB_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+                 "PRETEXTLAB_ARTIFACT_URL": "", "PRETEXTLAB_BROKER_URL": ""}.items():
+        monkeypatch.setenv(k, v)
+    settings = Settings()
+    assert settings.token_list() == [] and settings.auth_enabled and settings.host == "0.0.0.0"
+    upgrade(db)
+    with pytest.raises(AuthRefused, match="pretextlab token create NAME --admin"):
+        with TestClient(create_app(settings)):
+            pass
+    bootstrap = argv(re.search(r"docker compose run --rm api (pretextlab token create \S+ --admin)",
+                               (ROOT / "docs" / "deployment.md").read_text()).group(1))
+    assert bootstrap == ["pretextlab", "token", "create", "admin", "--admin"]
+    out = subprocess.run([sys.executable, "-m", "worker.cli", *bootstrap[1:]], cwd=ROOT, env=dict(os.environ),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    token = re.search(r"ptl_\S+", out.stdout).group(0)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/jobs").status_code == 401
+        assert c.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 def test_the_deployment_docs_cover_tls_for_cross_host_links():

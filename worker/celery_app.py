@@ -19,6 +19,12 @@ The broker only carries "job N is ready"; SQL decides whether it runs (see ``wor
   checkpoints at its next step boundary, is handed back to the queue (re-dispatched at once), and
   the task returns -- which is what the warm shutdown waits for. Celery's own signal handlers are
   untouched.
+* A worker in warm shutdown takes no other message (:class:`ShutdownGate`). Celery's consumer loop
+  only notices the shutdown when its poll next wakes (up to a second later), and a free slot has a
+  Redis BRPOP pending all along: a job submitted or handed back in that gap -- often the running
+  job's own hand-back -- used to be received and started there, then dropped. Now, from the
+  signal on, the channel asks for no message, and one that still arrives is rejected with requeue
+  (back in its Redis list at once, for the next worker) before any task starts.
 * The visibility timeout (VISIBILITY_TIMEOUT) may be shorter than a job: a redelivery of a message
   whose job is running under a live lease is dropped by the claim.
 * Beat runs ``pretextlab.reconcile`` every RECONCILE_SECONDS; the message expires after one period
@@ -28,13 +34,14 @@ The broker only carries "job N is ready"; SQL decides whether it runs (see ``wor
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
 import threading
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from kombu import Queue
 
 from api.db.session import sessions_for
@@ -50,6 +57,7 @@ CONTROL_QUEUE = "control"  # the reconcile beat; every worker listens to it as w
 SHUTDOWN = threading.Event()
 # This worker process's devices: "slots" (set by run_worker), then "name", "pool", "presence" once ready.
 FLEET: dict[str, Any] = {}
+log = logging.getLogger("pretextlab.worker")
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -106,7 +114,58 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+class ShutdownGate(bootsteps.StartStopStep):
+    """Consumer step: once :data:`SHUTDOWN` is set, ask the broker for nothing more and put back,
+    unstarted, any message that still arrives. It runs after Celery's task consumer step on every
+    (re)start of the consumer, so a reconnect keeps it."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        qos = c.task_consumer.channel.qos
+        can_consume = qos.can_consume  # Celery's own (prefetch and slot limits), wrapped
+
+        def gated_can_consume() -> bool:
+            return not SHUTDOWN.is_set() and can_consume()
+
+        qos.can_consume = gated_can_consume  # kombu's Redis poller issues no BRPOP without it
+        for name, strategy in list(c.strategies.items()):
+            c.strategies[name] = _gate(strategy, c.connection_errors)
+
+    def stop(self, c: Any) -> None:
+        # Runs when the warm shutdown stops the consumer, before the pool waits for running jobs. A
+        # free slot's BRPOP sent before the signal may hold a message Redis has already popped;
+        # kombu would read it only when it closes the channel, after those jobs end (a killed
+        # worker would lose it). Read it now (within the 1 s BRPOP timeout): the gated handler
+        # puts it back at once.
+        channel = getattr(c.task_consumer, "channel", None)
+        if channel is None or not getattr(channel, "_in_poll", None):  # not Redis, or nothing in flight
+            return
+        try:
+            channel._brpop_read()
+        except Exception as exc:  # noqa: BLE001 - Empty, or the broker gone: kombu's close restores
+            log.debug("warm shutdown: no message in flight (%s)", type(exc).__name__)
+
+
+def _gate(strategy: Any, errors: tuple) -> Any:
+    """A message handler that, during warm shutdown, requeues instead of handing to ``strategy``."""
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
+        if not SHUTDOWN.is_set():
+            return strategy(message, body, ack, reject, callbacks, **kwargs)
+        # Before the Request exists: nothing is reserved or run, and the message goes back to its
+        # Redis list now, not after the visibility timeout -- and is not acknowledged unused.
+        message.reject_log_error(log, errors, requeue=True)
+        headers = message.headers or {}
+        log.info("worker shutting down: %s%s put back in the queue for another worker",
+                 headers.get("task", "a message"), headers.get("argsrepr", ""))
+        return None
+
+    return handle
+
+
 app = make_app()
+app.steps["consumer"].add(ShutdownGate)
 
 
 @signals.worker_process_init.connect

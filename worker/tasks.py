@@ -34,10 +34,11 @@ def _settings() -> Settings:
 def run_job_task(self, job_id: int) -> str:
     """Run job ``job_id`` if it can be claimed; a duplicate or late message is dropped by the claim."""
     if SHUTDOWN.is_set():
-        # A message reaching a worker that is already shutting down is acknowledged unused; the job
-        # is still queued in SQL, marked as having no message, so another worker's idle poll (or the
-        # reconciler's next pass) sends it again. One log line, not a Reject traceback -- and not a
-        # re-send from here, which this very worker could take again until its consumer stops.
+        # A message received during warm shutdown is put back before it gets here (ShutdownGate in
+        # worker.celery_app); this covers the instant between that check and the pool thread
+        # starting. The message is acknowledged unused and the job, still queued in SQL, marked as
+        # having none, so another worker's idle poll (or the reconciler) sends it again. One log line:
+        # raising Reject from a task would log a traceback.
         with sessions_for(_settings().database_url)() as s, s.begin():
             forget_dispatch(s, int(job_id))
         log.info("job %s: worker shutting down: message left for another worker", job_id)

@@ -11,14 +11,19 @@ refreshes the blocks it touched (:func:`refresh_blocks`). A read then
 * takes the coarsest level with at least one whole block per bucket and cuts the range into
   exactly ``max_points // 4`` buckets of whole blocks (block ``k`` of ``N`` goes to bucket
   ``k * buckets // N``: no bucket is lost to rounding),
-* picks each bucket's first, last, min and max steps from the summaries in SQL (hash aggregates,
-  a few thousand rows at most), plus two filler steps of its middle block,
-* fetches those points and the partial blocks at both ends of the range (as level-0 summaries plus
-  fewer than 64 points a side), and reduces each bucket to
-  4 points in Python: first, last, min, max, and fillers only where those coincide (a monotone
-  stretch), so the answer has max_points // 4 * 4 points whenever the data has them.
+* picks in SQL each bucket's first and last step and the earliest steps holding its min and its
+  max, plus -- only where those coincide (a monotone or flat stretch) -- two filler steps of its
+  middle block: about four steps per bucket (hash aggregates over a few thousand summary rows),
+* fetches those points by index probes, with the partial blocks at both ends of the range (as
+  level-0 summaries plus fewer than 64 points a side), and reduces each bucket to 4 points in
+  Python: first, last, min, max, and fillers only where those coincide, so the answer has
+  max_points // 4 * 4 points whenever the data has them.
 
-A range shorter than ``buckets`` blocks of 64 (< buckets * 64 points) is reduced from the raw points.
+A range shorter than ``buckets`` blocks of 64 (< buckets * 64 points) has no summary fine enough:
+on PostgreSQL one aggregate pass over its points picks the same four steps per bucket (and the
+steps around each bucket's middle, for fillers), and only those points are fetched; on SQLite
+every point of the range is read and reduced in Python. Reads fetch their rows in one call: row
+by row, converting ~1,500 rows cost more than the query itself.
 """
 
 from __future__ import annotations
@@ -90,11 +95,17 @@ _REFRESH1 = text(_LEVEL1.format(where=_RANGE.format(col="block")))
 _REBUILD0 = text(_LEVEL0.format(where=""))
 _REBUILD1 = text(_LEVEL1.format(where=""))
 
-# Per bucket of whole blocks of one level: its first and last step, the steps of its min and max,
-# and the two filler steps of its middle block (used only where first/last/min/max coincide).
-# Hash aggregates and hash joins only: window functions would sort every block row three times.
-_PICK_SQL = text(
-    """
+# How many distinct steps a bucket's first, last, min and max are (the fillers are fetched only
+# where that is under 4: a monotone or flat stretch).
+_CORE = """(1 + CASE WHEN l <> f THEN 1 ELSE 0 END + CASE WHEN smin NOT IN (f, l) THEN 1 ELSE 0 END
+            + CASE WHEN smax NOT IN (f, l, smin) THEN 1 ELSE 0 END)"""
+# Per bucket of whole blocks of one level (block k of N goes to bucket k * buckets // N): its first
+# and last step, the earliest step holding its min and its max, and -- only where those coincide --
+# the two filler steps of its middle block: about four steps per bucket, fetched after by index
+# probes (a join to ``metrics`` here would be planned as a scan of the job's points when the
+# statistics are stale, as they are right after a bulk write). Window functions would sort every
+# block row again.
+_BUCKET_STEPS = f"""
     WITH b AS (
         SELECT block, first_step, last_step, min_step, min_value, max_step, max_value, q1_step, q3_step,
                ((block - :b0) * :buckets) / :nblocks AS k
@@ -104,15 +115,27 @@ _PICK_SQL = text(
         SELECT k, MIN(first_step) AS f, MAX(last_step) AS l, MIN(min_value) AS mn, MAX(max_value) AS mx,
                (MIN(block) + MAX(block)) / 2 AS mid
         FROM b GROUP BY k
+    ), x AS (
+        SELECT g.k, g.f, g.l, MIN(b.min_step) FILTER (WHERE b.min_value = g.mn) AS smin,
+               MIN(b.max_step) FILTER (WHERE b.max_value = g.mx) AS smax,
+               MIN(b.q1_step) FILTER (WHERE b.block = g.mid) AS q1, MIN(b.q3_step) FILTER (WHERE b.block = g.mid) AS q3
+        FROM b JOIN g ON b.k = g.k GROUP BY g.k, g.f, g.l
+    ), s(step) AS (
+        SELECT f FROM x UNION SELECT l FROM x UNION SELECT smin FROM x UNION SELECT smax FROM x
+        UNION SELECT q1 FROM x WHERE {_CORE} < 4 UNION SELECT q3 FROM x WHERE {_CORE} < 4
     )
-    SELECT f FROM g
-    UNION ALL SELECT l FROM g
-    UNION ALL SELECT b.min_step FROM b JOIN g ON b.k = g.k AND b.min_value = g.mn
-    UNION ALL SELECT b.max_step FROM b JOIN g ON b.k = g.k AND b.max_value = g.mx
-    UNION ALL SELECT b.q1_step FROM b JOIN g ON b.block = g.mid
-    UNION ALL SELECT b.q3_step FROM b JOIN g ON b.block = g.mid
-    """
-)
+    SELECT step FROM s WHERE step IS NOT NULL
+"""
+# The same on PostgreSQL in one aggregate pass, no join: an array compares element by element, so
+# MIN(ARRAY[min_value, min_step]) is the earliest step of the bucket's min (MAX with -step: of its
+# max), and the filler steps come from the bucket's middle summary row.
+_BUCKET_STEPS_PG = """
+    SELECT MIN(first_step), MAX(last_step), (MIN(ARRAY[min_value, min_step]))[2],
+           -(MAX(ARRAY[max_value, -max_step]))[2],
+           (array_agg(q1_step ORDER BY block))[COUNT(*) / 2 + 1], (array_agg(q3_step ORDER BY block))[COUNT(*) / 2 + 1]
+    FROM metric_blocks WHERE job_id = :job AND name = :name AND level = :level AND block >= :b0 AND block <= :b1
+    GROUP BY ((block - :b0) * :buckets) / :nblocks
+"""
 
 
 def refresh_blocks(session: Session, job_id: int, steps: Iterable[tuple[str, int]]) -> None:
@@ -156,8 +179,11 @@ def m4(points: Sequence[Point], bucket_of: Any) -> list[Point]:
     return out
 
 
-def _rows(session: Session, sql: str, params: dict[str, Any]) -> list[Point]:
-    return [(int(s), float(v), e) for s, v, e in session.execute(text(sql), params)]
+def _rows(session: Session, sql: str, params: dict[str, Any], ordered: bool = False) -> list[Point]:
+    """Rows (step, value, epoch) in step order (``ordered``: the SQL sorts them already), fetched
+    in one call rather than row by row (which cost more than the query on long ranges)."""
+    rows = [(int(s), float(v), e) for s, v, e in session.execute(text(sql), params).all()]
+    return rows if ordered else sorted(rows)
 
 
 def downsample(session: Session, job_id: int, name: str, lo: int, hi: int, max_points: int) -> list[Point]:
@@ -171,18 +197,42 @@ def downsample(session: Session, job_id: int, name: str, lo: int, hi: int, max_p
         b0, b1 = -(-lo // size), (hi + 1) // size - 1  # the whole blocks inside [lo, hi]
         if b1 - b0 + 1 >= buckets:
             return _from_blocks(session, params, base, buckets, size, b0, b1)
-    # fewer than buckets * BLOCK steps: reduce the raw points
+    # fewer than buckets * BLOCK steps (< 64 points per bucket): from the raw points
     span = hi - lo + 1
-    rows = _rows(session, base + " AND step >= :lo AND step <= :hi ORDER BY step", params)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = _raw_candidates(session, params, base, buckets, span)
+    else:  # every point of the range, fetched in one call and in key order
+        rows = _rows(session, base + " AND step >= :lo AND step <= :hi ORDER BY step", params, ordered=True)
     return m4(rows, lambda s: (s - lo) * buckets // span)
+
+
+# PostgreSQL, one pass of hash aggregates over the range: per bucket its first and last step, the
+# earliest step of its min and of its max (an array compares element by element: [value, step]),
+# and the steps within two places of its middle (fillers, used only where the four coincide).
+_RAW_STEPS = """
+    SELECT MIN(step), MAX(step), (MIN(ARRAY[value, step]))[2], -(MAX(ARRAY[value, -step]))[2],
+           (array_agg(step ORDER BY step))[COUNT(*) / 2 - 1 : COUNT(*) / 2 + 3]
+    FROM metrics WHERE job_id = :job AND name = :name AND step >= :lo AND step <= :hi
+    GROUP BY ((step - :lo) * :buckets) / :span
+"""
+
+
+def _raw_candidates(session: Session, params: dict[str, Any], base: str, buckets: int, span: int) -> list[Point]:
+    """The points :func:`m4` needs from a short range: about four per bucket leave the database."""
+    steps: set[int] = set()
+    for f, l, smin, smax, middle in session.execute(text(_RAW_STEPS), {**params, "buckets": buckets,
+                                                                        "span": span}).all():
+        core = {int(f), int(l), int(smin), int(smax)}
+        steps |= core if len(core) == 4 else core | {int(x) for x in middle}
+    in_list = ", ".join(str(s) for s in sorted(steps))  # ints from the database itself
+    return _rows(session, f"{base} AND step IN ({in_list})", params)
 
 
 def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: int, size: int,
                  b0: int, b1: int) -> list[Point]:
     nblocks = b1 - b0 + 1
     level = 0 if size == BLOCK else 1
-    picks = {int(r[0]) for r in session.execute(_PICK_SQL, {**params, "level": level, "b0": b0, "b1": b1,
-                                                            "buckets": buckets, "nblocks": nblocks})}
+    picks: set[int] = set()
     # the partial blocks at both ends, [lo, b0 * size) and [(b1 + 1) * size, hi]: read as level-0
     # summaries where they hold whole 64-step blocks, as points for the rest (< 64 steps a side)
     edges = [(params["lo"], b0 * size - 1), ((b1 + 1) * size, params["hi"])]
@@ -199,19 +249,32 @@ def _from_blocks(session: Session, params: dict[str, Any], base: str, buckets: i
             continue
         picks |= _region_picks(session, params, c0, c1)
         raw += [(a, c0 * BLOCK - 1), ((c1 + 1) * BLOCK, b)]
+    picks |= _bucket_steps(session, {**params, "level": level, "b0": b0, "b1": b1, "buckets": buckets,
+                                     "nblocks": nblocks})
     in_list = ", ".join(str(s) for s in sorted(picks)) or "NULL"  # ints from the database itself
     # index probes and short ranges, never one OR (which PostgreSQL may answer by scanning the range)
     sql = f"{base} AND step IN ({in_list})"
     ranges: dict[str, int] = {}
     for i, (a, b) in enumerate(r for r in raw if r[0] <= r[1]):
-        sql += f" UNION ALL {base} AND step >= :a{i} AND step <= :b{i}"
-        ranges.update({f"a{i}": a, f"b{i}": b})
-    rows = _rows(session, sql + " ORDER BY 1", {**params, **ranges})
+        sql += f" UNION ALL {base} AND step >= :edge_lo{i} AND step <= :edge_hi{i}"
+        ranges.update({f"edge_lo{i}": a, f"edge_hi{i}": b})
+    rows = _rows(session, sql, {**params, **ranges})
 
     def bucket_of(step: int) -> int:
         return min(buckets - 1, max(0, (step // size - b0) * buckets // nblocks))
 
     return m4(rows, bucket_of)
+
+
+def _bucket_steps(session: Session, params: dict[str, Any]) -> set[int]:
+    """The steps M4 keeps from the buckets of whole blocks (fillers only where needed)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return {int(r[0]) for r in session.execute(text(_BUCKET_STEPS), params).all()}
+    steps: set[int] = set()
+    for f, l, smin, smax, q1, q3 in session.execute(text(_BUCKET_STEPS_PG), params).all():
+        core = {int(f), int(l), int(smin), int(smax)}
+        steps |= core if len(core) == 4 else core | {int(q1), int(q3)}
+    return steps
 
 
 def _region_picks(session: Session, params: dict[str, Any], c0: int, c1: int) -> set[int]:

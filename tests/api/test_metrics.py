@@ -143,3 +143,15 @@ def test_the_migration_summarises_points_stored_before_it(sqlite_url):
         series = query_metrics(s, 1, "train/loss", max_points=100)
     engine.dispose()
     assert series.downsampled and (31337, 100.0, None) in series.points
+
+
+def test_a_short_flat_range_still_gives_exactly_max_points(client, db):
+    """Fewer than 64 points per bucket (no summary level fits: reduced from the points): on a flat
+    series first, last, min and max coincide in every bucket, and fillers from each bucket's
+    middle make up exactly 4 points; a dip in it survives."""
+    job = submit(client)["id"]
+    _load(db, job, "train/loss", range(2_000), value=lambda s: -5.0 if s == 1_234 else 1.0)
+    got = _series(client, job, max_points=1000)
+    assert len(got) == 1000 and got[1_234] == -5.0 and min(got) == 0 and max(got) == 1_999
+    got = _series(client, job, max_points=400, start_step=7, end_step=1_600)
+    assert len(got) == 400 and got[1_234] == -5.0 and min(got) == 7 and max(got) == 1_600

@@ -1,5 +1,5 @@
 """After a broker loss, an idle worker finds the queued job whose message is gone and sends it
-again; a worker shutting down leaves the message it took for another worker."""
+again; a worker shutting down puts back, unstarted, a message it still receives."""
 
 from __future__ import annotations
 
@@ -60,3 +60,45 @@ def test_a_message_taken_during_shutdown_is_left_for_another_worker(sqlite_url, 
     lines = [r for r in caplog.records if str(jid) in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
     st.engine.dispose()
+
+
+class _Qos:
+    def can_consume(self) -> bool:
+        return True
+
+
+class _Message:
+    headers = {"task": "pretextlab.run_job", "argsrepr": "(7,)"}
+
+    def __init__(self) -> None:
+        self.rejected: list[bool] = []
+
+    def reject_log_error(self, logger, errors, requeue=False) -> None:
+        self.rejected.append(requeue)
+
+
+def test_the_shutdown_gate_asks_for_nothing_and_requeues_what_still_arrives(monkeypatch, caplog):
+    """The consumer step behind the warm shutdown (real worker processes: tests/e2e/test_warm_shutdown.py)."""
+    from types import SimpleNamespace
+
+    from worker import celery_app
+
+    assert celery_app.ShutdownGate in celery_app.app.steps["consumer"]
+    started: list[int] = []
+    c = SimpleNamespace(task_consumer=SimpleNamespace(channel=SimpleNamespace(qos=_Qos())),
+                        strategies={"pretextlab.run_job": lambda m, b, a, r, cb: started.append(b)},
+                        connection_errors=(OSError,))
+    monkeypatch.setattr(celery_app, "SHUTDOWN", celery_app.threading.Event())
+    celery_app.ShutdownGate(SimpleNamespace()).start(c)
+    handle = c.strategies["pretextlab.run_job"]
+    first = _Message()
+    handle(first, 1, None, None, [])  # running: handled as before
+    assert started == [1] and first.rejected == [] and c.task_consumer.channel.qos.can_consume()
+    celery_app.SHUTDOWN.set()
+    caplog.set_level("INFO", logger="pretextlab.worker")
+    late = _Message()
+    handle(late, 2, None, None, [])
+    assert started == [1] and late.rejected == [True]  # back to the broker, no task started
+    assert c.task_consumer.channel.qos.can_consume() is False  # and no BRPOP asks for another
+    (line,) = [r for r in caplog.records if "put back" in r.getMessage()]
+    assert "pretextlab.run_job(7,)" in line.getMessage() and line.exc_info is None
