@@ -70,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="run folders (git-ignored)")
     p.add_argument("--results", type=Path, help="results JSON, read first and extended (default <out>/quality.json)")
+    p.add_argument("--table", action="store_true", help="print the table of --results and exit (runs nothing)")
     args = p.parse_args(argv)
     for key, value in BUDGETS[args.budget].items():
         if getattr(args, key) is None:
@@ -335,6 +336,9 @@ def markdown(payload: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.results.read_text())), end="")
+        return 0
     import torch
 
     if args.threads:
