@@ -70,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="run folders (git-ignored)")
     p.add_argument("--results", type=Path, help="results JSON, read first and extended (default <out>/quality.json)")
+    p.add_argument("--table", action="store_true", help="print the table of --results and exit (runs nothing)")
     args = p.parse_args(argv)
     for key, value in BUDGETS[args.budget].items():
         if getattr(args, key) is None:
@@ -293,7 +294,7 @@ def summarise(payload: dict) -> list[dict]:
     for row in sorted(by_row, key=lambda r: order.get(r, 99)):
         es = sorted(by_row[row], key=lambda e: e["seed"])
         line = {"row": row, "method": es[0]["method"], "seeds": [e["seed"] for e in es],
-                "epochs": es[0]["epochs"], "wall_s": [e["wall_s"] for e in es],
+                "epochs": es[0]["epochs"], "wall_s": [e["wall_s"] for e in es], "total_s": [e["total_s"] for e in es],
                 "load": [(e["load_start"], e["load_end"]) for e in es]}
         for key in ("knn", "linear"):
             vals = [e[key] for e in es]
@@ -318,23 +319,27 @@ def markdown(payload: dict) -> str:
     lines = summarise(payload)
     rand = next((ln for ln in lines if ln["row"] == "random_init"), None)
     out = [
-        "| method | seeds | epochs | pretrain wall (s) | load (start-end) | kNN top-1 (%) | linear top-1 (%) "
-        "| linear - random init (SE) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| method | seeds | epochs | pretrain wall (s) | row wall (s) | load (start-end) | kNN top-1 (%) "
+        "| linear top-1 (%) | linear - random init (SE) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for ln in lines:
         n = len(ln["seeds"])
         walls = [w for w in ln["wall_s"] if w is not None]
         wall = "/".join(f"{w:.0f}" for w in walls) or "-"
+        total = "/".join(f"{w:.0f}" for w in ln["total_s"])
         load = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in ln["load"])
         margin = f"{margin_in_se(ln['linear'], rand['linear']):+.1f}" if rand and ln is not rand else "-"
-        out.append(f"| {ln['method']} | {n} | {ln['epochs']} | {wall} | {load} | {pm(ln['knn'], n)} "
+        out.append(f"| {ln['method']} | {n} | {ln['epochs']} | {wall} | {total} | {load} | {pm(ln['knn'], n)} "
                    f"| {pm(ln['linear'], n)} | {margin} |")
     return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.results.read_text())), end="")
+        return 0
     import torch
 
     if args.threads:

@@ -186,7 +186,8 @@ class KnnMonitor:
         return knn_accuracy(f_bank, self.bank_y, f_query, self.query_y, self.k, self.temperature, self.num_classes)
 
 
-def holdout_split(labels: torch.Tensor, bank_size: int, query_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(labels: torch.Tensor, bank_size: int, query_size: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint (bank, query) indices into ``labels``: a seeded shuffle, queries first. A split with
     fewer images than asked is shared in the asked proportion (at least one of each)."""
     n = int(labels.shape[0])

@@ -1,8 +1,9 @@
 """SimCLR (Chen, Kornblith, Norouzi & Hinton, ICML 2020).
 
 Two views of each image from the augmentation pipeline, the encoder f (the backbone,
-kept after training) gives h, the projection g (Linear-BN-ReLU-Linear-BN as the official code, discarded) gives
-z, and NT-Xent pulls the two views of an image together against the other 2N-2 views.
+kept after training) gives h, the projection g (Linear-BN-ReLU-Linear-BN, as the official
+code; discarded) gives z, and NT-Xent pulls the two views of an image together against
+the other 2N-2 views.
 
 Under torch.distributed N is the global batch: every rank all-gathers the projections with their
 gradient (:func:`~ssl_core.distributed.gather_with_grad`), so each anchor sees the 2N-2 views of all

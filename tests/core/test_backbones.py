@@ -64,7 +64,8 @@ def test_heads() -> None:
     assert g.net[1].bias is not None  # the hidden BN centres (use_bias=True in model_util.py)
     out_bn = g.net[4]
     assert out_bn.bias is None and out_bn.weight.shape == (8,)  # output BN: scale, no shift
-    assert [n for n, _ in g.named_parameters()] == ["net.0.weight", "net.1.weight", "net.1.bias", "net.3.weight", "net.4.weight"]
+    names = [n for n, _ in g.named_parameters()]
+    assert names == ["net.0.weight", "net.1.weight", "net.1.bias", "net.3.weight", "net.4.weight"]
     z = g.train()(torch.randn(64, 16))
     assert torch.allclose(z.mean(0), torch.zeros(8), atol=1e-5)  # batch-normalised output, no shift
     v1 = MoCoProjectionHead(16, 8, mlp=False)

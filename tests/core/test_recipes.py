@@ -45,7 +45,8 @@ def test_simclr_colour_strength_by_image_size(dataset: str, size: int | None, st
 def test_moco_v2_keeps_its_own_jitter_at_every_size() -> None:
     for dataset in ("cifar10", "stl10"):
         (jitter,) = [op for op in _augment(MOCO_V2, dataset) if op.op == "color_jitter"]
-        assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == pytest.approx((0.4, 0.4, 0.4, 0.1))
+        strengths = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+        assert strengths == pytest.approx((0.4, 0.4, 0.4, 0.1))
 
 
 def test_readme_quickstart_is_the_quickstart_example() -> None:
