@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -33,6 +32,7 @@ import pytest
 import yaml
 
 from tests.support.services import unavailable
+from tests.support.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -509,9 +509,7 @@ def test_the_api_healthcheck_is_valid_python_probing_healthz():
 
 
 def test_install_deps_base_has_no_torch_and_ml_has_the_cuda_stack():
-    spec = importlib.util.spec_from_file_location("_install_deps", ROOT / "docker" / "install_deps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("docker/install_deps.py", "_install_deps")
     name = lambda r: re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower()  # noqa: E731
     base = {name(r) for r in mod.requirements(str(ROOT / "pyproject.toml"), [])}
     assert {"fastapi", "uvicorn", "sqlalchemy", "alembic", "celery"} <= base
@@ -554,9 +552,7 @@ def test_the_base_dependencies_carry_what_the_api_image_imports():
     reconciler import must come with them -- not from pytest's own dependencies in this venv.
     Celery's Redis transport (kombu.transport.redis) imports ``redis`` and ``packaging``: they
     come with ``celery[redis]``; PostgreSQL needs psycopg's bundled libpq (the slim image has none)."""
-    spec = importlib.util.spec_from_file_location("_install_deps", ROOT / "docker" / "install_deps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("docker/install_deps.py", "_install_deps")
     installed = _closure(mod.requirements(str(ROOT / "pyproject.toml"), []))
     # optuna: `db upgrade` makes its tables (migration 0005) and the reconciler drives the sweeps
     needed = {"redis", "packaging", "psycopg-binary", "uvicorn", "alembic", "kombu", "pydantic-settings", "optuna"}

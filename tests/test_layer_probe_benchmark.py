@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tests.support.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _layer_probe():
-    spec = importlib.util.spec_from_file_location("layer_probe_bench", ROOT / "benchmarks" / "layer_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/layer_probe.py", "layer_probe_bench")
 
 
 def _informative(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

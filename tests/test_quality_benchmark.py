@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+from tests.support.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py", "quality_bench")
 
 
 def _entry(row: str, seed: int, knn: float, linear: float) -> dict:

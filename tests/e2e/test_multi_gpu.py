@@ -3,7 +3,7 @@ a 2-slot Celery worker running two jobs side by side and telling a too-large job
 2-GPU job on a 2-slot embedded worker; kill -9 of a worker during a 2-process job (no rank
 survives it, the job resumes on another worker exactly once).
 
-The last two need the multi-process launcher (``ssl_core.launch``) and skip without it."""
+The last two run through the multi-process launcher (``ssl_core.launch``)."""
 
 from __future__ import annotations
 
